@@ -1,0 +1,78 @@
+"""Rows the worker reads from PostgreSQL, as frozen Structs.
+
+These are what `attune.db` hands to the rest of the code, so nothing outside the DB
+adapter ever touches a psycopg row. They carry only the columns the worker uses
+(protocol.md §5); the schema holds more.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+
+class Action(msgspec.Struct, frozen=True, kw_only=True):
+    """An action joined with its pack ref and its runtime's lowercased name.
+
+    `runtime_name` is None when the action has no runtime row; the pipeline then
+    cannot pick a sandbox profile and fails the run with a clear reason.
+    """
+
+    id: int
+    ref: str
+    pack_ref: str
+    entrypoint: str
+    runtime_name: str | None
+    timeout_seconds: int | None
+    parameter_delivery: str
+    parameter_format: str
+    output_format: str
+    param_schema: dict[str, Any] | None
+    out_schema: dict[str, Any] | None
+
+
+class Execution(msgspec.Struct, frozen=True, kw_only=True):
+    """One execution row; `action` is None once its action was deleted (ON DELETE SET NULL)."""
+
+    id: int
+    action: int | None
+    action_ref: str
+    config: dict[str, Any] | None
+    env_vars: dict[str, Any] | None
+    worker: int | None
+    status: str
+    result: Any
+    started_at: datetime | None
+    timeout_seconds: int | None
+    created: datetime
+
+
+class Worker(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker row plus `running`, its count of executions in status `running`."""
+
+    id: int
+    name: str
+    worker_type: str
+    status: str
+    capabilities: dict[str, Any]
+    last_heartbeat: datetime | None
+    running: int
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of the scheduled -> running compare-and-set.
+
+    - `claimed`: this call moved the row to `running`; the caller must run it.
+    - `status`: the row's status after the call (`running` when claimed), None if no
+      such execution exists.
+    - `execution`: the row as it is now (None if it does not exist), so a caller that
+      lost the race can still see who has it and in which state.
+    - `action`: loaded only when claimed; None if the action row is gone.
+    """
+
+    claimed: bool
+    status: str | None
+    execution: Execution | None
+    action: Action | None

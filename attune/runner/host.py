@@ -1,0 +1,107 @@
+"""What isolation this host can give, checked once at start-up and reported.
+
+`attune exec --explain` and the worker's registration both show these facts, so an
+operator sees which layer is missing and why instead of assuming full isolation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attune.runner import cgroups
+
+SANDBOX_PYTHON = "/usr/bin/python3"
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    active: bool
+    detail: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    bwrap: str | None
+    bwrap_version: str | None
+    is_root: bool
+    cgroups: cgroups.CgroupSupport
+    layers: list[Layer] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return all(layer.active for layer in self.layers if layer.required)
+
+    def problems(self) -> list[str]:
+        return [f"{layer.name}: {layer.detail}" for layer in self.layers
+                if layer.required and not layer.active]
+
+    def capabilities(self) -> dict[str, object]:
+        """The `sandbox` part of the worker's registered capabilities."""
+        return {layer.name: layer.active for layer in self.layers} | {
+            "bwrap_version": self.bwrap_version,
+            "cgroup_version": self.cgroups.version,
+        }
+
+
+def _bwrap_version(path: str) -> str | None:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().removeprefix("bubblewrap ") or None
+
+
+def _userns_detail() -> tuple[bool, str]:
+    try:
+        value = Path("/proc/sys/user/max_user_namespaces").read_text().strip()
+    except OSError:
+        return False, "cannot read /proc/sys/user/max_user_namespaces"
+    if value == "0":
+        return False, "user namespaces disabled (user.max_user_namespaces = 0)"
+    clone = Path("/proc/sys/kernel/unprivileged_userns_clone")
+    if clone.exists() and clone.read_text().strip() == "0":
+        return False, "kernel.unprivileged_userns_clone = 0; set it to 1"
+    return True, f"user.max_user_namespaces = {value}"
+
+
+def _seccomp_detail() -> tuple[bool, str]:
+    try:
+        from attune.runner.seccomp import default_bpf
+
+        size = len(default_bpf())
+    except Exception as exc:  # libseccomp missing or broken: reported, not raised
+        return False, f"cannot build the filter: {exc} (apt-get install libseccomp2)"
+    return True, f"denylist compiled to {size} bytes of BPF"
+
+
+def detect(bwrap: str | None = None) -> HostFacts:
+    path = bwrap or shutil.which("bwrap") or ("/usr/bin/bwrap" if os.path.exists("/usr/bin/bwrap") else None)
+    version = _bwrap_version(path) if path else None
+    is_root = os.geteuid() == 0
+    userns_ok, userns_detail = _userns_detail()
+    seccomp_ok, seccomp_detail = _seccomp_detail()
+    cg = cgroups.detect() if is_root else cgroups.CgroupSupport(0, None, None, "not root")
+    layers = [
+        Layer("bubblewrap", version is not None,
+              f"bubblewrap {version} at {path}" if version else
+              "bwrap not found (apt-get install bubblewrap, or run scripts/setup)"),
+        Layer("user_namespaces", userns_ok, userns_detail),
+        Layer("seccomp", seccomp_ok, seccomp_detail),
+        Layer("interpreter", os.path.exists(SANDBOX_PYTHON),
+              f"{SANDBOX_PYTHON} present" if os.path.exists(SANDBOX_PYTHON)
+              else f"{SANDBOX_PYTHON} missing (apt-get install python3)"),
+        Layer("network_isolation", True, "network namespace without interfaces but lo"),
+        Layer("rlimits", True, "cpu, address space, files, file size, processes, core 0"),
+        Layer("per_slot_uids", is_root,
+              "each concurrency slot runs as its own unprivileged host uid" if is_root
+              else "not root: sandboxes share the worker's uid (RLIMIT_NPROC is shared)",
+              required=False),
+        Layer("cgroups", cg.version != 0, cg.detail, required=False),
+    ]
+    return HostFacts(path if version else None, version, is_root, cg, layers)

@@ -1,0 +1,158 @@
+"""Bounded output capture and the result JSON of protocol.md §7 (pure).
+
+A stream is kept up to its cap and the rest only counted, so a 100 MB line without a
+newline costs the worker no more than the cap. The result builder is the single place
+that decides status and result fields from what the sandbox reported.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+OutputFormat = Literal["text", "json", "yaml", "jsonl"]
+Status = Literal["completed", "failed", "timeout", "cancelled"]
+
+
+def truncation_notice(stream: str) -> str:
+    return f"\n\n[OUTPUT TRUNCATED: {stream} exceeded size limit]\n"
+
+
+@dataclass
+class BoundedBuffer:
+    """Keeps the first `limit` bytes of a stream and counts the rest."""
+
+    limit: int
+    kept: bytearray = field(default_factory=bytearray)
+    dropped: int = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Store what fits; return the part that was kept (for live streaming)."""
+        room = self.limit - len(self.kept)
+        if room >= len(chunk):
+            self.kept += chunk
+            return chunk
+        keep = chunk[: max(room, 0)]
+        self.kept += keep
+        self.dropped += len(chunk) - len(keep)
+        return keep
+
+    @property
+    def truncated(self) -> bool:
+        return self.dropped > 0
+
+    def text(self, stream: str) -> str:
+        text = bytes(self.kept).decode("utf-8", "replace")
+        return text + truncation_notice(stream) if self.truncated else text
+
+
+def parse_output(stdout: str, fmt: OutputFormat) -> tuple[bool, Any]:
+    """(parsed?, value) by output_format; only non-blank stdout is parsed."""
+    text = stdout.strip()
+    if fmt == "text" or not text:
+        return False, None
+    if fmt == "json":
+        try:
+            return True, json.loads(text)
+        except ValueError:
+            last = text.splitlines()[-1]
+            try:
+                return True, json.loads(last)
+            except ValueError:
+                return False, None
+    if fmt == "jsonl":
+        items = []
+        for line in text.splitlines():
+            try:
+                items.append(json.loads(line))
+            except ValueError:
+                continue
+        return (True, items) if items else (False, None)
+    import yaml  # only actions that ask for yaml pay for the import
+
+    try:
+        return True, yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False, None
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What the sandbox observed about one run, before interpretation."""
+
+    exit_code: int
+    duration_ms: int
+    stdout: BoundedBuffer
+    stderr: BoundedBuffer
+    timed_out: bool = False
+    timeout_seconds: float = 0
+    cancelled: bool = False
+    cancel_reason: str = "Execution cancelled by user"
+    signal: int | None = None
+    oom_killed: bool = False
+    # For python run() actions: the wrapper's report, already decoded.
+    wrapper: dict[str, Any] | None = None
+    wrapper_problem: str | None = None
+    output_format: OutputFormat = "text"
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def build_result(report: RunReport) -> tuple[Status, dict[str, Any]]:
+    """Status and `execution.result` for one run (protocol.md §7 table)."""
+    stdout = report.stdout.text("stdout")
+    stderr = report.stderr.text("stderr")
+    result: dict[str, Any] = {"succeeded": False, "exit_code": report.exit_code,
+                              "duration_ms": report.duration_ms}
+    status: Status
+    if report.timed_out:
+        status = "timeout"
+        seconds = report.timeout_seconds
+        shown = int(seconds) if float(seconds).is_integer() else seconds
+        result.update(succeeded=False, timed_out=True, exit_code=-1,
+                      error=f"Execution timed out after {shown} seconds")
+    elif report.cancelled:
+        status = "cancelled"
+        result.update(succeeded=False, cancelled=True, error=report.cancel_reason)
+    elif report.oom_killed:
+        status = "failed"
+        result.update(succeeded=False, oom_killed=True,
+                      error="Execution killed: out of memory (memory limit reached)")
+    elif report.exit_code != 0:
+        status = "failed"
+        error = None
+        if report.wrapper is not None and not report.wrapper.get("ok", True):
+            error = str(report.wrapper.get("error") or "")
+        if not error and report.signal is not None:
+            error = f"Command killed by signal {report.signal}"
+        if not error:
+            error = _last_line(stderr) or f"Command exited with code {report.exit_code}"
+        result.update(succeeded=False, error=error)
+    elif report.wrapper_problem is not None:
+        status = "failed"
+        result.update(succeeded=False, error=report.wrapper_problem)
+    else:
+        status = "completed"
+        result["succeeded"] = True
+        if report.wrapper is not None:
+            result["data"] = report.wrapper.get("value")
+        else:
+            parsed, value = parse_output(stdout, report.output_format)
+            if parsed:
+                result["data"] = value
+        # stdout stays when nothing was parsed; a run() action's prints stay too.
+        if "data" not in result or (report.wrapper is not None and stdout):
+            result["stdout"] = stdout
+    if status != "completed":
+        result["stdout"] = stdout
+    if stderr:
+        result["stderr"] = stderr
+    for name, buf in (("stdout", report.stdout), ("stderr", report.stderr)):
+        if buf.truncated:
+            result[f"{name}_truncated"] = True
+            result[f"{name}_bytes_truncated"] = buf.dropped
+    return status, result

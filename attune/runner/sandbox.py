@@ -1,0 +1,328 @@
+"""One run of one action in a fresh sandbox: prepare, spawn, pump, wait, interpret.
+
+`Sandbox.run` is the single code path of both `attune exec` and the worker. The caller
+owns the deadline (`timeout`) and may cancel through a `RunControl`; either way the
+whole sandbox is killed, the partial output kept, and the run recorded as timeout or
+cancelled. Cancellation from outside (worker shutdown) also kills the sandbox and then
+propagates, so nothing outlives the task that started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import stat
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from attune.errors import SandboxUnavailable
+from attune.params import encode_params, shell_env
+from attune.runner import argv as argv_mod
+from attune.runner import process
+from attune.runner.cgroups import RunCgroup
+from attune.runner.host import HostFacts
+from attune.runner.output import BoundedBuffer, OutputFormat, RunReport, Status, build_result
+from attune.runner.profiles import Profile
+from attune.runner.seccomp import bpf_fd, default_bpf
+
+SANDBOX_ASSETS = Path(__file__).resolve().parent.parent.parent / "sandbox"
+CHUNK = 64 * 1024
+DRAIN_SECONDS = 1.0
+_RUN_FUNCTION = re.compile(rb"^(?:async[ \t]+)?def[ \t]+run[ \t]*\(", re.MULTILINE)
+
+OutputSink = Callable[[str, bytes], Awaitable[None]]
+
+
+def defines_run(code: bytes) -> bool:
+    """A top-level `def run(` (at column 0) selects the function-call contract."""
+    return _RUN_FUNCTION.search(code) is not None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs; built by `attune exec` or the worker's pipeline."""
+
+    profile: Profile
+    code: bytes
+    code_name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    parameter_delivery: str = "stdin"
+    parameter_format: str = "json"
+    output_format: OutputFormat | None = None
+    label: str = "exec"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: Status
+    result: dict[str, Any]
+
+
+class RunControl:
+    """Lets another task cancel a run (a cancel request, a shutdown deadline)."""
+
+    def __init__(self) -> None:
+        self._scope: trio.CancelScope | None = None
+        self.reason: str | None = None
+
+    def attach(self, scope: trio.CancelScope) -> None:
+        self._scope = scope
+        if self.reason is not None:
+            scope.cancel()
+
+    def cancel(self, reason: str = "Execution cancelled by user") -> None:
+        if self.reason is None:
+            self.reason = reason
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+@dataclass
+class _RunDir:
+    root: Path
+    code: Path
+    work: Path
+    out: Path
+
+
+class Sandbox:
+    """Runs actions; one instance per process, shared by all concurrent runs."""
+
+    def __init__(self, facts: HostFacts, run_dir: Path, *, slot_uid_base: int = 100000) -> None:
+        if not facts.usable or facts.bwrap is None:
+            raise SandboxUnavailable("; ".join(facts.problems()) or "bubblewrap not found")
+        self.facts = facts
+        self.bwrap = facts.bwrap
+        self.run_dir = run_dir
+        self.slot_uid_base = slot_uid_base
+        self._bpf = default_bpf()
+        self._running: set[int] = set()
+        self._etc = self._prepare_base()
+
+    def _prepare_base(self) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o711)  # slot uids traverse, never list
+        etc = self.run_dir / ".etc"
+        etc.mkdir(exist_ok=True)
+        os.chmod(etc, 0o755)
+        for name in ("passwd", "group", "hosts", "nsswitch.conf"):
+            shutil.copyfile(SANDBOX_ASSETS / "etc" / name, etc / name)
+            os.chmod(etc / name, 0o644)
+        return etc
+
+    def slot_uid(self, slot: int) -> int | None:
+        return self.slot_uid_base + slot if self.facts.is_root else None
+
+    def _make_run_dir(self, spec: RunSpec, uid: int | None) -> _RunDir:
+        root = self.run_dir / f"{spec.label}-{uuid.uuid4().hex[:12]}"
+        code, work, out = root / "code", root / "work", root / "out"
+        root.mkdir(mode=0o711)
+        code.mkdir(mode=0o755)
+        (code / "action").mkdir(mode=0o755)
+        (code / "out").mkdir(mode=0o755)  # mount point of the writable out dir
+        action = code / "action" / spec.code_name
+        action.write_bytes(spec.code)
+        os.chmod(action, 0o644)
+        if spec.profile.function_wrapper:
+            shutil.copyfile(SANDBOX_ASSETS / spec.profile.function_wrapper,
+                            code / spec.profile.function_wrapper)
+            os.chmod(code / spec.profile.function_wrapper, 0o644)
+        for d in (work, out):
+            d.mkdir(mode=0o700)
+            if uid is not None:
+                os.chown(d, uid, uid)
+        return _RunDir(root, code, work, out)
+
+    async def run(
+        self,
+        spec: RunSpec,
+        *,
+        timeout: float,
+        slot: int = 0,
+        control: RunControl | None = None,
+        on_output: OutputSink | None = None,
+    ) -> RunOutcome:
+        profile = spec.profile
+        uid = self.slot_uid(slot)
+        rd = self._make_run_dir(spec, uid)
+        cgroup: RunCgroup | None = None
+        try:
+            env = dict(spec.env)
+            if profile.params_as_env:
+                env.update(shell_env(spec.params))
+            env["ATTUNE_PARAMETER_DELIVERY"] = spec.parameter_delivery
+            env["ATTUNE_PARAMETER_FORMAT"] = spec.parameter_format
+            payload = encode_params(spec.params, spec.parameter_format)  # type: ignore[arg-type]
+            stdin_data = payload
+            if spec.parameter_delivery == "file":
+                params_file = rd.out / "parameters"
+                params_file.write_bytes(payload)
+                os.chmod(params_file, 0o400)
+                if uid is not None:
+                    os.chown(params_file, uid, uid)
+                env["ATTUNE_PARAMETER_FILE"] = f"{argv_mod.OUT_DIR}/parameters"
+                stdin_data = b""
+            wrapper = profile.function_wrapper if defines_run(spec.code) else None
+            cgroup = self._make_cgroup(rd.root.name, profile)
+            seccomp_fd = bpf_fd(self._bpf)
+            try:
+                layout = argv_mod.RunLayout(
+                    code_dir=str(rd.code), work_dir=str(rd.work), out_dir=str(rd.out),
+                    etc_dir=str(self._etc), action_file=spec.code_name, wrapper=wrapper,
+                    seccomp_fd=seccomp_fd, env=env,
+                )
+                args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
+                started = trio.current_time()
+                proc = process.spawn(
+                    self.bwrap, args, argv_mod.action_command(profile, layout), pass_fds=(seccomp_fd,), uid=uid, gid=uid,
+                    cgroup_procs=cgroup.procs_files if cgroup else (),
+                )
+            finally:
+                os.close(seccomp_fd)
+            self._running.add(proc.pid)
+            try:
+                report = await self._supervise(proc, spec, stdin_data, timeout, control,
+                                               on_output, started, wrapper is not None, rd)
+            finally:
+                self._running.discard(proc.pid)
+                proc.close()
+                process.reap_orphans(self._running)
+            if cgroup is not None and cgroup.oom_killed():
+                report = _replace(report, oom_killed=True)
+            status, result = build_result(report)
+            return RunOutcome(status, result)
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(shutil.rmtree, rd.root, True)
+
+    def _make_cgroup(self, name: str, profile: Profile) -> RunCgroup | None:
+        if self.facts.cgroups.version == 0:
+            return None
+        try:
+            return RunCgroup(self.facts.cgroups, name, profile.limits.memory_mb * 1024 * 1024,
+                             profile.limits.processes)
+        except OSError:
+            return None
+
+    async def _supervise(
+        self,
+        proc: process.SandboxProcess,
+        spec: RunSpec,
+        stdin_data: bytes,
+        timeout: float,
+        control: RunControl | None,
+        on_output: OutputSink | None,
+        started: float,
+        wrapped: bool,
+        rd: _RunDir,
+    ) -> RunReport:
+        limits = spec.profile.limits
+        stdout = BoundedBuffer(limits.max_stdout_bytes)
+        stderr = BoundedBuffer(limits.max_stderr_bytes)
+        drained = {"stdout": trio.Event(), "stderr": trio.Event()}
+
+        async def pump(name: str, stream: trio.lowlevel.FdStream, buf: BoundedBuffer) -> None:
+            try:
+                while chunk := await stream.receive_some(CHUNK):
+                    kept = buf.feed(chunk)
+                    if kept and on_output is not None:
+                        await on_output(name, kept)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            finally:
+                drained[name].set()
+
+        async def feed_stdin() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                if stdin_data:
+                    await proc.pipes.stdin.send_all(stdin_data)
+            await proc.pipes.stdin.aclose()
+
+        exit_code = -1
+        with trio.CancelScope() as user_scope:
+            if control is not None:
+                control.attach(user_scope)
+            with trio.move_on_after(timeout) as deadline:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(feed_stdin)
+                    nursery.start_soon(pump, "stdout", proc.pipes.stdout, stdout)
+                    nursery.start_soon(pump, "stderr", proc.pipes.stderr, stderr)
+                    exit_code = await proc.wait()
+                    with trio.move_on_after(DRAIN_SECONDS):
+                        for event in drained.values():
+                            await event.wait()
+                    nursery.cancel_scope.cancel()
+        duration_ms = int((trio.current_time() - started) * 1000)
+        for stream in (proc.pipes.stdin, proc.pipes.stdout, proc.pipes.stderr):
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        timed_out = deadline.cancelled_caught
+        cancelled = user_scope.cancelled_caught and not timed_out
+        if proc.returncode is not None and exit_code == -1 and not (timed_out or cancelled):
+            exit_code = proc.returncode
+        signal_no = exit_code - 128 if 128 < exit_code < 128 + 65 else None
+        wrapper_report, problem = (None, None)
+        if wrapped and not (timed_out or cancelled):
+            wrapper_report, problem = read_wrapper_report(rd.out, spec.profile.limits.max_result_bytes)
+        return RunReport(
+            exit_code=exit_code if not cancelled else (proc.returncode or -1),
+            duration_ms=duration_ms, stdout=stdout, stderr=stderr,
+            timed_out=timed_out, timeout_seconds=timeout,
+            cancelled=cancelled,
+            cancel_reason=(control.reason if control and control.reason else
+                           "Execution cancelled by user"),
+            signal=signal_no, wrapper=wrapper_report, wrapper_problem=problem,
+            output_format=spec.output_format or spec.profile.default_output_format,
+        )
+
+
+def _replace(report: RunReport, **changes: Any) -> RunReport:
+    import dataclasses
+
+    return dataclasses.replace(report, **changes)
+
+
+def read_wrapper_report(out_dir: Path, max_bytes: int) -> tuple[dict[str, Any] | None, str | None]:
+    """Read result.json the wrapper left, refusing symlinks, non-files and huge files."""
+    import json
+
+    try:
+        dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        return None, f"cannot open the result directory: {exc.strerror}"
+    try:
+        try:
+            fd = os.open("result.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None, "the action ended without reporting a return value"
+        except OSError as exc:
+            return None, f"refused the result file: {exc.strerror} (not a regular file?)"
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None, "refused the result file: not a regular file"
+            if info.st_size > max_bytes:
+                return None, f"result exceeds the {max_bytes} byte limit"
+            data = os.read(fd, max_bytes + 1)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        report = json.loads(data)
+    except ValueError:
+        return None, "the result file is not valid JSON"
+    if not isinstance(report, dict) or "ok" not in report:
+        return None, "the result file is malformed"
+    return report, None

@@ -1,0 +1,3 @@
+def run(x, y):
+    """Add two numbers"""
+    return x + y
