@@ -65,7 +65,7 @@ _LOST: Final = (
 )
 _SETTLE_TIMEOUT: Final = 5.0
 _CLOSE_TIMEOUT: Final = 5.0
-_PUBLISH_RETRY_PAUSE: Final = 0.2
+_RETRY_PAUSE: Final = 0.2
 _DECLARE_TIMEOUT: Final = 10.0
 
 
@@ -103,8 +103,8 @@ class Delivery:
     and the method returns False.
     """
 
-    __slots__ = ("_loop", "_message", "body", "correlation_id", "delivery_tag",
-                 "message_id", "redelivered")
+    __slots__ = ("_loop", "_message", "body", "content_type", "correlation_id",
+                 "delivery_mode", "delivery_tag", "message_id", "redelivered", "routing_key")
 
     def __init__(self, message: AbstractIncomingMessage, loop: trio_asyncio.TrioEventLoop):
         self._message = message
@@ -114,6 +114,10 @@ class Delivery:
         self.redelivered: bool = bool(message.redelivered)
         self.message_id: str | None = message.message_id
         self.correlation_id: str | None = message.correlation_id
+        self.content_type: str | None = message.content_type
+        self.delivery_mode: int | None = (
+            int(message.delivery_mode) if message.delivery_mode is not None else None)
+        self.routing_key: str | None = message.routing_key
 
     def __repr__(self) -> str:
         return (f"Delivery(tag={self.delivery_tag}, message_id={self.message_id!r}, "
@@ -192,17 +196,29 @@ class Broker:
         return await trio_asyncio.aio_as_trio(fn, loop=self._loop)(*args, **kwargs)
 
     async def _declare(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one topology call, retrying while the channel is down or being restored.
+
+        A channel the broker closed (a reconnect, or an earlier refused declare) is
+        reopened by aio-pika in the background; until then calls fail with
+        ChannelInvalidStateError, so those are retried until `_DECLARE_TIMEOUT`.
+        """
+        last = "no attempt finished"
         try:
             with trio.fail_after(_DECLARE_TIMEOUT):
-                return await self._aio(fn, *args, **kwargs)
-        except (aiormq.exceptions.ChannelPreconditionFailed,
-                aiormq.exceptions.ChannelAccessRefused) as exc:
-            # The broker's reply names the clashing argument and its stored type: keep it.
-            raise ConfigError(f"{what} on {self._where}: {_reply(exc)}") from None
+                while True:
+                    try:
+                        return await self._aio(fn, *args, **kwargs)
+                    except (aiormq.exceptions.ChannelPreconditionFailed,
+                            aiormq.exceptions.ChannelAccessRefused) as exc:
+                        # The broker's reply names the clashing argument and its type.
+                        raise ConfigError(f"{what} on {self._where}: {_reply(exc)}") from None
+                    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                        raise TransientError(f"{what} on {self._where}: {_reply(exc)}") from None
+                    except _LOST as exc:
+                        last = _reason(exc)
+                    await trio.sleep(_RETRY_PAUSE)
         except trio.TooSlowError:
-            raise TransientError(f"declaring {what} on {self._where} timed out") from None
-        except _LOST as exc:
-            raise TransientError(f"declaring {what} on {self._where}: {_reason(exc)}") from None
+            raise TransientError(f"{what} on {self._where}: {last}") from None
 
     async def declare_topology(self) -> None:
         """Declare the four durable exchanges of protocol.md §1; safe to repeat.
@@ -362,7 +378,7 @@ class Broker:
                         last = _reason(exc)
                         log.info("publish to %s/%s failed (%s); retrying", exchange,
                                  routing_key, last)
-                    await trio.sleep(_PUBLISH_RETRY_PAUSE)
+                    await trio.sleep(_RETRY_PAUSE)
         except trio.TooSlowError:
             raise TransientError(
                 f"publish to {exchange!r} ({routing_key}) on {self._where} not confirmed "
@@ -403,36 +419,68 @@ async def open_broker(
     ConfigError when it refuses the credentials or the vhost. Messages name host:port and
     vhost, never the URL (it holds the password). On exit, unsettled deliveries return
     to their queues.
+
+    `trio_asyncio.open_loop()` runs the block inside two nurseries, so under trio's strict
+    exception groups anything raised in it (ours or the caller's) would come out wrapped
+    twice. A group holding a single exception is unwrapped here, so callers can write
+    `except TransientError` around this and around their own code inside it.
     """
+    sole: BaseException | None = None
+    try:
+        async with (
+            trio_asyncio.open_loop() as loop,
+            _connected(loop, url, reconnect_interval, connect_timeout) as broker,
+        ):
+            yield broker
+    except BaseExceptionGroup as group:
+        sole = _sole(group)
+        if sole is None:
+            raise
+    if sole is not None:
+        # Raised outside the except block so the group does not become its __context__.
+        raise sole
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return None if isinstance(exc, BaseExceptionGroup) else exc
+
+
+@asynccontextmanager
+async def _connected(
+    loop: trio_asyncio.TrioEventLoop, url: str, reconnect_interval: float,
+    connect_timeout: float,
+) -> AsyncIterator[Broker]:
     where = _where(url)
-    async with trio_asyncio.open_loop() as loop:
+    try:
+        with trio.fail_after(connect_timeout + 1.0):
+            connection = await trio_asyncio.aio_as_trio(_connect, loop=loop)(
+                url, reconnect_interval, connect_timeout)
+    except (aiormq.exceptions.AuthenticationError,
+            aiormq.exceptions.ProbableAuthenticationError,
+            aiormq.exceptions.ConnectionNotAllowed) as exc:
+        raise ConfigError(f"RabbitMQ at {where} refused the login: {_reason(exc)}") from None
+    except trio.TooSlowError:
+        raise TransientError(f"RabbitMQ at {where}: connect timed out") from None
+    except (*_LOST, ValueError) as exc:
+        raise TransientError(f"RabbitMQ at {where} unreachable: {_reason(exc)}") from None
+    try:
         try:
-            with trio.fail_after(connect_timeout + 1.0):
-                connection = await trio_asyncio.aio_as_trio(_connect, loop=loop)(
-                    url, reconnect_interval, connect_timeout)
-        except (aiormq.exceptions.AuthenticationError,
-                aiormq.exceptions.ProbableAuthenticationError,
-                aiormq.exceptions.ConnectionNotAllowed) as exc:
-            raise ConfigError(f"RabbitMQ at {where} refused the login: {_reason(exc)}") from None
-        except trio.TooSlowError:
-            raise TransientError(f"RabbitMQ at {where}: connect timed out") from None
-        except (*_LOST, ValueError) as exc:
-            raise TransientError(f"RabbitMQ at {where} unreachable: {_reason(exc)}") from None
-        try:
+            topology = await trio_asyncio.aio_as_trio(_open_robust_channel, loop=loop)(
+                connection, False)
+            publishing = await trio_asyncio.aio_as_trio(_open_robust_channel, loop=loop)(
+                connection, True)
+        except _LOST as exc:
+            raise TransientError(f"RabbitMQ at {where}: no channel: {_reason(exc)}") from None
+        yield Broker(connection, loop, topology, publishing, where)
+    finally:
+        with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             try:
-                topology = await trio_asyncio.aio_as_trio(_open_robust_channel, loop=loop)(
-                    connection, False)
-                publishing = await trio_asyncio.aio_as_trio(_open_robust_channel, loop=loop)(
-                    connection, True)
+                await trio_asyncio.aio_as_trio(connection.close, loop=loop)()
             except _LOST as exc:
-                raise TransientError(f"RabbitMQ at {where}: no channel: {_reason(exc)}") from None
-            yield Broker(connection, loop, topology, publishing, where)
-        finally:
-            with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-                try:
-                    await trio_asyncio.aio_as_trio(connection.close, loop=loop)()
-                except _LOST as exc:
-                    log.warning("closing the RabbitMQ connection: %s", _reason(exc))
+                log.warning("closing the RabbitMQ connection: %s", _reason(exc))
 
 
 async def _open_robust_channel(connection: AbstractRobustConnection,

@@ -127,9 +127,9 @@ class ArtifactsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retention_days: Annotated[
         float, msgspec.Meta(ge=0, description="days an artifact directory is kept")
     ] = 7.0
-    max_count: Annotated[
-        int, msgspec.Meta(ge=0, description="most artifact directories kept")
-    ] = 1000
+    max_count: Annotated[int, msgspec.Meta(ge=0, description="most artifact directories kept")] = (
+        1000
+    )
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -144,9 +144,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     packs_base_dir: Annotated[str, msgspec.Meta(description="root of installed packs")] = (
         "/var/lib/attune/packs"
     )
-    artifacts_dir: Annotated[
-        str, msgspec.Meta(description="root of per-execution artifacts")
-    ] = "/var/lib/attune/artifacts"
+    artifacts_dir: Annotated[str, msgspec.Meta(description="root of per-execution artifacts")] = (
+        "/var/lib/attune/artifacts"
+    )
 
 
 # Keys whose values must never appear in an error message or a printed config.
@@ -215,8 +215,10 @@ def _read_file(path: Path) -> dict[str, Any]:
 
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path}: cannot read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -264,7 +266,7 @@ def _key_from_env(var: str) -> str:
     if key in _sections():
         raise ConfigError(f"{var}: {key} is a section; set {env_var_name(key + '.<key>')}")
     if key not in _key_types():
-        raise _unknown(key, f"from {var}")
+        raise _unknown(key or var, f"from {var}")
     return key
 
 

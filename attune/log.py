@@ -155,9 +155,7 @@ def configure_logging(
     return handler
 
 
-def log_event(
-    logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any
-) -> None:
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log a named event with structured fields.
 
     The fields go in `extra` under one key, so a field may be called `name` or `message`

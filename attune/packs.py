@@ -9,7 +9,6 @@ on every worker; an error caught at load time is one that never reaches a run.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -307,14 +306,17 @@ def _copy_file(src: Path, dst: Path) -> None:
         fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise InputError(f"{src}: cannot read: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fin:
-        st = os.fstat(fin.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
             raise InputError(f"{src}: changed into a non-regular or hard-linked file")
         out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         with os.fdopen(out, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
+            while chunk := os.read(fd, 1 << 20):
+                fout.write(chunk)
             os.fchmod(fout.fileno(), 0o644)
+    finally:
+        os.close(fd)
 
 
 _RENAME_EXCHANGE = 2
@@ -401,13 +403,23 @@ def read_code(path: Path, *, max_bytes: int = _DEFAULT_MAX_CODE_BYTES) -> bytes:
         if exc.errno == errno.ELOOP:
             raise ExecutionError(f"action code is a symlink: {path}") from None
         raise ExecutionError(f"cannot open action code {path}: {exc.strerror}") from None
-    with contextlib.closing(os.fdopen(fd, "rb")) as fh:
-        st = os.fstat(fh.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ExecutionError(f"action code is not a regular file: {path}")
         if st.st_size > max_bytes:
             raise ExecutionError(f"action code {path} is larger than {max_bytes} bytes")
-        data = fh.read(max_bytes + 1)
+        chunks: list[bytes] = []
+        total = 0
+        while total <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise ExecutionError(f"action code {path} is larger than {max_bytes} bytes")
     return data

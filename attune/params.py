@@ -183,8 +183,10 @@ def _schema_properties(
         required = schema.get("required") or []
         if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
             raise InputError("parameter schema: 'required' must be a list of names")
-    elif not isinstance(schema.get("type"), str) and not (_SCHEMA_KEYWORDS & schema.keys()) and all(
-        isinstance(v, Mapping) for v in schema.values()
+    elif (
+        not isinstance(schema.get("type"), str)
+        and not (_SCHEMA_KEYWORDS & schema.keys())
+        and all(isinstance(v, Mapping) for v in schema.values())
     ):
         props, required = schema, []
     else:
@@ -359,12 +361,12 @@ def shell_env(params: Mapping[str, Any]) -> dict[str, str]:
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Variables that choose or steer the interpreter, loader or shell before the action's own
 # code runs (and the worker-owned context): an execution's env_vars may not set them.
-_BLOCKED_NAMES = frozenset(
-    {
-        "PATH", "HOME", "LANG", "TMPDIR", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "IFS",
-        "CDPATH", "GLIBC_TUNABLES", "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES",
-    }
-)
+# fmt: off
+_BLOCKED_NAMES = frozenset({
+    "PATH", "HOME", "LANG", "TMPDIR", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "IFS",
+    "CDPATH", "GLIBC_TUNABLES", "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES",
+})
+# fmt: on
 _BLOCKED_PREFIXES = ("ATTUNE_", "LD_", "PYTHON", "BASH_FUNC_")
 
 

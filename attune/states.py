@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Literal
 
 from attune.errors import InputError
 
@@ -32,6 +33,21 @@ class ExecutionStatus(StrEnum):
 
 _S = ExecutionStatus
 
+# The same values as Literal types, for wire Structs that type-check their fields.
+StatusValue = Literal[
+    "requested",
+    "scheduling",
+    "scheduled",
+    "running",
+    "completed",
+    "failed",
+    "canceling",
+    "cancelled",
+    "timeout",
+    "abandoned",
+]
+CompletedStatusName = Literal["Completed", "Failed", "Cancelled", "Timeout", "Abandoned"]
+
 # Once here, nobody writes the row again: every worker CAS excludes these.
 TERMINAL: frozenset[ExecutionStatus] = frozenset(
     {_S.COMPLETED, _S.FAILED, _S.CANCELLED, _S.TIMEOUT, _S.ABANDONED}
@@ -47,7 +63,7 @@ WORKER_TRANSITIONS: Mapping[ExecutionStatus, frozenset[ExecutionStatus]] = Mappi
 )
 
 # ExecutionCompleted.status is capitalised on the wire (protocol.md §4).
-_COMPLETED_NAMES: Mapping[ExecutionStatus, str] = MappingProxyType(
+_COMPLETED_NAMES: Mapping[ExecutionStatus, CompletedStatusName] = MappingProxyType(
     {
         _S.COMPLETED: "Completed",
         _S.FAILED: "Failed",
@@ -64,6 +80,11 @@ def parse_status(value: str) -> ExecutionStatus:
         return ExecutionStatus(value)
     except ValueError:
         raise InputError(f"unknown execution status {value!r}") from None
+
+
+def status_value(value: str) -> StatusValue:
+    """`value` checked and typed as a status Literal (for wire payload fields)."""
+    return parse_status(value).value
 
 
 def is_terminal(status: str) -> bool:
@@ -87,7 +108,7 @@ def can_transition(current: str, new: str) -> bool:
     return b in WORKER_TRANSITIONS.get(a, frozenset())
 
 
-def completed_status_name(status: str) -> str:
+def completed_status_name(status: str) -> CompletedStatusName:
     """The capitalised `ExecutionCompleted.status` for a terminal DB status.
 
     A non-terminal status has no completion message, so asking for one is an error.

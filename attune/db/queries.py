@@ -167,8 +167,9 @@ def claim_execution(conn: Conn, execution_id: int, worker_id: int) -> Claim:
         (worker_id, execution_id),
     )
     if row is None:
-        current = _row(conn, f"SELECT {_EXECUTION_COLS} FROM execution WHERE id = %s",
-                       (execution_id,))
+        current = _row(
+            conn, f"SELECT {_EXECUTION_COLS} FROM execution WHERE id = %s", (execution_id,)
+        )
         if current is None:
             return Claim(claimed=False, status=None, execution=None, action=None)
         execution = _to(Execution, current, "execution")
@@ -299,9 +300,20 @@ def _upsert_action(conn: Conn, pack_id: int, pack_ref: str, runtime_id: int, a: 
         RETURNING id
         """,
         (
-            a.ref, pack_id, pack_ref, a.label, a.description, a.entry_point, runtime_id,
-            a.timeout, a.parameter_delivery, a.parameter_format, a.output_format,
-            _json(a.parameters), _json(a.output_schema), list(a.tags),
+            a.ref,
+            pack_id,
+            pack_ref,
+            a.label,
+            a.description,
+            a.entry_point,
+            runtime_id,
+            a.timeout,
+            a.parameter_delivery,
+            a.parameter_format,
+            a.output_format,
+            _json(a.parameters),
+            _json(a.output_schema),
+            list(a.tags),
         ),
     )
     assert row is not None
@@ -309,6 +321,9 @@ def _upsert_action(conn: Conn, pack_id: int, pack_ref: str, runtime_id: int, a: 
 
 
 def upsert_pack(conn: Conn, pack: PackSpec) -> dict[str, int]:
+    unknown = {a.runner_type for a in pack.actions} - CORE_RUNTIMES.keys()
+    if unknown:
+        raise InputError(f"pack {pack.ref}: unknown runner_type {sorted(unknown)}")
     meta = {"author": pack.author} if pack.author else {}
     row = _row(
         conn,
@@ -325,9 +340,6 @@ def upsert_pack(conn: Conn, pack: PackSpec) -> dict[str, int]:
     )
     assert row is not None
     pack_id = int(row["id"])
-    unknown = {a.runner_type for a in pack.actions} - CORE_RUNTIMES.keys()
-    if unknown:
-        raise InputError(f"pack {pack.ref}: unknown runner_type {sorted(unknown)}")
     runtimes = _ensure_core_runtimes(conn, CORE_RUNTIMES)
     return {
         a.ref: _upsert_action(conn, pack_id, pack.ref, runtimes[a.runner_type], a)

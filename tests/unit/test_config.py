@@ -109,9 +109,7 @@ def test_wrong_type_in_file_names_key_value_and_file(tmp_path: Path) -> None:
     path = write(tmp_path, "worker:\n  max_concurrent_tasks: ten\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
-    assert str(info.value) == (
-        f"worker.max_concurrent_tasks: expected int, got 'ten' (in {path})"
-    )
+    assert str(info.value) == (f"worker.max_concurrent_tasks: expected int, got 'ten' (in {path})")
 
 
 def test_file_values_are_strict_so_a_quoted_number_is_rejected(tmp_path: Path) -> None:
@@ -160,7 +158,7 @@ def test_env_booleans_accept_true_false_1_0(text: str, expected: bool) -> None:
 
 
 def test_env_boolean_rejects_other_words() -> None:
-    with pytest.raises(ConfigError, match="sandbox.allow_unsafe: expected bool, got 'yes'"):
+    with pytest.raises(ConfigError, match=r"sandbox\.allow_unsafe: expected bool, got 'yes'"):
         load_config(None, {"ATTUNE__SANDBOX__ALLOW_UNSAFE": "yes"})
 
 
@@ -178,7 +176,9 @@ def test_env_var_names_are_case_insensitive_after_the_prefix() -> None:
 
 
 def test_unknown_env_key_is_an_error() -> None:
-    with pytest.raises(ConfigError, match=r"^worker.nmae: unknown key \(from ATTUNE__WORKER__NMAE\)"):
+    with pytest.raises(
+        ConfigError, match=r"^worker.nmae: unknown key \(from ATTUNE__WORKER__NMAE\)"
+    ):
         load_config(None, {"ATTUNE__WORKER__NMAE": "w"})
 
 
@@ -205,7 +205,7 @@ def test_empty_env_value_unsets_an_optional_key(tmp_path: Path) -> None:
 
 
 def test_empty_env_value_for_a_required_number_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="worker.task_timeout: expected int, got ''"):
+    with pytest.raises(ConfigError, match=r"worker\.task_timeout: expected int, got ''"):
         load_config(None, {"ATTUNE__WORKER__TASK_TIMEOUT": ""})
 
 
@@ -303,8 +303,10 @@ def test_redacted_masks_url_passwords_and_the_encryption_key() -> None:
     [
         ("postgresql://app@db/x", "postgresql://app@db/x"),
         ("host=db password=s3cret user=app", "host=db password=*** user=app"),
-        ("postgresql://db/x?password=s3cret&sslmode=require",
-         "postgresql://db/x?password=***&sslmode=require"),
+        (
+            "postgresql://db/x?password=s3cret&sslmode=require",
+            "postgresql://db/x?password=***&sslmode=require",
+        ),
     ],
 )
 def test_redacted_handles_urls_without_password_and_libpq_keyword_form(

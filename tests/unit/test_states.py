@@ -8,6 +8,7 @@ from attune.states import (
     completed_status_name,
     is_terminal,
     parse_status,
+    status_value,
 )
 
 ALL = [s.value for s in ExecutionStatus]
@@ -29,8 +30,10 @@ def test_status_values_match_the_postgres_enum_exactly() -> None:
 
 
 def test_status_is_a_plain_string_on_the_wire() -> None:
-    assert ExecutionStatus.RUNNING == "running"
+    value: str = ExecutionStatus.RUNNING
+    assert value == "running"
     assert f"{ExecutionStatus.RUNNING}" == "running"
+    assert ExecutionStatus("running") is ExecutionStatus.RUNNING
 
 
 def test_terminal_set_is_the_five_end_states() -> None:
@@ -124,3 +127,10 @@ def test_is_terminal() -> None:
     assert is_terminal("failed")
     assert not is_terminal("running")
     assert not is_terminal("garbage")
+
+
+def test_status_value_checks_and_returns_the_plain_string() -> None:
+    assert status_value(ExecutionStatus.RUNNING) == "running"
+    assert type(status_value("failed")) is str
+    with pytest.raises(InputError):
+        status_value("unknown")

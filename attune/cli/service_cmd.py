@@ -1,0 +1,190 @@
+"""Commands that talk to the services: db, pack, run-worker, submit, workers, executions."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from attune.errors import AttuneError
+
+if TYPE_CHECKING:
+    from attune.config import Config
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]  # noqa: UP045
+EXIT_BY_STATUS = {"completed": 0, "failed": 1, "timeout": 3, "cancelled": 4, "abandoned": 1}
+TERMINAL = {"completed", "failed", "timeout", "cancelled", "abandoned"}
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"attune: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    from attune.config import load_config
+
+    return load_config(path, os.environ, overrides or {})
+
+
+def _run(fn: Any) -> Any:
+    import trio
+
+    try:
+        return trio.run(fn)
+    except AttuneError as exc:
+        raise _fail(str(exc)) from None
+
+
+def register(app: typer.Typer) -> None:
+    db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+    pack_app = typer.Typer(help="Packs of actions.", no_args_is_help=True)
+    app.add_typer(db_app, name="db")
+    app.add_typer(pack_app, name="pack")
+
+    @db_app.command("migrate")
+    def db_migrate(config: ConfigOpt = None) -> None:
+        """Create or update the `attune` schema (safe to re-run)."""
+        cfg = _config(config)
+
+        async def main() -> list[str]:
+            from attune.db import Database
+
+            async with Database.open_ctx(cfg.database.url) as db:
+                return await db.migrate()
+
+        applied = _run(main)
+        typer.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "; schema up to date"))
+
+    @pack_app.command("load")
+    def pack_load(
+        directory: Annotated[Path, typer.Argument(help="The pack directory (holds pack.yaml).")],
+        config: ConfigOpt = None,
+    ) -> None:
+        """Validate a pack, install it under packs_base_dir, and upsert its rows."""
+        cfg = _config(config)
+
+        async def main() -> tuple[str, Path, dict[str, int]]:
+            from attune.db import Database
+            from attune.packs import install_pack, load_pack
+
+            spec = load_pack(directory)
+            async with Database.open_ctx(cfg.database.url) as db:
+                installed = install_pack(spec, Path(cfg.packs_base_dir))
+                ids = await db.upsert_pack(spec)
+            return spec.ref, installed, ids
+
+        ref, installed, ids = _run(main)
+        typer.echo(f"pack {ref} installed at {installed}; actions: "
+                   + ", ".join(f"{r} (id {i})" for r, i in sorted(ids.items())))
+
+    @app.command("run-worker")
+    def run_worker_cmd(
+        config: ConfigOpt = None,
+        name: Annotated[Optional[str], typer.Option("--name", help="Worker name (default worker-<hostname>).")] = None,  # noqa: UP045
+        capacity: Annotated[Optional[int], typer.Option("--max-concurrent-tasks", help="Concurrent executions.")] = None,  # noqa: UP045
+        log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
+        log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    ) -> None:
+        """Register, heartbeat, consume worker.{id}.executions and run them in sandboxes."""
+        from attune.log import configure_logging
+
+        overrides: dict[str, Any] = {}
+        if name:
+            overrides["worker.name"] = name
+        if capacity:
+            overrides["worker.max_concurrent_tasks"] = capacity
+        try:
+            configure_logging(log_format, log_level)  # type: ignore[arg-type]
+            cfg = _config(config, overrides)
+        except AttuneError as exc:
+            raise _fail(str(exc)) from None
+        from attune.worker import run_worker
+
+        _run(lambda: run_worker(cfg))
+
+    @app.command("submit")
+    def submit(
+        action_ref: Annotated[str, typer.Argument(help="pack.action")],
+        params: Annotated[list[str], typer.Option("--params", "-p", help="k=v, repeatable.")] = [],  # noqa: B006
+        params_json: Annotated[Optional[str], typer.Option("--params-json")] = None,  # noqa: UP045
+        timeout: Annotated[Optional[int], typer.Option("--timeout", help="Execution timeout (s).")] = None,  # noqa: UP045
+        wait: Annotated[bool, typer.Option("--wait", help="Wait and print the result.")] = False,
+        wait_timeout: Annotated[float, typer.Option("--wait-timeout")] = 600.0,
+        config: ConfigOpt = None,
+    ) -> None:
+        """Play the executor: schedule an execution on a healthy worker and dispatch it."""
+        cfg = _config(config)
+
+        async def main() -> tuple[int, dict[str, Any] | None]:
+            import trio
+
+            from attune.broker import open_broker
+            from attune.db import Database
+            from attune.messages import EXCHANGE_EXECUTIONS, ExecutionRequested, dispatch_routing_key, encode_message
+            from attune.params import apply_schema, parse_kv_params, parse_params_json
+
+            async with Database.open_ctx(cfg.database.url) as db:
+                action = await db.get_action(action_ref)
+                if action is None:
+                    raise AttuneError(f"no action {action_ref!r} (load its pack with `attune pack load`)")
+                collected = parse_params_json(params_json) if params_json else {}
+                collected.update(parse_kv_params(params, action.param_schema))
+                collected = apply_schema(action.param_schema, collected)
+                runtime = action.runtime_name or ""
+                worker = await db.pick_worker(runtime)
+                if worker is None:
+                    raise AttuneError(f"no healthy worker runs {runtime!r} (start `attune run-worker`)")
+                execution_id = await db.create_execution(action, config=collected, worker_id=worker.id,
+                                                         timeout_seconds=timeout)
+                message = encode_message(
+                    "ExecutionRequested",
+                    ExecutionRequested(execution_id=execution_id, action_ref=action.ref, worker_id=worker.id),
+                    source_service="executor")
+                async with open_broker(cfg.message_queue.url) as broker:
+                    await broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker.id), message)
+                typer.echo(f"execution {execution_id} scheduled on {worker.name} (id {worker.id})", err=True)
+                if not wait:
+                    return execution_id, None
+                with trio.move_on_after(wait_timeout):
+                    while True:
+                        row = await db.get_execution(execution_id)
+                        if row is not None and row.status in TERMINAL:
+                            return execution_id, {"status": row.status, "result": row.result}
+                        await trio.sleep(0.05)
+                raise AttuneError(f"execution {execution_id} did not finish within {wait_timeout:g}s")
+
+        execution_id, outcome = _run(main)
+        if outcome is None:
+            typer.echo(json.dumps({"execution_id": execution_id}))
+            return
+        sys.stdout.write(json.dumps(outcome["result"], ensure_ascii=False) + "\n")
+        raise typer.Exit(EXIT_BY_STATUS.get(outcome["status"], 1))
+
+    @app.command("workers")
+    def workers(config: ConfigOpt = None,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+        """List registered workers."""
+        cfg = _config(config)
+
+        async def main() -> list[Any]:
+            from attune.db import Database
+
+            async with Database.open_ctx(cfg.database.url) as db:
+                return await db.list_workers()
+
+        import msgspec
+
+        rows = _run(main)
+        if as_json:
+            typer.echo(msgspec.json.encode(rows).decode())
+            return
+        typer.echo(f"{'ID':>4}  {'NAME':<24} {'STATUS':<9} {'RUNNING':>7}  RUNTIMES")
+        for w in rows:
+            caps = w.capabilities or {}
+            typer.echo(f"{w.id:>4}  {w.name:<24} {w.status:<9} {w.running:>3}/{caps.get('max_concurrent_executions', '?'):<3}  "
+                       f"{','.join(caps.get('runtimes', []))}")

@@ -1,0 +1,221 @@
+"""The worker's task tree, all of it visible here.
+
+    run_worker
+    ├── signals                       first SIGTERM/SIGINT: drain; second: cancel runs now
+    └── services nursery (after register, topology, recovery)
+        ├── heartbeat                 UPDATE worker SET last_heartbeat every interval
+        ├── outbox                    re-publishes status messages the broker missed
+        ├── cancel consumer           worker.{id}.cancel -> RunControl.cancel()
+        ├── retention                 prunes old artifact directories
+        └── consumer (awaited)        worker.{id}.executions, holds the executions nursery
+            └── execution x N         pipeline.handle_dispatch under the capacity limiter
+
+Shutdown is cancellation with a deadline: the intake scope is cancelled (unread
+deliveries go back to the broker), in-flight runs get `shutdown_timeout` seconds, then
+their RunControls are cancelled and they are recorded `cancelled`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+import attune
+from attune.artifacts import ArtifactStore
+from attune.broker import Broker, Delivery, open_broker
+from attune.config import Config
+from attune.db import Database
+from attune.errors import SandboxUnavailable, TransientError
+from attune.log import log_event
+from attune.messages import cancel_queue, executions_queue
+from attune.pipeline import (
+    SHUTDOWN_REASON,
+    Outbox,
+    SlotPool,
+    WorkerContext,
+    handle_cancel,
+    handle_dispatch,
+    recover_orphans,
+)
+from attune.runner import host, process
+from attune.runner.profiles import load_profiles
+from attune.runner.sandbox import Sandbox
+
+log = logging.getLogger("attune.worker")
+
+
+@dataclass
+class Shutdown:
+    """What a signal changes: the intake scope, then the drain deadline."""
+
+    intake: trio.CancelScope = field(default_factory=trio.CancelScope)
+    drain: trio.CancelScope = field(default_factory=lambda: trio.CancelScope(deadline=math.inf))
+    requested: trio.Event = field(default_factory=trio.Event)
+    drain_seconds: float = 30.0
+
+    def request(self) -> None:
+        if not self.requested.is_set():
+            self.requested.set()
+            self.drain.deadline = trio.current_time() + self.drain_seconds
+            self.intake.cancel()
+        else:  # a second signal: no more waiting
+            self.drain.cancel()
+
+
+async def watch_signals(shutdown: Shutdown, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            log_event(log, "shutdown_requested", signal=signal.Signals(signum).name,
+                      second=shutdown.requested.is_set())
+            shutdown.request()
+
+
+async def heartbeat(ctx: WorkerContext, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    task_status.started()
+    while True:
+        await trio.sleep(ctx.config.worker.heartbeat_interval)
+        try:
+            await ctx.db.heartbeat(ctx.worker_id)
+        except TransientError as exc:
+            log_event(log, "heartbeat_failed", logging.WARNING, reason=str(exc))
+
+
+async def retention(ctx: WorkerContext, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    cfg = ctx.config.artifacts
+    task_status.started()
+    while True:
+        removed = await trio.to_thread.run_sync(
+            lambda: ctx.artifacts.prune(max_age_seconds=cfg.retention_days * 86400,
+                                        max_count=cfg.max_count))
+        if removed:
+            log_event(log, "artifacts_pruned", count=removed)
+        await trio.sleep(3600)
+
+
+async def consume_cancels(ctx: WorkerContext, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async with ctx.broker.consume(cancel_queue(ctx.worker_id), prefetch=32) as deliveries:
+        task_status.started()
+        async for delivery in deliveries:
+            await handle_cancel(ctx, delivery)
+
+
+async def consume_executions(ctx: WorkerContext, shutdown: Shutdown, *,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Take dispatches under the capacity limiter until shutdown, then drain in-flight runs."""
+    limiter = ctx.slots.limiter
+
+    async def one(delivery: Delivery) -> None:
+        try:
+            await handle_dispatch(ctx, delivery)
+        finally:
+            limiter.release_on_behalf_of(delivery)
+
+    async with trio.open_nursery() as executions:
+        with shutdown.intake:
+            async with ctx.broker.consume(executions_queue(ctx.worker_id),
+                                          prefetch=int(limiter.total_tokens)) as deliveries:
+                task_status.started()
+                async for delivery in deliveries:
+                    try:
+                        await limiter.acquire_on_behalf_of(delivery)
+                    except trio.Cancelled:
+                        with trio.CancelScope(shield=True):
+                            await delivery.nack(requeue=True)
+                        raise
+                    executions.start_soon(one, delivery)
+        # Intake stopped: unread deliveries are back in the broker. Let runs finish.
+        log_event(log, "draining", in_flight=len(ctx.runs),
+                  timeout=ctx.config.worker.shutdown_timeout)
+        with shutdown.drain:
+            while ctx.runs or limiter.borrowed_tokens:
+                await trio.sleep(0.05)
+        for control in list(ctx.runs.values()):
+            control.cancel(SHUTDOWN_REASON)
+
+
+def capabilities(config: Config, facts: host.HostFacts, runtimes: list[str]) -> dict[str, object]:
+    return {
+        "runtimes": runtimes,
+        "max_concurrent_executions": config.worker.max_concurrent_tasks,
+        "worker_version": attune.__version__,
+        "sandbox": facts.capabilities(),
+    }
+
+
+async def run_worker(config: Config) -> None:
+    """Register, serve until a signal, drain, deregister. Returns normally on shutdown."""
+    shutdown = Shutdown(drain_seconds=config.worker.shutdown_timeout)
+    async with trio.open_nursery() as root:
+        await root.start(watch_signals, shutdown)
+        facts = host.detect()
+        if not facts.usable:
+            problems = "; ".join(facts.problems())
+            if not config.sandbox.allow_unsafe:
+                raise SandboxUnavailable(f"refusing to start: {problems}")
+            log_event(log, "UNSAFE_SANDBOX_OVERRIDE", logging.CRITICAL, problems=problems)
+        process.become_subreaper()
+        profiles = load_profiles(config.sandbox.effective_profiles_dir())
+        sandbox = Sandbox(facts, Path(config.sandbox.run_dir),
+                          slot_uid_base=config.sandbox.slot_uid_base)
+        name = config.worker.effective_name()
+        async with Database.open_ctx(
+            config.database.url, min_size=config.database.pool_min,
+            max_size=config.database.pool_max,
+            connect_timeout=config.database.connect_timeout,
+        ) as db, open_broker(config.message_queue.url,
+                             reconnect_interval=config.message_queue.reconnect_interval) as broker:
+            worker_id = await db.register_worker(
+                name, worker_type=config.worker.worker_type,
+                host=config.worker.host or socket.gethostname(), port=config.worker.port,
+                runtime_id=config.worker.runtime_id,
+                capabilities=capabilities(config, facts, sorted(profiles)),
+            )
+            await broker.declare_topology()
+            await broker.declare_worker_queues(worker_id)
+            ctx = _context(config, db, broker, sandbox, profiles, worker_id, name)
+            log_event(log, "worker_registered", worker=name, worker_id=worker_id,
+                      capacity=config.worker.max_concurrent_tasks, pid=os.getpid(),
+                      layers=",".join(l.name for l in facts.layers if l.active))
+            await recover_orphans(ctx)
+            try:
+                async with trio.open_nursery() as services:
+                    await services.start(heartbeat, ctx)
+                    await services.start(ctx.outbox.run)
+                    await services.start(consume_cancels, ctx)
+                    await services.start(retention, ctx)
+                    await consume_executions(ctx, shutdown)
+                    await _flush_outbox(ctx)
+                    services.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await db.set_worker_status(worker_id, "inactive")
+                log_event(log, "worker_stopped", worker=name, worker_id=worker_id)
+        root.cancel_scope.cancel()
+
+
+async def _flush_outbox(ctx: WorkerContext) -> None:
+    with trio.move_on_after(10):
+        while ctx.outbox.pending:
+            await trio.sleep(0.05)
+
+
+def _context(config: Config, db: Database, broker: Broker, sandbox: Sandbox,
+             profiles: dict, worker_id: int, name: str) -> WorkerContext:  # type: ignore[type-arg]
+    return WorkerContext(
+        config=config, db=db, broker=broker, sandbox=sandbox, profiles=profiles,
+        artifacts=ArtifactStore(Path(config.artifacts_dir), name),
+        outbox=Outbox(broker), slots=SlotPool(config.worker.max_concurrent_tasks),
+        worker_id=worker_id, worker_name=name,
+    )

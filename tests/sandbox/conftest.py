@@ -1,0 +1,106 @@
+"""Fixtures for the real-bubblewrap tests: one Sandbox per session and `run_code`.
+
+Run directories live where the per-slot uids can traverse them: under
+/var/lib/attune/test-runs when the tests run as root (pytest's tmp_path under /tmp is
+0700 root-only), else under pytest's own temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from attune.runner import host
+from attune.runner.profiles import Profile, load_profiles
+from attune.runner.sandbox import RunOutcome, RunSpec, Sandbox
+
+ROOT_RUN_BASE = Path("/var/lib/attune/test-runs")
+
+
+@pytest.fixture(scope="session")
+def facts() -> host.HostFacts:
+    facts = host.detect()
+    if not facts.usable:
+        message = "sandbox unavailable: " + "; ".join(facts.problems())
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return facts
+
+
+@pytest.fixture(scope="session")
+def run_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if os.geteuid() == 0:
+        ROOT_RUN_BASE.mkdir(parents=True, exist_ok=True)
+        os.chmod(ROOT_RUN_BASE, 0o711)
+        base = Path(tempfile.mkdtemp(prefix="session-", dir=ROOT_RUN_BASE))
+    else:
+        base = tmp_path_factory.mktemp("runs")
+    os.chmod(base, 0o711)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sandbox(facts: host.HostFacts, run_base: Path) -> Sandbox:
+    return Sandbox(facts, run_base / "runs")
+
+
+@pytest.fixture(scope="session")
+def profiles() -> dict[str, Profile]:
+    return load_profiles()
+
+
+class RunCode(Protocol):
+    def __call__(
+        self,
+        code: str | bytes,
+        runtime: str = "python",
+        params: dict[str, Any] | None = None,
+        timeout: float = 10,
+        **kw: Any,
+    ) -> Awaitable[RunOutcome]: ...
+
+
+@pytest.fixture
+def run_code(sandbox: Sandbox, profiles: dict[str, Profile]) -> RunCode:
+    """Run code through Sandbox.run exactly as `attune exec` does.
+
+    Keyword arguments go to RunSpec when it has such a field (env, parameter_delivery,
+    output_format, profile, code_name...), else to Sandbox.run (slot, control, on_output).
+    """
+    spec_fields = set(RunSpec.__dataclass_fields__)
+
+    async def run_code(
+        code: str | bytes,
+        runtime: str = "python",
+        params: dict[str, Any] | None = None,
+        timeout: float = 10,
+        **kw: Any,
+    ) -> RunOutcome:
+        spec_kw = {k: v for k, v in kw.items() if k in spec_fields}
+        run_kw = {k: v for k, v in kw.items() if k not in spec_fields}
+        profile = spec_kw.pop("profile", profiles[runtime])
+        name = spec_kw.pop("code_name", "action.py" if runtime == "python" else "action.sh")
+        env = {"ATTUNE_EXEC_ID": "test", "ATTUNE_ACTION": "test.action",
+               "ATTUNE_PACK_REF": "test", **spec_kw.pop("env", {})}
+        spec = RunSpec(
+            profile=profile,
+            code=code.encode() if isinstance(code, str) else code,
+            code_name=name,
+            params=params or {},
+            env=env,
+            **spec_kw,
+        )
+        return await sandbox.run(spec, timeout=timeout, **run_kw)
+
+    return run_code
+
+
+RunCodeFn = Callable[..., Awaitable[RunOutcome]]

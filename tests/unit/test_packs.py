@@ -1,0 +1,427 @@
+"""Pack loading, installing and code resolution (files only, no services)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from attune.errors import ExecutionError, InputError
+from attune.packs import install_pack, load_pack, read_code, resolve_code
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "packs" / "demo"
+
+GOOD_ACTION = (
+    "ref: demo.thing\nlabel: Thing\ndescription: d\nrunner_type: python\nentry_point: add.py\n"
+)
+
+
+@pytest.fixture
+def pack(tmp_path: Path) -> Path:
+    """A writable copy of the demo pack."""
+    dst = tmp_path / "src" / "demo"
+    shutil.copytree(DEMO, dst)
+    return dst
+
+
+def _action(pack: Path, text: str, name: str = "thing") -> Path:
+    path = pack / "actions" / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+# --- the demo pack --------------------------------------------------------------------
+
+
+def test_demo_pack_loads_with_all_its_actions() -> None:
+    spec = load_pack(DEMO)
+    assert (spec.ref, spec.label, spec.version) == ("demo", "Demo", "1.0.0")
+    by_ref = {a.ref: a for a in spec.actions}
+    assert set(by_ref) == {
+        "demo.add",
+        "demo.hello",
+        "demo.greet_script",
+        "demo.fail",
+        "demo.sleep",
+        "demo.shell_json",
+    }
+    assert by_ref["demo.add"].runner_type == "python"
+    assert by_ref["demo.add"].parameters == {
+        "type": "object",
+        "properties": {
+            "x": {"type": "number", "description": "First addend"},
+            "y": {"type": "number", "description": "Second addend"},
+        },
+        "required": ["x", "y"],
+    }
+    assert by_ref["demo.hello"].runner_type == "shell"
+    assert by_ref["demo.greet_script"].output_format == "json"
+    assert by_ref["demo.shell_json"].output_format == "json"
+    assert by_ref["demo.sleep"].timeout == 60
+    assert by_ref["demo.add"].parameter_delivery == "stdin"
+    assert by_ref["demo.add"].parameter_format == "json"
+    assert by_ref["demo.add"].name == "add"
+
+
+def test_demo_python_actions_behave_as_documented() -> None:
+    namespace: dict[str, object] = {}
+    exec((DEMO / "actions" / "add.py").read_text(), namespace)
+    assert namespace["run"](2, 3) == 5  # type: ignore[operator]
+    exec((DEMO / "actions" / "fail.py").read_text(), namespace)
+    with pytest.raises(RuntimeError, match="boom"):
+        namespace["run"]()  # type: ignore[operator]
+    assert "def run" not in (DEMO / "actions" / "greet_script.py").read_text()
+
+
+# --- pack.yaml ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["ref", "label", "description", "version"])
+def test_pack_yaml_missing_required_field_names_file_and_field(pack: Path, field: str) -> None:
+    meta = pack / "pack.yaml"
+    lines = [ln for ln in meta.read_text().splitlines() if not ln.startswith(f"{field}:")]
+    meta.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as info:
+        load_pack(pack)
+    assert str(meta) in str(info.value) and field in str(info.value)
+
+
+@pytest.mark.parametrize("ref", ["Demo", "1demo", "de mo", "demo.x", "-demo", ""])
+def test_pack_ref_must_be_lowercase_identifier(pack: Path, ref: str) -> None:
+    meta = pack / "pack.yaml"
+    text = meta.read_text().replace("ref: demo", f"ref: {ref!r}")
+    meta.write_text(text)
+    with pytest.raises(InputError, match="ref"):
+        load_pack(pack)
+
+
+def test_pack_version_must_be_a_string(pack: Path) -> None:
+    meta = pack / "pack.yaml"
+    meta.write_text(meta.read_text().replace("version: 1.0.0", "version: 1.0"))
+    with pytest.raises(InputError, match=r"version"):
+        load_pack(pack)
+
+
+def test_pack_yaml_unknown_keys_are_allowed(pack: Path) -> None:
+    meta = pack / "pack.yaml"
+    meta.write_text(meta.read_text() + "homepage: https://example.com\n")
+    assert load_pack(pack).ref == "demo"
+
+
+def test_missing_pack_yaml_is_named(pack: Path) -> None:
+    (pack / "pack.yaml").unlink()
+    with pytest.raises(InputError, match=r"pack\.yaml.*missing"):
+        load_pack(pack)
+
+
+def test_invalid_yaml_names_the_file(pack: Path) -> None:
+    (pack / "pack.yaml").write_text("ref: [unclosed\n")
+    with pytest.raises(InputError, match=r"pack\.yaml.*invalid YAML"):
+        load_pack(pack)
+
+
+def test_pack_yaml_that_is_not_a_mapping_is_refused(pack: Path) -> None:
+    (pack / "pack.yaml").write_text("- a\n- b\n")
+    with pytest.raises(InputError, match="mapping"):
+        load_pack(pack)
+
+
+def test_not_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a pack directory"):
+        load_pack(tmp_path / "nope")
+
+
+# --- actions/*.yaml -------------------------------------------------------------------
+
+
+def test_a_valid_extra_action_loads(pack: Path) -> None:
+    _action(pack, GOOD_ACTION)
+    assert "demo.thing" in {a.ref for a in load_pack(pack).actions}
+
+
+def test_unknown_action_key_names_file_and_key(pack: Path) -> None:
+    path = _action(pack, GOOD_ACTION + "timout: 5\n")
+    with pytest.raises(InputError) as info:
+        load_pack(pack)
+    assert str(path) in str(info.value) and "timout" in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["ref", "label", "description", "runner_type", "entry_point"])
+def test_action_missing_required_field_names_file_and_field(pack: Path, field: str) -> None:
+    text = "".join(ln + "\n" for ln in GOOD_ACTION.splitlines() if not ln.startswith(field))
+    path = _action(pack, text)
+    with pytest.raises(InputError) as info:
+        load_pack(pack)
+    assert str(path) in str(info.value) and field in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ("runner_type: ruby", "runner_type"),
+        ("timeout: 0", "timeout"),
+        ("timeout: -5", "timeout"),
+        ("timeout: 1.5", "timeout"),
+        ("timeout: true", "timeout"),
+        ("parameter_delivery: argv", "parameter_delivery"),
+        ("parameter_format: toml", "parameter_format"),
+        ("output_format: xml", "output_format"),
+        ("tags: notalist", "tags"),
+        ("parameters: [1, 2]", "parameters"),
+        ("output_schema: 3", "output_schema"),
+    ],
+)
+def test_bad_action_field_values_name_file_and_field(pack: Path, line: str, field: str) -> None:
+    key = line.split(":")[0]
+    text = "".join(ln + "\n" for ln in GOOD_ACTION.splitlines() if not ln.startswith(key))
+    path = _action(pack, text + line + "\n")
+    with pytest.raises(InputError) as info:
+        load_pack(pack)
+    assert str(path) in str(info.value) and field in str(info.value)
+
+
+@pytest.mark.parametrize("ref", ["other.thing", "demo.Thing", "demo.", "thing", "demo.a b"])
+def test_action_ref_must_be_pack_ref_dot_lowercase_name(pack: Path, ref: str) -> None:
+    path = _action(pack, GOOD_ACTION.replace("ref: demo.thing", f"ref: {ref!r}"))
+    with pytest.raises(InputError) as info:
+        load_pack(pack)
+    assert str(path) in str(info.value) and "ref" in str(info.value)
+
+
+def test_duplicate_action_refs_are_refused(pack: Path) -> None:
+    _action(pack, GOOD_ACTION.replace("demo.thing", "demo.add"))
+    with pytest.raises(InputError, match="also defined"):
+        load_pack(pack)
+
+
+@pytest.mark.parametrize("entry", ["missing.py", "../pack.yaml", "/etc/passwd", "", "sub"])
+def test_entry_point_must_be_an_existing_file_under_actions(pack: Path, entry: str) -> None:
+    (pack / "actions" / "sub").mkdir()
+    path = _action(pack, GOOD_ACTION.replace("entry_point: add.py", f"entry_point: {entry!r}"))
+    with pytest.raises(InputError) as info:
+        load_pack(pack)
+    assert str(path) in str(info.value) and "entry_point" in str(info.value)
+
+
+def test_entry_point_in_a_subdirectory_is_allowed(pack: Path) -> None:
+    (pack / "actions" / "lib").mkdir()
+    (pack / "actions" / "lib" / "x.py").write_text("def run():\n    return 1\n")
+    _action(pack, GOOD_ACTION.replace("entry_point: add.py", "entry_point: lib/x.py"))
+    assert any(a.entry_point == "lib/x.py" for a in load_pack(pack).actions)
+
+
+@pytest.mark.parametrize(
+    ("schema", "needle"),
+    [
+        ("{type: array}", "parameters.type"),
+        ("{type: object, properties: [a]}", "parameters.properties"),
+        ("{type: object, properties: {a: 1}}", "parameters.properties.a"),
+        ("{type: object, properties: {a: {secret: 'yes'}}}", "secret"),
+        ("{type: object, properties: {a: {}}, required: [b]}", "parameters.required"),
+        ("{type: object, required: a}", "parameters.required"),
+    ],
+)
+def test_parameters_must_be_an_object_schema(pack: Path, schema: str, needle: str) -> None:
+    path = _action(pack, GOOD_ACTION + f"parameters: {schema}\n")
+    with pytest.raises(InputError) as info:
+        load_pack(pack)
+    assert str(path) in str(info.value) and needle in str(info.value)
+
+
+# --- special files ----------------------------------------------------------------------
+
+
+def test_symlink_anywhere_in_the_pack_is_refused(pack: Path) -> None:
+    (pack / "actions" / "evil.py").symlink_to("/etc/passwd")
+    with pytest.raises(InputError, match=r"evil\.py.*symlink"):
+        load_pack(pack)
+
+
+def test_symlinked_directory_is_refused(pack: Path, tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (pack / "lib").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match="symlink"):
+        load_pack(pack)
+
+
+def test_hard_link_is_refused(pack: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    os.link(outside, pack / "actions" / "linked.py")
+    with pytest.raises(InputError, match=r"linked\.py.*hard-linked"):
+        load_pack(pack)
+
+
+def test_fifo_is_refused(pack: Path) -> None:
+    os.mkfifo(pack / "actions" / "pipe")
+    with pytest.raises(InputError, match="pipe"):
+        load_pack(pack)
+
+
+def test_nested_special_file_is_found(pack: Path) -> None:
+    deep = pack / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "link").symlink_to("/")
+    with pytest.raises(InputError, match=r"a/b/c/link"):
+        load_pack(pack)
+
+
+# --- install ----------------------------------------------------------------------------
+
+
+def test_install_copies_with_readable_modes(pack: Path, tmp_path: Path) -> None:
+    os.chmod(pack / "actions" / "add.py", 0o600)
+    os.chmod(pack / "actions", 0o700)
+    base = tmp_path / "packs"
+    target = install_pack(load_pack(pack), base)
+    assert target == base / "demo"
+    assert (target / "actions" / "add.py").read_text() == (pack / "actions" / "add.py").read_text()
+    for root, dirs, files in os.walk(target):
+        for d in dirs:
+            assert stat.S_IMODE(os.stat(Path(root) / d).st_mode) == 0o755
+        for f in files:
+            assert stat.S_IMODE(os.stat(Path(root) / f).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o755
+    assert load_pack(target).ref == "demo"
+
+
+def test_install_replaces_the_old_copy_and_leaves_no_temp_dirs(pack: Path, tmp_path: Path) -> None:
+    base = tmp_path / "packs"
+    install_pack(load_pack(pack), base)
+    (base / "demo" / "stale.txt").write_text("old")
+    (pack / "actions" / "add.py").write_text("def run(x, y):\n    return x * y\n")
+    target = install_pack(load_pack(pack), base)
+    assert not (target / "stale.txt").exists()
+    assert "x * y" in (target / "actions" / "add.py").read_text()
+    assert sorted(p.name for p in base.iterdir()) == ["demo"]
+
+
+def test_install_onto_itself_is_a_noop(pack: Path) -> None:
+    base = pack.parent
+    before = (pack / "actions" / "add.py").stat().st_ino
+    assert install_pack(load_pack(pack), base) == pack
+    assert (pack / "actions" / "add.py").stat().st_ino == before
+
+
+def test_install_rechecks_the_source_tree(pack: Path, tmp_path: Path) -> None:
+    spec = load_pack(pack)
+    (pack / "actions" / "late.py").symlink_to("/etc/shadow")
+    with pytest.raises(InputError, match="symlink"):
+        install_pack(spec, tmp_path / "packs")
+    assert not (tmp_path / "packs" / "demo").exists()
+
+
+# --- code resolution ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    packs = tmp_path / "packs"
+    install_pack(load_pack(DEMO), packs)
+    return packs
+
+
+def test_resolve_finds_the_action_file(base: Path) -> None:
+    code = resolve_code(base, "demo", "add.py", "python")
+    assert code.inline is None
+    assert code.path == (base / "demo" / "actions" / "add.py").resolve()
+    assert b"def run(x, y)" in read_code(code.path)
+
+
+@pytest.mark.parametrize("entry", ["../pack.yaml", "../../x", "a/../../b", "/etc/passwd"])
+@pytest.mark.parametrize("runtime", ["python", "shell"])
+def test_resolve_refuses_dotdot_and_absolute(base: Path, entry: str, runtime: str) -> None:
+    with pytest.raises(ExecutionError):
+        resolve_code(base, "demo", entry, runtime)
+
+
+def test_resolve_refuses_a_symlink_that_leaves_the_pack(base: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.py"
+    outside.write_text("x = 1\n")
+    (base / "demo" / "actions" / "escape.py").symlink_to(outside)
+    (base / "demo" / "actions" / "dir").symlink_to(tmp_path)
+    for runtime in ("python", "shell"):
+        with pytest.raises(ExecutionError, match="outside"):
+            resolve_code(base, "demo", "escape.py", runtime)
+        with pytest.raises(ExecutionError, match="outside"):
+            resolve_code(base, "demo", "dir/secret.py", runtime)
+
+
+def test_resolve_refuses_a_dangling_symlink_pointing_out(base: Path, tmp_path: Path) -> None:
+    (base / "demo" / "actions" / "gone.sh").symlink_to(tmp_path / "does-not-exist")
+    with pytest.raises(ExecutionError, match="outside"):
+        resolve_code(base, "demo", "gone.sh", "shell")
+
+
+def test_resolve_missing_python_file_names_the_path(base: Path) -> None:
+    with pytest.raises(ExecutionError, match=r"demo/actions/nope\.py"):
+        resolve_code(base, "demo", "nope.py", "python")
+
+
+def test_resolve_missing_shell_file_is_inline_code(base: Path) -> None:
+    assert resolve_code(base, "demo", "date", "shell").inline == "date"
+    code = resolve_code(base, "demo", 'echo "hi" > /dev/null; cd .. && ls', "shell")
+    assert (code.path, code.inline) == (None, 'echo "hi" > /dev/null; cd .. && ls')
+
+
+def test_resolve_shell_file_wins_over_inline(base: Path) -> None:
+    code = resolve_code(base, "demo", "hello.sh", "shell")
+    assert code.path is not None and code.inline is None
+
+
+@pytest.mark.parametrize("pack_ref", ["../demo", "Demo", "", "demo/actions"])
+def test_resolve_refuses_a_bad_pack_ref(base: Path, pack_ref: str) -> None:
+    with pytest.raises(ExecutionError):
+        resolve_code(base, pack_ref, "add.py", "python")
+
+
+def test_resolve_refuses_a_directory_entrypoint(base: Path) -> None:
+    (base / "demo" / "actions" / "sub").mkdir()
+    with pytest.raises(ExecutionError, match="regular file"):
+        resolve_code(base, "demo", "sub", "python")
+
+
+def test_resolve_refuses_empty_or_nul_entrypoints(base: Path) -> None:
+    for entry in ("", "add.py\x00.txt"):
+        with pytest.raises(ExecutionError):
+            resolve_code(base, "demo", entry, "python")
+
+
+# --- read_code ---------------------------------------------------------------------------
+
+
+def test_read_code_refuses_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real.py"
+    real.write_text("x = 1\n")
+    link = tmp_path / "link.py"
+    link.symlink_to(real)
+    with pytest.raises(ExecutionError, match="symlink"):
+        read_code(link)
+
+
+def test_read_code_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ExecutionError, match="regular file"):
+        read_code(fifo)
+
+
+def test_read_code_refuses_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ExecutionError):
+        read_code(tmp_path)
+
+
+def test_read_code_enforces_the_size_cap(tmp_path: Path) -> None:
+    big = tmp_path / "big.py"
+    big.write_bytes(b"#" * 101)
+    assert read_code(big, max_bytes=101) == b"#" * 101
+    with pytest.raises(ExecutionError, match="larger"):
+        read_code(big, max_bytes=100)
+
+
+def test_read_code_missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ExecutionError, match=r"absent\.py"):
+        read_code(tmp_path / "absent.py")
