@@ -103,8 +103,18 @@ class Delivery:
     and the method returns False.
     """
 
-    __slots__ = ("_loop", "_message", "body", "content_type", "correlation_id",
-                 "delivery_mode", "delivery_tag", "message_id", "redelivered", "routing_key")
+    __slots__ = (
+        "_loop",
+        "_message",
+        "body",
+        "content_type",
+        "correlation_id",
+        "delivery_mode",
+        "delivery_tag",
+        "message_id",
+        "redelivered",
+        "routing_key",
+    )
 
     def __init__(self, message: AbstractIncomingMessage, loop: trio_asyncio.TrioEventLoop):
         self._message = message
@@ -116,12 +126,15 @@ class Delivery:
         self.correlation_id: str | None = message.correlation_id
         self.content_type: str | None = message.content_type
         self.delivery_mode: int | None = (
-            int(message.delivery_mode) if message.delivery_mode is not None else None)
+            int(message.delivery_mode) if message.delivery_mode is not None else None
+        )
         self.routing_key: str | None = message.routing_key
 
     def __repr__(self) -> str:
-        return (f"Delivery(tag={self.delivery_tag}, message_id={self.message_id!r}, "
-                f"redelivered={self.redelivered})")
+        return (
+            f"Delivery(tag={self.delivery_tag}, message_id={self.message_id!r}, "
+            f"redelivered={self.redelivered})"
+        )
 
     @property
     def stale(self) -> bool:
@@ -149,8 +162,12 @@ class Delivery:
             try:
                 await trio_asyncio.aio_as_trio(method, loop=self._loop)(**kwargs)
             except _LOST as exc:
-                log.warning("%s of delivery %d failed (%s); the broker redelivers it",
-                            what, self.delivery_tag, _reason(exc))
+                log.warning(
+                    "%s of delivery %d failed (%s); the broker redelivers it",
+                    what,
+                    self.delivery_tag,
+                    _reason(exc),
+                )
                 return False
             return True
         if scope.cancelled_caught:
@@ -208,8 +225,10 @@ class Broker:
                 while True:
                     try:
                         return await self._aio(fn, *args, **kwargs)
-                    except (aiormq.exceptions.ChannelPreconditionFailed,
-                            aiormq.exceptions.ChannelAccessRefused) as exc:
+                    except (
+                        aiormq.exceptions.ChannelPreconditionFailed,
+                        aiormq.exceptions.ChannelAccessRefused,
+                    ) as exc:
                         # The broker's reply names the clashing argument and its type.
                         raise ConfigError(f"{what} on {self._where}: {_reply(exc)}") from None
                     except aiormq.exceptions.ChannelNotFoundEntity as exc:
@@ -226,8 +245,9 @@ class Broker:
         Declared on the robust topology channel, so they are declared again on reconnect.
         """
         for name, kind in EXCHANGES:
-            await self._declare(f"exchange {name!r}", self._topology.declare_exchange,
-                                name, kind, durable=True)
+            await self._declare(
+                f"exchange {name!r}", self._topology.declare_exchange, name, kind, durable=True
+            )
 
     async def declare_queue(
         self,
@@ -244,16 +264,23 @@ class Broker:
         properties, TransientError when the broker is unavailable.
         """
         await self._declare(
-            f"queue {name!r}", self._topology.declare_queue, name, durable=durable,
-            exclusive=exclusive, auto_delete=auto_delete,
-            arguments=dict(arguments) if arguments else None)
+            f"queue {name!r}",
+            self._topology.declare_queue,
+            name,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=dict(arguments) if arguments else None,
+        )
 
     async def bind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
         """Bind a queue declared by `declare_queue`, again after every reconnect."""
-        declared = await self._declare(f"queue {queue!r}", self._topology.declare_queue,
-                                       queue, passive=True)
-        await self._declare(f"binding of {queue!r} to {exchange!r}", declared.bind,
-                            exchange, routing_key)
+        declared = await self._declare(
+            f"queue {queue!r}", self._topology.declare_queue, queue, passive=True
+        )
+        await self._declare(
+            f"binding of {queue!r} to {exchange!r}", declared.bind, exchange, routing_key
+        )
 
     async def declare_worker_queues(self, worker_id: int) -> None:
         """Declare and bind `worker.{id}.executions` and `worker.{id}.cancel` (§1).
@@ -262,8 +289,11 @@ class Broker:
         PRECONDITION_FAILED (raised here as ConfigError).
         """
         plan = (
-            (executions_queue(worker_id), EXECUTIONS_QUEUE_ARGUMENTS,
-             dispatch_routing_key(worker_id)),
+            (
+                executions_queue(worker_id),
+                EXECUTIONS_QUEUE_ARGUMENTS,
+                dispatch_routing_key(worker_id),
+            ),
             (cancel_queue(worker_id), CANCEL_QUEUE_ARGUMENTS, cancel_routing_key(worker_id)),
         )
         for name, arguments, routing_key in plan:
@@ -297,20 +327,22 @@ class Broker:
                 try:
                     await message.nack(requeue=True)
                 except _LOST as exc:
-                    log.warning("could not hand back delivery %s: %s",
-                                message.delivery_tag, _reason(exc))
+                    log.warning(
+                        "could not hand back delivery %s: %s", message.delivery_tag, _reason(exc)
+                    )
 
         channel: AbstractRobustChannel = await self._declare(
-            f"a consumer channel for {queue!r}", _open_robust_channel, self._connection, False)
+            f"a consumer channel for {queue!r}", _open_robust_channel, self._connection, False
+        )
         try:
             await self._declare(f"QoS for {queue!r}", channel.set_qos, prefetch_count=prefetch)
             try:
-                amqp_queue = await self._declare(f"queue {queue!r}", channel.declare_queue,
-                                                 queue, passive=True)
+                amqp_queue = await self._declare(
+                    f"queue {queue!r}", channel.declare_queue, queue, passive=True
+                )
             except TransientError as exc:
                 raise TransientError(f"{exc} (does the queue exist?)") from None
-            tag = await self._declare(f"a consumer of {queue!r}", amqp_queue.consume,
-                                      on_message)
+            tag = await self._declare(f"a consumer of {queue!r}", amqp_queue.consume, on_message)
             try:
                 yield receive
             finally:
@@ -328,8 +360,9 @@ class Broker:
                 except _LOST as exc:
                     log.warning("closing consumer channel of %r: %s", queue, _reason(exc))
 
-    async def _publish_once(self, exchange: str, routing_key: str,
-                            message: OutgoingMessage) -> None:
+    async def _publish_once(
+        self, exchange: str, routing_key: str, message: OutgoingMessage
+    ) -> None:
         # asyncio-side helper: wait until the robust channel is restored, then publish.
         await self._publishing.ready()
         target = self._exchanges.get(exchange)
@@ -373,16 +406,19 @@ class Broker:
                         return
                     except aiormq.exceptions.ChannelNotFoundEntity:
                         raise TransientError(
-                            f"exchange {exchange!r} does not exist on {self._where}") from None
+                            f"exchange {exchange!r} does not exist on {self._where}"
+                        ) from None
                     except _LOST as exc:
                         last = _reason(exc)
-                        log.info("publish to %s/%s failed (%s); retrying", exchange,
-                                 routing_key, last)
+                        log.info(
+                            "publish to %s/%s failed (%s); retrying", exchange, routing_key, last
+                        )
                     await trio.sleep(_RETRY_PAUSE)
         except trio.TooSlowError:
             raise TransientError(
                 f"publish to {exchange!r} ({routing_key}) on {self._where} not confirmed "
-                f"within {timeout:g}s: {last}") from None
+                f"within {timeout:g}s: {last}"
+            ) from None
 
 
 async def _hand_back(receive: trio.MemoryReceiveChannel[Delivery]) -> None:
@@ -395,8 +431,9 @@ async def _hand_back(receive: trio.MemoryReceiveChannel[Delivery]) -> None:
         await delivery.nack(requeue=True)
 
 
-async def _connect(url: str, reconnect_interval: float,
-                   connect_timeout: float) -> AbstractRobustConnection:
+async def _connect(
+    url: str, reconnect_interval: float, connect_timeout: float
+) -> AbstractRobustConnection:
     # asyncio-side helper.
     return await aio_pika.connect_robust(
         url,
@@ -450,17 +487,22 @@ def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
 
 @asynccontextmanager
 async def _connected(
-    loop: trio_asyncio.TrioEventLoop, url: str, reconnect_interval: float,
+    loop: trio_asyncio.TrioEventLoop,
+    url: str,
+    reconnect_interval: float,
     connect_timeout: float,
 ) -> AsyncIterator[Broker]:
     where = _where(url)
     try:
         with trio.fail_after(connect_timeout + 1.0):
             connection = await trio_asyncio.aio_as_trio(_connect, loop=loop)(
-                url, reconnect_interval, connect_timeout)
-    except (aiormq.exceptions.AuthenticationError,
-            aiormq.exceptions.ProbableAuthenticationError,
-            aiormq.exceptions.ConnectionNotAllowed) as exc:
+                url, reconnect_interval, connect_timeout
+            )
+    except (
+        aiormq.exceptions.AuthenticationError,
+        aiormq.exceptions.ProbableAuthenticationError,
+        aiormq.exceptions.ConnectionNotAllowed,
+    ) as exc:
         raise ConfigError(f"RabbitMQ at {where} refused the login: {_reason(exc)}") from None
     except trio.TooSlowError:
         raise TransientError(f"RabbitMQ at {where}: connect timed out") from None
@@ -469,9 +511,11 @@ async def _connected(
     try:
         try:
             topology = await trio_asyncio.aio_as_trio(_open_robust_channel, loop=loop)(
-                connection, False)
+                connection, False
+            )
             publishing = await trio_asyncio.aio_as_trio(_open_robust_channel, loop=loop)(
-                connection, True)
+                connection, True
+            )
         except _LOST as exc:
             raise TransientError(f"RabbitMQ at {where}: no channel: {_reason(exc)}") from None
         yield Broker(connection, loop, topology, publishing, where)
@@ -483,8 +527,9 @@ async def _connected(
                 log.warning("closing the RabbitMQ connection: %s", _reason(exc))
 
 
-async def _open_robust_channel(connection: AbstractRobustConnection,
-                               publisher_confirms: bool) -> AbstractRobustChannel:
+async def _open_robust_channel(
+    connection: AbstractRobustConnection, publisher_confirms: bool
+) -> AbstractRobustChannel:
     # asyncio-side helper: a robust channel is opened by awaiting it.
     channel = connection.channel(publisher_confirms=publisher_confirms)
     await channel

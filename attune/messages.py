@@ -18,6 +18,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 import msgspec
 
 from attune.errors import MessageError
+from attune.states import CompletedStatusName, StatusValue
 
 # --- §1 topology ---------------------------------------------------------------------------
 
@@ -89,20 +90,11 @@ Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 # DB ids are bigserial: positive and int64. Anything else cannot name a row.
 Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 
-ExecutionStatus = Literal[
-    "requested",
-    "scheduling",
-    "scheduled",
-    "running",
-    "completed",
-    "failed",
-    "canceling",
-    "cancelled",
-    "timeout",
-    "abandoned",
-]
+# Status fields are typed with the Literals of attune.states, so a status the executor
+# rejects ("unknown") fails type checking, and encode_message refuses it at run time.
+ExecutionStatus = StatusValue
 # ExecutionCompleted.status is capitalised in the reference, unlike the DB enum.
-CompletedStatus = Literal["Completed", "Failed", "Cancelled", "Timeout", "Abandoned"]
+CompletedStatus = CompletedStatusName
 
 
 def _new_id() -> str:
@@ -219,7 +211,7 @@ def decode_envelope(body: bytes) -> Envelope:
         raise MessageError(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
     try:
         wire = _ENVELOPE_DECODER.decode(body)
-    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # incl. ValidationError
         raise MessageError(_short(f"not an envelope: {exc}")) from None
     return Envelope(
         message_id=wire.message_id or _new_id(),
@@ -240,7 +232,7 @@ def _decode(
         raise MessageError(_short(f"unexpected message_type {envelope.message_type!r}"))
     try:
         payload = decode_payload(envelope.payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # msgspec paths start at `$`, which is the payload here.
         raise MessageError(_short(f"bad payload: {exc}")) from None
     return envelope, payload

@@ -166,12 +166,16 @@ async def finish(ctx: WorkerContext, execution: Execution, status: str, result: 
     return True
 
 
+def _pointer_token(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
 def _secret_marker_paths(value: Any, path: str = "") -> list[str]:
     if isinstance(value, dict):
         if value.get(SECRET_MARKER_KEY) is True:
             return [path or "/"]
         return [p for k, v in value.items()
-                for p in _secret_marker_paths(v, f"{path}/{str(k).replace('~', '~0').replace('/', '~1')}")]
+                for p in _secret_marker_paths(v, f"{path}/{_pointer_token(str(k))}")]
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in _secret_marker_paths(v, f"{path}/{i}")]
     return []
@@ -251,6 +255,14 @@ async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
                   reason=str(exc))
         await trio.sleep(1)
         await delivery.nack(requeue=True)
+        return
+    except AttuneError as exc:  # the row cannot be read as an execution: fail it
+        log_event(log, "claim_failed", logging.WARNING, execution_id=execution_id,
+                  reason=str(exc))
+        invalid = {"succeeded": False, "error": f"invalid execution: {exc}"}
+        await with_db_retry(f"fail execution {execution_id}", lambda: ctx.db.finish_execution(
+            execution_id, "failed", invalid, from_statuses=("scheduled",)))
+        await delivery.ack()
         return
     if claim.status is None or claim.execution is None:
         log_event(log, "dispatch_rejected", logging.WARNING, execution_id=execution_id,

@@ -7,7 +7,8 @@
         ├── outbox                    re-publishes status messages the broker missed
         ├── cancel consumer           worker.{id}.cancel -> RunControl.cancel()
         ├── retention                 prunes old artifact directories
-        └── consumer (awaited)        worker.{id}.executions, holds the executions nursery
+        └── serve (consumer)          worker.{id}.executions, holds the executions nursery;
+            │                         when drained it flushes the outbox, stops the rest
             └── execution x N         pipeline.handle_dispatch under the capacity limiter
 
 Shutdown is cancellation with a deadline: the intake scope is cancelled (unread
@@ -85,7 +86,9 @@ async def heartbeat(ctx: WorkerContext, *,
     while True:
         await trio.sleep(ctx.config.worker.heartbeat_interval)
         try:
-            await ctx.db.heartbeat(ctx.worker_id)
+            if not await ctx.db.heartbeat(ctx.worker_id):
+                log_event(log, "heartbeat_lost", logging.WARNING,
+                          reason="worker row is gone; re-registering on restart")
         except TransientError as exc:
             log_event(log, "heartbeat_failed", logging.WARNING, reason=str(exc))
 
@@ -119,6 +122,10 @@ async def consume_executions(ctx: WorkerContext, shutdown: Shutdown, *,
     async def one(delivery: Delivery) -> None:
         try:
             await handle_dispatch(ctx, delivery)
+        except Exception:  # a bug must not take the worker down; the message dead-letters
+            log.exception("unexpected error handling delivery %s", delivery.delivery_tag)
+            with trio.CancelScope(shield=True):
+                await delivery.nack(requeue=False)
         finally:
             limiter.release_on_behalf_of(delivery)
 
@@ -187,7 +194,7 @@ async def run_worker(config: Config) -> None:
             ctx = _context(config, db, broker, sandbox, profiles, worker_id, name)
             log_event(log, "worker_registered", worker=name, worker_id=worker_id,
                       capacity=config.worker.max_concurrent_tasks, pid=os.getpid(),
-                      layers=",".join(l.name for l in facts.layers if l.active))
+                      layers=",".join(layer.name for layer in facts.layers if layer.active))
             await recover_orphans(ctx)
             try:
                 async with trio.open_nursery() as services:
@@ -195,14 +202,21 @@ async def run_worker(config: Config) -> None:
                     await services.start(ctx.outbox.run)
                     await services.start(consume_cancels, ctx)
                     await services.start(retention, ctx)
-                    await consume_executions(ctx, shutdown)
-                    await _flush_outbox(ctx)
-                    services.cancel_scope.cancel()
+                    await services.start(serve, ctx, shutdown, services.cancel_scope)
+                    log_event(log, "worker_ready", worker=name, worker_id=worker_id)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await db.set_worker_status(worker_id, "inactive")
                 log_event(log, "worker_stopped", worker=name, worker_id=worker_id)
         root.cancel_scope.cancel()
+
+
+async def serve(ctx: WorkerContext, shutdown: Shutdown, services: trio.CancelScope, *,
+                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The consumer's life: serve until drained, flush the outbox, stop the services."""
+    await consume_executions(ctx, shutdown, task_status=task_status)
+    await _flush_outbox(ctx)
+    services.cancel()
 
 
 async def _flush_outbox(ctx: WorkerContext) -> None:

@@ -124,14 +124,14 @@ async def run_file(
 def register(app: typer.Typer) -> None:
     @app.command("exec")
     def exec_command(
-        file: Annotated[Optional[Path], typer.Argument(help="The action file (.py, .sh, or a shebang script).")] = None,  # noqa: UP045
-        params: Annotated[list[str], typer.Option("--params", "-p", help="k=v; v is JSON when it parses, else a string. Repeatable.")] = [],  # noqa: B006
-        params_json: Annotated[Optional[str], typer.Option("--params-json", help="All parameters as one JSON object.")] = None,  # noqa: UP045
-        params_file: Annotated[Optional[Path], typer.Option("--params-file", help="Parameters from a JSON or YAML file.")] = None,  # noqa: UP045
-        runtime: Annotated[Optional[str], typer.Option("--runtime", "-r", help="python or shell (default: by extension, then shebang).")] = None,  # noqa: UP045
-        profile: Annotated[Optional[str], typer.Option("--profile", help="A profile name or a path to a profile TOML file.")] = None,  # noqa: UP045
-        timeout: Annotated[Optional[float], typer.Option("--timeout", "-t", help="Wall-clock limit in seconds.")] = None,  # noqa: UP045
-        output_format: Annotated[Optional[str], typer.Option("--output-format", help="text, json, yaml or jsonl (default json).")] = None,  # noqa: UP045
+        file: Annotated[Optional[Path], typer.Argument(help="The action file (.py, .sh, or a shebang script).")] = None,
+        params: Annotated[list[str], typer.Option("--params", "-p", help="k=v; v is JSON when it parses, else a string. Repeatable.")] = [],
+        params_json: Annotated[Optional[str], typer.Option("--params-json", help="All parameters as one JSON object.")] = None,
+        params_file: Annotated[Optional[Path], typer.Option("--params-file", help="Parameters from a JSON or YAML file.")] = None,
+        runtime: Annotated[Optional[str], typer.Option("--runtime", "-r", help="python or shell (default: by extension, then shebang).")] = None,
+        profile: Annotated[Optional[str], typer.Option("--profile", help="A profile name or a path to a profile TOML file.")] = None,
+        timeout: Annotated[Optional[float], typer.Option("--timeout", "-t", help="Wall-clock limit in seconds.")] = None,
+        output_format: Annotated[Optional[str], typer.Option("--output-format", help="text, json, yaml or jsonl (default json).")] = None,
         status_only: Annotated[bool, typer.Option("--with-status", help="Print {status, result} instead of the result alone.")] = False,
         explain_layers: Annotated[bool, typer.Option("--explain", help="Print which isolation layers this host provides, then exit.")] = False,
     ) -> None:

@@ -15,7 +15,7 @@ from attune.errors import AttuneError
 if TYPE_CHECKING:
     from attune.config import Config
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]  # noqa: UP045
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 EXIT_BY_STATUS = {"completed": 0, "failed": 1, "timeout": 3, "cancelled": 4, "abandoned": 1}
 TERMINAL = {"completed", "failed", "timeout", "cancelled", "abandoned"}
 
@@ -85,8 +85,8 @@ def register(app: typer.Typer) -> None:
     @app.command("run-worker")
     def run_worker_cmd(
         config: ConfigOpt = None,
-        name: Annotated[Optional[str], typer.Option("--name", help="Worker name (default worker-<hostname>).")] = None,  # noqa: UP045
-        capacity: Annotated[Optional[int], typer.Option("--max-concurrent-tasks", help="Concurrent executions.")] = None,  # noqa: UP045
+        name: Annotated[Optional[str], typer.Option("--name", help="Worker name (default worker-<hostname>).")] = None,
+        capacity: Annotated[Optional[int], typer.Option("--max-concurrent-tasks", help="Concurrent executions.")] = None,
         log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
         log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
     ) -> None:
@@ -110,9 +110,9 @@ def register(app: typer.Typer) -> None:
     @app.command("submit")
     def submit(
         action_ref: Annotated[str, typer.Argument(help="pack.action")],
-        params: Annotated[list[str], typer.Option("--params", "-p", help="k=v, repeatable.")] = [],  # noqa: B006
-        params_json: Annotated[Optional[str], typer.Option("--params-json")] = None,  # noqa: UP045
-        timeout: Annotated[Optional[int], typer.Option("--timeout", help="Execution timeout (s).")] = None,  # noqa: UP045
+        params: Annotated[list[str], typer.Option("--params", "-p", help="k=v, repeatable.")] = [],
+        params_json: Annotated[Optional[str], typer.Option("--params-json")] = None,
+        timeout: Annotated[Optional[int], typer.Option("--timeout", help="Execution timeout (s).")] = None,
         wait: Annotated[bool, typer.Option("--wait", help="Wait and print the result.")] = False,
         wait_timeout: Annotated[float, typer.Option("--wait-timeout")] = 600.0,
         config: ConfigOpt = None,
@@ -121,42 +121,25 @@ def register(app: typer.Typer) -> None:
         cfg = _config(config)
 
         async def main() -> tuple[int, dict[str, Any] | None]:
-            import trio
-
             from attune.broker import open_broker
             from attune.db import Database
-            from attune.messages import EXCHANGE_EXECUTIONS, ExecutionRequested, dispatch_routing_key, encode_message
-            from attune.params import apply_schema, parse_kv_params, parse_params_json
+            from attune.params import parse_kv_params, parse_params_json
+            from attune.submit import schedule, wait_terminal
 
             async with Database.open_ctx(cfg.database.url) as db:
                 action = await db.get_action(action_ref)
-                if action is None:
-                    raise AttuneError(f"no action {action_ref!r} (load its pack with `attune pack load`)")
+                schema = action.param_schema if action else None
                 collected = parse_params_json(params_json) if params_json else {}
-                collected.update(parse_kv_params(params, action.param_schema))
-                collected = apply_schema(action.param_schema, collected)
-                runtime = action.runtime_name or ""
-                worker = await db.pick_worker(runtime)
-                if worker is None:
-                    raise AttuneError(f"no healthy worker runs {runtime!r} (start `attune run-worker`)")
-                execution_id = await db.create_execution(action, config=collected, worker_id=worker.id,
-                                                         timeout_seconds=timeout)
-                message = encode_message(
-                    "ExecutionRequested",
-                    ExecutionRequested(execution_id=execution_id, action_ref=action.ref, worker_id=worker.id),
-                    source_service="executor")
+                collected.update(parse_kv_params(params, schema))
                 async with open_broker(cfg.message_queue.url) as broker:
-                    await broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker.id), message)
-                typer.echo(f"execution {execution_id} scheduled on {worker.name} (id {worker.id})", err=True)
+                    execution_id, worker = await schedule(db, broker, action_ref, collected,
+                                                          timeout_seconds=timeout)
+                typer.echo(f"execution {execution_id} scheduled on {worker.name} (id {worker.id})",
+                           err=True)
                 if not wait:
                     return execution_id, None
-                with trio.move_on_after(wait_timeout):
-                    while True:
-                        row = await db.get_execution(execution_id)
-                        if row is not None and row.status in TERMINAL:
-                            return execution_id, {"status": row.status, "result": row.result}
-                        await trio.sleep(0.05)
-                raise AttuneError(f"execution {execution_id} did not finish within {wait_timeout:g}s")
+                row = await wait_terminal(db, execution_id, timeout=wait_timeout)
+                return execution_id, {"status": row.status, "result": row.result}
 
         execution_id, outcome = _run(main)
         if outcome is None:

@@ -211,15 +211,19 @@ class Database:
             )
         )
 
-    async def heartbeat(self, worker_id: int) -> None:
-        """Mark the worker alive; a vanished row is an InputError (re-register)."""
-        if not await self._run(lambda c: queries.heartbeat(c, worker_id)):
-            raise InputError(f"worker {worker_id} no longer exists in the database")
+    async def heartbeat(self, worker_id: int) -> bool:
+        """Mark the worker alive; False if its row is gone (deleted by an operator).
 
-    async def set_worker_status(self, worker_id: int, status: str) -> None:
+        Not an exception: the heartbeat loop must keep running; the caller decides
+        whether a vanished registration is worth a warning or a restart.
+        """
+        return await self._run(lambda c: queries.heartbeat(c, worker_id))
+
+    async def set_worker_status(self, worker_id: int, status: str) -> bool:
+        """Write the status; False if the worker row is gone."""
         if status not in WORKER_STATUSES:
             raise InputError(f"worker status must be one of {WORKER_STATUSES}, got {status!r}")
-        await self._run(lambda c: queries.set_worker_status(c, worker_id, status))
+        return await self._run(lambda c: queries.set_worker_status(c, worker_id, status))
 
     async def list_workers(self) -> list[Worker]:
         return await self._run(queries.list_workers)

@@ -3,6 +3,19 @@
 Everything the sandbox is made of is decided here, so it can be golden-tested without
 spawning anything. The options go to bwrap through `--args FD`, never on its command
 line, so /proc/1/cmdline inside the sandbox shows nothing of the run.
+
+Nothing the action writes reaches the host's disk. The work dir (/work) is a tmpfs of
+`limits.work_dir_mb`, like /tmp and /dev/shm of `limits.tmpfs_mb` each: RLIMIT_FSIZE caps one file, not
+the total, and a host-backed work dir (or a writable host out dir) would let an action
+fill the worker's disk with many files below the file-size limit before any after-run
+check could notice. tmpfs pages are charged to the run's memory cgroup where there is
+one, and vanish with the sandbox's mount namespace, so nothing needs cleaning up either
+(no chmod-000 directories left for the worker to remove). The only host files the
+action can write are the result file, bound alone (an existing regular file the action
+cannot replace, rename or turn into a symlink: its parent /attune is read-only) and
+capped by RLIMIT_FSIZE; the parameter file is bound read-only beside it. Nothing reads
+the work dir after a run today; an artifact collector would need it host-visible
+(e.g. a sized tmpfs mounted by the worker) and must keep this size bound.
 """
 
 from __future__ import annotations
@@ -16,7 +29,9 @@ SANDBOX_GID = 1000
 # Paths inside the sandbox.
 WORK_DIR = "/work"
 ATTUNE_DIR = "/attune"  # read-only: the action code and the wrapper
-OUT_DIR = "/attune/out"  # writable: result file, parameter file
+OUT_DIR = "/attune/out"  # read-only; holds the two files below
+RESULT_FILE = "/attune/out/result.json"  # the one writable host file
+PARAMS_FILE = "/attune/out/parameters"  # parameter_delivery = file, read-only
 ACTION_DIR = "/attune/action"
 MiB = 1024 * 1024
 
@@ -26,8 +41,8 @@ class RunLayout:
     """Host paths of one run, prepared by the caller before the argv is built."""
 
     code_dir: str  # host dir bound read-only at /attune (holds action/ and out/)
-    work_dir: str  # host dir bound read-write at /work
-    out_dir: str  # host dir bound read-write at /attune/out
+    result_file: str  # host file bound read-write at /attune/out/result.json
+    params_file: str | None  # host file bound read-only at /attune/out/parameters
     etc_dir: str  # host dir with the synthetic passwd, group, hosts
     action_file: str  # file name under /attune/action
     wrapper: str | None  # file name under /attune that runs the action, if any
@@ -43,22 +58,26 @@ def sandbox_env(profile: Profile, extra: dict[str, str]) -> dict[str, str]:
 
 
 PRLIMIT = "/usr/bin/prlimit"
+CPU_HARD_GRACE = 1  # seconds between SIGXCPU (soft) and SIGKILL (hard)
 
 
 def rlimit_prefix(profile: Profile) -> list[str]:
-    """Limits set inside the sandbox, soft == hard, before the interpreter starts.
+    """Limits set inside the sandbox before the interpreter starts, soft == hard.
 
     A limit of 0 means "not limited" except for core dumps, which are always off.
+    CPU is the exception to soft == hard: at the soft limit the kernel sends SIGXCPU
+    (so the result can say "CPU time limit"), SIGKILL one second later at the hard one;
+    with soft == hard the kernel skips SIGXCPU and sends SIGKILL straight away.
     """
     lim = profile.limits
     pairs = [
-        ("cpu", lim.cpu_seconds),
-        ("as", lim.address_space_mb * MiB),
-        ("nofile", lim.open_files),
-        ("fsize", lim.file_size_mb * MiB),
-        ("nproc", lim.processes),
+        ("cpu", lim.cpu_seconds, lim.cpu_seconds + CPU_HARD_GRACE),
+        ("as", lim.address_space_mb * MiB, lim.address_space_mb * MiB),
+        ("nofile", lim.open_files, lim.open_files),
+        ("fsize", lim.file_size_mb * MiB, lim.file_size_mb * MiB),
+        ("nproc", lim.processes, lim.processes),
     ]
-    opts = [f"--{name}={value}:{value}" for name, value in pairs if value > 0]
+    opts = [f"--{name}={soft}:{hard}" for name, soft, hard in pairs if soft > 0]
     return [PRLIMIT, "--core=0:0", *opts, "--"]
 
 
@@ -93,16 +112,25 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
     args += [
         "--proc", "/proc",
         "--ro-bind", "/proc/sys", "/proc/sys",
+        # bwrap's /dev is a writable tmpfs of half the RAM: give /dev/shm (POSIX shm,
+        # multiprocessing's semaphores) its own capped tmpfs and make /dev read-only.
         "--dev", "/dev",
+        "--size", str(profile.limits.tmpfs_mb * MiB), "--tmpfs", "/dev/shm",
+        "--remount-ro", "/dev",
         "--size", str(profile.limits.tmpfs_mb * MiB), "--tmpfs", "/tmp",
+        "--perms", "0700", "--size", str(profile.limits.work_dir_mb * MiB),
+        "--tmpfs", WORK_DIR,
         "--dir", "/etc",
     ]
     for name in ("passwd", "group", "hosts", "nsswitch.conf"):
         args += ["--ro-bind", f"{layout.etc_dir}/{name}", f"/etc/{name}"]
     args += [
-        "--bind", layout.work_dir, WORK_DIR,
         "--ro-bind", layout.code_dir, ATTUNE_DIR,
-        "--bind", layout.out_dir, OUT_DIR,
+        "--bind", layout.result_file, RESULT_FILE,
+    ]
+    if layout.params_file is not None:
+        args += ["--ro-bind", layout.params_file, PARAMS_FILE]
+    args += [
         "--chdir", WORK_DIR,
         "--remount-ro", "/",
         "--clearenv",

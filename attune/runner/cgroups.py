@@ -89,16 +89,19 @@ class RunCgroup:
         if pid_dir != mem:
             pid_dir.mkdir()
             self.dirs.append(pid_dir)
+        # 0 means "no limit" (as for the rlimits), never "nothing allowed".
+        pids_max = str(pids) if pids > 0 else "max"
         if support.version == 2:
-            (mem / "memory.max").write_text(str(memory_bytes))
+            (mem / "memory.max").write_text(str(memory_bytes) if memory_bytes > 0 else "max")
             with contextlib.suppress(OSError):
                 (mem / "memory.swap.max").write_text("0")
-            (mem / "pids.max").write_text(str(pids))
+            (mem / "pids.max").write_text(pids_max)
         else:
-            (mem / "memory.limit_in_bytes").write_text(str(memory_bytes))
-            with contextlib.suppress(OSError):
-                (mem / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
-            (pid_dir / "pids.max").write_text(str(pids))
+            if memory_bytes > 0:
+                (mem / "memory.limit_in_bytes").write_text(str(memory_bytes))
+                with contextlib.suppress(OSError):
+                    (mem / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
+            (pid_dir / "pids.max").write_text(pids_max)
         self.memory_dir = mem
 
     @property

@@ -81,7 +81,8 @@ def _seccomp_detail() -> tuple[bool, str]:
 
 
 def detect(bwrap: str | None = None) -> HostFacts:
-    path = bwrap or shutil.which("bwrap") or ("/usr/bin/bwrap" if os.path.exists("/usr/bin/bwrap") else None)
+    fallback = "/usr/bin/bwrap" if os.path.exists("/usr/bin/bwrap") else None
+    path = bwrap or shutil.which("bwrap") or fallback
     version = _bwrap_version(path) if path else None
     is_root = os.geteuid() == 0
     userns_ok, userns_detail = _userns_detail()

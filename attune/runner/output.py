@@ -8,6 +8,7 @@ that decides status and result fields from what the sandbox reported.
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -91,10 +92,32 @@ class RunReport:
     cancel_reason: str = "Execution cancelled by user"
     signal: int | None = None
     oom_killed: bool = False
+    # The stream whose output went so far past its cap that the run was killed.
+    output_exceeded: str | None = None
     # For python run() actions: the wrapper's report, already decoded.
     wrapper: dict[str, Any] | None = None
     wrapper_problem: str | None = None
     output_format: OutputFormat = "text"
+
+
+# Past this many times its cap, a stream's run is killed rather than drained forever.
+OUTPUT_KILL_FACTOR = 4
+
+_SIGNAL_REASONS: dict[int, str] = {
+    signal.SIGXFSZ: "file size limit exceeded",
+    signal.SIGXCPU: "CPU time limit exceeded",
+    signal.SIGSYS: "forbidden system call",
+}
+
+
+def signal_error(signo: int) -> str:
+    """`Command killed by SIGXFSZ (file size limit exceeded)` and the like."""
+    try:
+        name = signal.Signals(signo).name
+    except ValueError:
+        return f"Command killed by signal {signo}"
+    reason = _SIGNAL_REASONS.get(signo)
+    return f"Command killed by {name} ({reason})" if reason else f"Command killed by {name}"
 
 
 def _last_line(text: str) -> str:
@@ -118,6 +141,12 @@ def build_result(report: RunReport) -> tuple[Status, dict[str, Any]]:
     elif report.cancelled:
         status = "cancelled"
         result.update(succeeded=False, cancelled=True, error=report.cancel_reason)
+    elif report.output_exceeded is not None:
+        status = "failed"
+        buf = report.stdout if report.output_exceeded == "stdout" else report.stderr
+        result.update(succeeded=False, output_limit_exceeded=report.output_exceeded,
+                      error=f"Execution killed: {report.output_exceeded} exceeded "
+                            f"{OUTPUT_KILL_FACTOR}x its {buf.limit} byte output limit")
     elif report.oom_killed:
         status = "failed"
         result.update(succeeded=False, oom_killed=True,
@@ -128,7 +157,7 @@ def build_result(report: RunReport) -> tuple[Status, dict[str, Any]]:
         if report.wrapper is not None and not report.wrapper.get("ok", True):
             error = str(report.wrapper.get("error") or "")
         if not error and report.signal is not None:
-            error = f"Command killed by signal {report.signal}"
+            error = signal_error(report.signal)
         if not error:
             error = _last_line(stderr) or f"Command exited with code {report.exit_code}"
         result.update(succeeded=False, error=error)

@@ -9,12 +9,24 @@ write them after the process is in its cgroups, so the action never runs a singl
 instruction outside them. Resource limits are applied inside the sandbox by
 /usr/bin/prlimit (see argv.py): the worker may lack CAP_SYS_RESOURCE, which prlimit(2)
 on another uid's process needs, and a preexec_fn is unsafe in a threaded process.
+
+The process tree of one run is: bwrap (host pid, our child) -> bwrap's init (pid 1 of
+the sandbox's pid namespace) -> the action (pid 2). bwrap reports the init's host pid
+on `--info-fd`; we hold a pidfd on it. Killing a run SIGKILLs the init: the kernel
+then kills every process of the namespace (setsid daemons included), bwrap reaps the
+init and exits. Killing the outer bwrap instead would orphan the init: it would be
+reparented to the host's pid 1, which may never reap it, and a zombie of the slot uid
+counts against RLIMIT_NPROC forever. When that fallback is needed (bwrap stuck before
+it reported the init), the worker is a child subreaper (`become_subreaper`) and reaps
+the init through its own pidfd, never with a wildcard wait: a wildcard wait could reap
+a pid some subprocess.Popen of the worker owns, which Popen would then report as exit 0.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +38,9 @@ import trio
 from attune.errors import SandboxUnavailable
 
 PR_SET_CHILD_SUBREAPER = 36
+# After the init is killed, bwrap normally exits within milliseconds; past this, kill it.
+KILL_GRACE_SECONDS = 1.0
+INFO_MAX_BYTES = 4096
 
 
 @dataclass
@@ -37,18 +52,84 @@ class Pipes:
     stderr: trio.lowlevel.FdStream
 
 
-class SandboxProcess:
-    """A running bwrap: wait on its pidfd, kill it race-free, reap it."""
+def _pidfd_pid(pidfd: int) -> int:
+    """The pid a pidfd refers to, or -1 once that process has been reaped."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}") as handle:
+            for line in handle:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -1
 
-    def __init__(self, popen: subprocess.Popen[bytes], pidfd: int, pipes: Pipes) -> None:
+
+def _parent_pid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return -1
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    fields = data[data.rfind(b")") + 2:].split()
+    return int(fields[1]) if len(fields) > 1 else -1
+
+
+def open_child_pidfd(pid: int, parent: int) -> int | None:
+    """A pidfd on `pid` only if it is (still) a child of `parent`, else None.
+
+    The pid number comes from bwrap and could in theory have been reused; checking the
+    parent through /proc and then that the pidfd's process is still unreaped proves the
+    pidfd and /proc looked at the same process.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if _parent_pid(pid) == parent and _pidfd_pid(pidfd) == pid:
+        return pidfd
+    os.close(pidfd)
+    return None
+
+
+class SandboxProcess:
+    """A running bwrap: wait on its pidfd, kill its pid namespace race-free, reap it."""
+
+    def __init__(
+        self, popen: subprocess.Popen[bytes], pidfd: int, pipes: Pipes, info_fd: int
+    ) -> None:
         self._popen = popen
         self._pidfd = pidfd
         self.pipes = pipes
         self.pid = popen.pid
+        self._info = trio.lowlevel.FdStream(info_fd)
+        self.init_pid: int | None = None
+        self._init_pidfd: int | None = None
 
     @property
     def returncode(self) -> int | None:
         return self._popen.returncode
+
+    async def read_info(self) -> None:
+        """Learn the sandbox init's host pid from bwrap's --info-fd (EOF if bwrap failed)."""
+        data = b""
+        try:
+            while len(data) < INFO_MAX_BYTES:
+                chunk = await self._info.receive_some(INFO_MAX_BYTES)
+                if not chunk:
+                    break
+                data += chunk
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                await self._info.aclose()
+        try:
+            child = int(json.loads(data)["child-pid"])
+        except (ValueError, KeyError, TypeError):
+            return
+        self.init_pid = child
+        self._init_pidfd = open_child_pidfd(child, self.pid)
 
     async def wait(self) -> int:
         """Wait for exit; a cancel kills the whole sandbox before it propagates."""
@@ -56,22 +137,62 @@ class SandboxProcess:
             while self._popen.poll() is None:
                 await trio.lowlevel.wait_readable(self._pidfd)
         except BaseException:
-            self.kill()
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                while self._popen.poll() is None:
-                    await trio.lowlevel.wait_readable(self._pidfd)
+            with trio.CancelScope(shield=True):
+                await self.kill_and_wait()
             raise
         return self._popen.returncode  # type: ignore[return-value]
 
+    async def kill_and_wait(self) -> None:
+        """Kill the sandbox and wait (bounded) until bwrap is gone."""
+        self.kill()
+        with trio.move_on_after(KILL_GRACE_SECONDS):
+            while self._popen.poll() is None:
+                await trio.lowlevel.wait_readable(self._pidfd)
+        if self._popen.returncode is None:
+            self._kill_bwrap()
+            with trio.move_on_after(5):
+                while self._popen.poll() is None:
+                    await trio.lowlevel.wait_readable(self._pidfd)
+
     def kill(self) -> None:
-        """SIGKILL the outer bwrap; --die-with-parent then takes the pid namespace down."""
+        """SIGKILL the sandbox's init (the whole pid namespace dies); bwrap if unknown."""
+        if self._init_pidfd is not None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+                return
+        self._kill_bwrap()
+
+    def _kill_bwrap(self) -> None:
         if self._popen.returncode is None:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
+    async def reap_init(self) -> None:
+        """Reap the init if it was orphaned to us (we are a subreaper); bounded wait.
+
+        Normally bwrap reaped it and this is a no-op (ECHILD). waitid on the init's own
+        pidfd can only ever reap that one process.
+        """
+        fd = self._init_pidfd
+        if fd is None or self._popen.returncode is None:
+            return
+        with trio.move_on_after(KILL_GRACE_SECONDS):
+            while True:
+                try:
+                    if os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG) is not None:
+                        return
+                except ChildProcessError:  # not our child: bwrap (or init) reaped it
+                    return
+                except OSError:
+                    return
+                await trio.lowlevel.wait_readable(fd)
+
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._pidfd)
+        for fd in (self._pidfd, self._init_pidfd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._init_pidfd = None
 
 
 def spawn(
@@ -84,22 +205,27 @@ def spawn(
     gid: int | None,
     cgroup_procs: Sequence[str] = (),
 ) -> SandboxProcess:
-    """Start bwrap gated on its --args pipe, confine it, then release it."""
+    """Start bwrap gated on its --args pipe, confine it, then release it.
+
+    `args` must not hold `--info-fd`: spawn adds it and owns that pipe.
+    """
     args_r, args_w = os.pipe2(os.O_CLOEXEC)
+    info_r, info_w = os.pipe2(os.O_CLOEXEC)
     in_r, in_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    child_ends = (args_r, in_r, out_w, err_w)
+    child_ends = (args_r, info_w, in_r, out_w, err_w)
+    parent_ends = (args_w, info_r, in_w, out_r, err_r)
     try:
         popen = subprocess.Popen(
-            [bwrap, "--args", str(args_r), "--", *command],
+            [bwrap, "--args", str(args_r), "--info-fd", str(info_w), "--", *command],
             stdin=in_r, stdout=out_w, stderr=err_w,
-            pass_fds=(args_r, *pass_fds), close_fds=True,
+            pass_fds=(args_r, info_w, *pass_fds), close_fds=True,
             env={}, cwd="/",
             user=uid, group=gid, extra_groups=[] if uid is not None else None,
         )
     except OSError as exc:
-        for fd in (*child_ends, args_w, in_w, out_r, err_r):
+        for fd in (*child_ends, *parent_ends):
             os.close(fd)
         raise SandboxUnavailable(f"cannot start {bwrap}: {exc.strerror}") from None
     for fd in child_ends:
@@ -115,7 +241,7 @@ def spawn(
     except BaseException:
         popen.kill()
         popen.wait()
-        for fd in (in_w, out_r, err_r):
+        for fd in (info_r, in_w, out_r, err_r):
             os.close(fd)
         raise
     finally:
@@ -125,28 +251,17 @@ def spawn(
         stdout=trio.lowlevel.FdStream(out_r),
         stderr=trio.lowlevel.FdStream(err_r),
     )
-    return SandboxProcess(popen, pidfd, pipes)
+    return SandboxProcess(popen, pidfd, pipes, info_r)
 
 
 def become_subreaper() -> bool:
-    """Orphans of our sandboxes (their init, after bwrap is killed) reparent to us."""
+    """Orphans of our sandboxes (their init, if bwrap dies first) reparent to us.
+
+    Process-wide and idempotent. Only the inits we hold a pidfd for are ever reaped by
+    this module (see SandboxProcess.reap_init).
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except OSError:
         return False
-
-
-def reap_orphans(owned: set[int]) -> int:
-    """Reap exited children we did not spawn (zombies that count against RLIMIT_NPROC)."""
-    reaped = 0
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return reaped
-        if info is None or info.si_pid in owned:
-            return reaped
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(info.si_pid, 0)
-            reaped += 1

@@ -37,6 +37,11 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     work_dir_mb: int = 256
 
 
+POSITIVE_LIMITS = frozenset({
+    "tmpfs_mb", "work_dir_mb", "max_stdout_bytes", "max_stderr_bytes", "max_result_bytes",
+})
+
+
 class Seccomp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     policy: Literal["default"] = "default"
 
@@ -83,6 +88,10 @@ def _check(profile: Profile, path: Path) -> None:
     for name, value in msgspec.structs.asdict(profile.limits).items():
         if value < 0:
             raise ConfigError(f"profile {path}: `limits.{name}` must not be negative")
+        # 0 means "unlimited" for rlimits, but a tmpfs of size 0 is unbounded and an
+        # output cap of 0 would keep nothing: these must be set.
+        if value == 0 and name in POSITIVE_LIMITS:
+            raise ConfigError(f"profile {path}: `limits.{name}` must be positive")
 
 
 def load_profiles(directory: Path | None = None) -> dict[str, Profile]:

@@ -22,13 +22,20 @@ from typing import Any
 
 import trio
 
-from attune.errors import SandboxUnavailable
+from attune.errors import ExecutionError, SandboxUnavailable
 from attune.params import encode_params, shell_env
 from attune.runner import argv as argv_mod
 from attune.runner import process
 from attune.runner.cgroups import RunCgroup
 from attune.runner.host import HostFacts
-from attune.runner.output import BoundedBuffer, OutputFormat, RunReport, Status, build_result
+from attune.runner.output import (
+    OUTPUT_KILL_FACTOR,
+    BoundedBuffer,
+    OutputFormat,
+    RunReport,
+    Status,
+    build_result,
+)
 from attune.runner.profiles import Profile
 from attune.runner.seccomp import bpf_fd, default_bpf
 
@@ -89,8 +96,15 @@ class RunControl:
 class _RunDir:
     root: Path
     code: Path
-    work: Path
-    out: Path
+    out: Path  # host-only, 0700 slot-owned: holds the result and parameter files
+
+    @property
+    def result_file(self) -> Path:
+        return self.out / "result.json"
+
+    @property
+    def params_file(self) -> Path:
+        return self.out / "parameters"
 
 
 class Sandbox:
@@ -104,7 +118,9 @@ class Sandbox:
         self.run_dir = run_dir
         self.slot_uid_base = slot_uid_base
         self._bpf = default_bpf()
-        self._running: set[int] = set()
+        # Sandbox inits orphaned by a dead bwrap come back to us and are reaped by
+        # pidfd (process.py); harmless if the worker already asked for it.
+        self.subreaper = process.become_subreaper()
         self._etc = self._prepare_base()
 
     def _prepare_base(self) -> Path:
@@ -122,12 +138,16 @@ class Sandbox:
         return self.slot_uid_base + slot if self.facts.is_root else None
 
     def _make_run_dir(self, spec: RunSpec, uid: int | None) -> _RunDir:
+        if "/" in spec.code_name or spec.code_name in ("", ".", ".."):
+            raise ExecutionError(f"invalid action file name {spec.code_name!r}")
         root = self.run_dir / f"{spec.label}-{uuid.uuid4().hex[:12]}"
-        code, work, out = root / "code", root / "work", root / "out"
+        code, out = root / "code", root / "out"
         root.mkdir(mode=0o711)
         code.mkdir(mode=0o755)
         (code / "action").mkdir(mode=0o755)
-        (code / "out").mkdir(mode=0o755)  # mount point of the writable out dir
+        (code / "out").mkdir(mode=0o755)
+        for name in ("result.json", "parameters"):  # mount points of the bound files
+            (code / "out" / name).touch(mode=0o444)
         action = code / "action" / spec.code_name
         action.write_bytes(spec.code)
         os.chmod(action, 0o644)
@@ -135,11 +155,15 @@ class Sandbox:
             shutil.copyfile(SANDBOX_ASSETS / spec.profile.function_wrapper,
                             code / spec.profile.function_wrapper)
             os.chmod(code / spec.profile.function_wrapper, 0o644)
-        for d in (work, out):
-            d.mkdir(mode=0o700)
-            if uid is not None:
-                os.chown(d, uid, uid)
-        return _RunDir(root, code, work, out)
+        out.mkdir(mode=0o700)
+        rd = _RunDir(root, code, out)
+        # Created empty by us so that the action can only ever write into this file.
+        fd = os.open(rd.result_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        if uid is not None:
+            os.chown(out, uid, uid)
+            os.chown(rd.result_file, uid, uid)
+        return rd
 
     async def run(
         self,
@@ -162,48 +186,52 @@ class Sandbox:
             env["ATTUNE_PARAMETER_FORMAT"] = spec.parameter_format
             payload = encode_params(spec.params, spec.parameter_format)  # type: ignore[arg-type]
             stdin_data = payload
+            params_file: str | None = None
             if spec.parameter_delivery == "file":
-                params_file = rd.out / "parameters"
-                params_file.write_bytes(payload)
-                os.chmod(params_file, 0o400)
+                fd = os.open(rd.params_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o400)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(payload)
                 if uid is not None:
-                    os.chown(params_file, uid, uid)
-                env["ATTUNE_PARAMETER_FILE"] = f"{argv_mod.OUT_DIR}/parameters"
+                    os.chown(rd.params_file, uid, uid)
+                params_file = str(rd.params_file)
+                env["ATTUNE_PARAMETER_FILE"] = argv_mod.PARAMS_FILE
                 stdin_data = b""
             wrapper = profile.function_wrapper if defines_run(spec.code) else None
             cgroup = self._make_cgroup(rd.root.name, profile)
             seccomp_fd = bpf_fd(self._bpf)
             try:
                 layout = argv_mod.RunLayout(
-                    code_dir=str(rd.code), work_dir=str(rd.work), out_dir=str(rd.out),
-                    etc_dir=str(self._etc), action_file=spec.code_name, wrapper=wrapper,
-                    seccomp_fd=seccomp_fd, env=env,
+                    code_dir=str(rd.code), result_file=str(rd.result_file),
+                    params_file=params_file, etc_dir=str(self._etc),
+                    action_file=spec.code_name, wrapper=wrapper, seccomp_fd=seccomp_fd,
+                    env=env,
                 )
                 args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
                 started = trio.current_time()
                 proc = process.spawn(
-                    self.bwrap, args, argv_mod.action_command(profile, layout), pass_fds=(seccomp_fd,), uid=uid, gid=uid,
+                    self.bwrap, args, argv_mod.action_command(profile, layout),
+                    pass_fds=(seccomp_fd,), uid=uid, gid=uid,
                     cgroup_procs=cgroup.procs_files if cgroup else (),
                 )
             finally:
                 os.close(seccomp_fd)
-            self._running.add(proc.pid)
             try:
                 report = await self._supervise(proc, spec, stdin_data, timeout, control,
                                                on_output, started, wrapper is not None, rd)
             finally:
-                self._running.discard(proc.pid)
+                with trio.CancelScope(shield=True):
+                    await proc.reap_init()
                 proc.close()
-                process.reap_orphans(self._running)
             if cgroup is not None and cgroup.oom_killed():
                 report = _replace(report, oom_killed=True)
             status, result = build_result(report)
             return RunOutcome(status, result)
         finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_remove_tree, rd.root)
             if cgroup is not None:
                 cgroup.remove()
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(shutil.rmtree, rd.root, True)
 
     def _make_cgroup(self, name: str, profile: Profile) -> RunCgroup | None:
         if self.facts.cgroups.version == 0:
@@ -230,6 +258,7 @@ class Sandbox:
         stdout = BoundedBuffer(limits.max_stdout_bytes)
         stderr = BoundedBuffer(limits.max_stderr_bytes)
         drained = {"stdout": trio.Event(), "stderr": trio.Event()}
+        exceeded: list[str] = []
 
         async def pump(name: str, stream: trio.lowlevel.FdStream, buf: BoundedBuffer) -> None:
             try:
@@ -237,6 +266,12 @@ class Sandbox:
                     kept = buf.feed(chunk)
                     if kept and on_output is not None:
                         await on_output(name, kept)
+                    if buf.dropped > OUTPUT_KILL_FACTOR * buf.limit:
+                        # Draining a flood forever would burn a worker core until the
+                        # timeout: kill the run, the truncation is already recorded.
+                        exceeded.append(name)
+                        proc.kill()
+                        break
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
             finally:
@@ -254,6 +289,7 @@ class Sandbox:
                 control.attach(user_scope)
             with trio.move_on_after(timeout) as deadline:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(proc.read_info)
                     nursery.start_soon(feed_stdin)
                     nursery.start_soon(pump, "stdout", proc.pipes.stdout, stdout)
                     nursery.start_soon(pump, "stderr", proc.pipes.stderr, stderr)
@@ -272,8 +308,8 @@ class Sandbox:
             exit_code = proc.returncode
         signal_no = exit_code - 128 if 128 < exit_code < 128 + 65 else None
         wrapper_report, problem = (None, None)
-        if wrapped and not (timed_out or cancelled):
-            wrapper_report, problem = read_wrapper_report(rd.out, spec.profile.limits.max_result_bytes)
+        if wrapped and not (timed_out or cancelled or exceeded):
+            wrapper_report, problem = read_wrapper_report(rd.out, limits.max_result_bytes)
         return RunReport(
             exit_code=exit_code if not cancelled else (proc.returncode or -1),
             duration_ms=duration_ms, stdout=stdout, stderr=stderr,
@@ -282,8 +318,35 @@ class Sandbox:
             cancel_reason=(control.reason if control and control.reason else
                            "Execution cancelled by user"),
             signal=signal_no, wrapper=wrapper_report, wrapper_problem=problem,
+            output_exceeded=exceeded[0] if exceeded else None,
             output_format=spec.output_format or spec.profile.default_output_format,
         )
+
+
+def _read_capped(fd: int, limit: int) -> bytes:
+    """Read up to `limit` bytes (os.read may return less than asked for)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, min(limit - size, 1024 * 1024))
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a run dir; only the worker (and a bound result file) ever wrote there."""
+
+    def make_writable_and_retry(func: Callable[..., Any], name: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(name), 0o700)
+            func(name)
+
+    shutil.rmtree(path, onerror=make_writable_and_retry)
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _replace(report: RunReport, **changes: Any) -> RunReport:
@@ -314,11 +377,15 @@ def read_wrapper_report(out_dir: Path, max_bytes: int) -> tuple[dict[str, Any] |
                 return None, "refused the result file: not a regular file"
             if info.st_size > max_bytes:
                 return None, f"result exceeds the {max_bytes} byte limit"
-            data = os.read(fd, max_bytes + 1)
+            data = _read_capped(fd, max_bytes + 1)
         finally:
             os.close(fd)
     finally:
         os.close(dir_fd)
+    if not data:  # the file is created empty before the run
+        return None, "the action ended without reporting a return value"
+    if len(data) > max_bytes:
+        return None, f"result exceeds the {max_bytes} byte limit"
     try:
         report = json.loads(data)
     except ValueError:

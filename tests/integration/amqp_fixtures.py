@@ -50,8 +50,13 @@ def _unavailable(reason: str) -> None:
 
 
 def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
-                          timeout=_RABBITMQCTL_TIMEOUT, check=False)
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=_RABBITMQCTL_TIMEOUT,
+        check=False,
+    )
 
 
 def _erl_list(names: list[str]) -> str:
@@ -79,17 +84,19 @@ class _VhostPool:
         # Internal API, one node round trip for the whole batch; the fallback below uses
         # only the documented commands (slower) in case a RabbitMQ version renames it.
         script = (
-            f"lists:foreach(fun(V) -> ok = rabbit_vhost:add(V, <<\"attune-tests\">>), "
-            f"ok = rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, V, "
-            f"<<\".*\">>, <<\".*\">>, <<\".*\">>, <<\"attune-tests\">>) end, "
+            f'lists:foreach(fun(V) -> ok = rabbit_vhost:add(V, <<"attune-tests">>), '
+            f'ok = rabbit_auth_backend_internal:set_permissions(<<"guest">>, V, '
+            f'<<".*">>, <<".*">>, <<".*">>, <<"attune-tests">>) end, '
             f"{_erl_list(names)})."
         )
         done = _rabbitmqctl("eval", script)
         if done.returncode != 0:
             names = names[:1]
             for name in names:
-                steps = (("add_vhost", name),
-                         ("set_permissions", "-p", name, "guest", ".*", ".*", ".*"))
+                steps = (
+                    ("add_vhost", name),
+                    ("set_permissions", "-p", name, "guest", ".*", ".*", ".*"),
+                )
                 for step in steps:
                     done = _rabbitmqctl(*step)
                     if done.returncode != 0:
@@ -99,8 +106,10 @@ class _VhostPool:
 
     def delete_all(self) -> None:
         if self.created:
-            script = (f"lists:foreach(fun(V) -> rabbit_vhost:delete(V, <<\"attune-tests\">>) "
-                      f"end, {_erl_list(self.created)}).")
+            script = (
+                f'lists:foreach(fun(V) -> rabbit_vhost:delete(V, <<"attune-tests">>) '
+                f"end, {_erl_list(self.created)})."
+            )
             if _rabbitmqctl("eval", script).returncode != 0:
                 for name in self.created:
                     _rabbitmqctl("delete_vhost", name)
@@ -111,8 +120,9 @@ class _VhostPool:
 def _amqp_vhost_pool() -> Iterator[_VhostPool]:
     parts = urlsplit(AMQP_BASE_URL)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672),
-                                      timeout=2):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or 5672), timeout=2
+        ):
             pass
     except OSError as exc:
         _unavailable(f"{parts.hostname}:{parts.port}: {exc.strerror or exc}")
@@ -198,6 +208,9 @@ async def close_connections(vhost: str) -> None:
     """Make the broker drop every client connection of `vhost`, like a network fault."""
     done = await trio.run_process(
         ["rabbitmqctl", "-q", "close_all_connections", "--vhost", vhost, "attune test fault"],
-        capture_stdout=True, capture_stderr=True, check=False)
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.fail(f"rabbitmqctl close_all_connections: {done.stderr.decode()[:200]}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import pytest
 import trio
@@ -60,14 +61,14 @@ async def _publish_dispatch(broker: Broker, execution_id: int = 42) -> OutgoingM
     return message
 
 
-async def _receive(receive: trio.MemoryReceiveChannel[Delivery], timeout: float = 5.0
-                   ) -> Delivery:
+async def _receive(receive: trio.MemoryReceiveChannel[Delivery], timeout: float = 5.0) -> Delivery:
     with trio.fail_after(timeout):
         return await receive.receive()
 
 
-async def _nothing_arrives(receive: trio.MemoryReceiveChannel[Delivery],
-                           seconds: float = 0.3) -> None:
+async def _nothing_arrives(
+    receive: trio.MemoryReceiveChannel[Delivery], seconds: float = 0.3
+) -> None:
     with trio.move_on_after(seconds):
         delivery = await receive.receive()
         pytest.fail(f"unexpected {delivery!r}")
@@ -82,7 +83,11 @@ async def _wait_buffered(receive: trio.MemoryReceiveChannel[Delivery], count: in
 def _list(vhost: str, what: str, *columns: str) -> list[dict[str, object]]:
     done = subprocess.run(
         ["rabbitmqctl", "-q", what, "-p", vhost, *columns, "--formatter", "json"],
-        capture_output=True, text=True, timeout=60, check=True)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     rows: list[dict[str, object]] = json.loads(done.stdout)
     return rows
 
@@ -94,10 +99,13 @@ async def test_topology_declares_the_four_durable_exchanges_idempotently(
     async with open_broker(amqp_url) as other:  # another service declaring the same
         await other.declare_topology()
 
-    exchanges = {row["name"]: row for row in _list(amqp_vhost, "list_exchanges",
-                                                   "name", "type", "durable")}
-    assert {name: (exchanges[name]["type"], exchanges[name]["durable"]) for name in (
-        "attune.events", "attune.executions", "attune.notifications", "attune.dlx")} == {
+    exchanges = {
+        row["name"]: row for row in _list(amqp_vhost, "list_exchanges", "name", "type", "durable")
+    }
+    assert {
+        name: (exchanges[name]["type"], exchanges[name]["durable"])
+        for name in ("attune.events", "attune.executions", "attune.notifications", "attune.dlx")
+    } == {
         "attune.events": ("topic", True),
         "attune.executions": ("topic", True),
         "attune.notifications": ("fanout", True),
@@ -114,30 +122,41 @@ async def test_worker_queues_carry_exactly_the_reference_arguments(
     # An independent declaration with the reference's arguments is accepted...
     await amqp_broker.declare_queue(
         "worker.7.executions",
-        arguments={"x-dead-letter-exchange": "attune.dlx", "x-message-ttl": 300000})
+        arguments={"x-dead-letter-exchange": "attune.dlx", "x-message-ttl": 300000},
+    )
     await amqp_broker.declare_queue(
-        "worker.7.cancel", arguments={"x-dead-letter-exchange": "attune.dlx"})
+        "worker.7.cancel", arguments={"x-dead-letter-exchange": "attune.dlx"}
+    )
     # ...any difference is refused by the broker, which names the stored type:
     # 'signedint' is AMQP's signed 32-bit table integer ('I'), what the reference sends.
     with pytest.raises(ConfigError, match=r"'300000' of type 'signedint'"):
         await amqp_broker.declare_queue(
-            "worker.7.executions", arguments={"x-dead-letter-exchange": "attune.dlx"})
+            "worker.7.executions", arguments={"x-dead-letter-exchange": "attune.dlx"}
+        )
     with pytest.raises(ConfigError, match="PRECONDITION_FAILED"):
         await amqp_broker.declare_queue(
             "worker.7.executions",
-            arguments={"x-dead-letter-exchange": "attune.dlx", "x-message-ttl": 60000})
+            arguments={"x-dead-letter-exchange": "attune.dlx", "x-message-ttl": 60000},
+        )
     with pytest.raises(ConfigError, match="x-dead-letter-exchange"):
         await amqp_broker.declare_queue("worker.7.cancel")
 
-    queues = {row["name"]: row for row in _list(
-        amqp_vhost, "list_queues", "name", "durable", "auto_delete", "exclusive", "arguments")}
+    queues = {
+        row["name"]: row
+        for row in _list(
+            amqp_vhost, "list_queues", "name", "durable", "auto_delete", "exclusive", "arguments"
+        )
+    }
     assert queues["worker.7.executions"]["durable"] is True
     assert queues["worker.7.executions"]["auto_delete"] is False
     assert queues["worker.7.executions"]["exclusive"] is False
     assert queues["worker.7.cancel"]["durable"] is True
-    bindings = {(row["source_name"], row["destination_name"], row["routing_key"])
-                for row in _list(amqp_vhost, "list_bindings", "source_name",
-                                 "destination_name", "routing_key")}
+    bindings = {
+        (row["source_name"], row["destination_name"], row["routing_key"])
+        for row in _list(
+            amqp_vhost, "list_bindings", "source_name", "destination_name", "routing_key"
+        )
+    }
     assert ("attune.executions", "worker.7.executions", "execution.dispatch.worker.7") in bindings
     assert ("attune.executions", "worker.7.cancel", "execution.cancel.worker.7") in bindings
 
@@ -166,8 +185,9 @@ async def test_publish_then_consume_keeps_body_and_amqp_properties(
 
 async def test_cancel_routing_key_reaches_the_cancel_queue(amqp_broker: Broker) -> None:
     await amqp_broker.declare_worker_queues(WORKER)
-    message = encode_message(EXECUTION_CANCEL_REQUESTED,
-                             ExecutionCancelRequested(execution_id=5, worker_id=WORKER))
+    message = encode_message(
+        EXECUTION_CANCEL_REQUESTED, ExecutionCancelRequested(execution_id=5, worker_id=WORKER)
+    )
     await amqp_broker.publish(EXCHANGE_EXECUTIONS, cancel_routing_key(WORKER), message)
 
     async with amqp_broker.consume(cancel_queue(WORKER), prefetch=1) as receive:
@@ -181,16 +201,24 @@ async def test_status_message_reaches_a_listener_on_execution_hash(
 ) -> None:
     message = encode_message(
         EXECUTION_STATUS_CHANGED,
-        ExecutionStatusChanged(execution_id=9, action_ref="core.echo",
-                               previous_status="scheduled", new_status="running",
-                               changed_at=datetime.now(UTC)),
-        correlation_id="c0ffee00-0000-4000-8000-000000000000")
+        ExecutionStatusChanged(
+            execution_id=9,
+            action_ref="core.echo",
+            previous_status="scheduled",
+            new_status="running",
+            changed_at=datetime.now(UTC),
+        ),
+        correlation_id="c0ffee00-0000-4000-8000-000000000000",
+    )
     await amqp_broker.publish(EXCHANGE_EXECUTIONS, ROUTING_STATUS_CHANGED, message)
 
     delivery = await execution_events.next()
     envelope, payload = decode_status_changed(delivery.body)
-    assert envelope.correlation_id == delivery.correlation_id == (
-        "c0ffee00-0000-4000-8000-000000000000")
+    assert (
+        envelope.correlation_id
+        == delivery.correlation_id
+        == ("c0ffee00-0000-4000-8000-000000000000")
+    )
     assert (payload.execution_id, payload.new_status) == (9, "running")
     await execution_events.assert_quiet()
 
@@ -316,10 +344,11 @@ async def test_unreachable_broker_is_transient_and_names_host_not_password() -> 
     assert "s3cret-pw" not in str(caught.value)
 
 
-async def test_wrong_password_is_a_config_error(amqp_vhost: str) -> None:
+async def test_wrong_password_is_a_config_error(amqp_url: str) -> None:
+    parts = urlsplit(amqp_url)
+    wrong = parts._replace(netloc=f"guest:wrong-pw@{parts.hostname}:{parts.port}").geturl()
     with pytest.raises(ConfigError) as caught:
-        async with open_broker(f"amqp://guest:wrong-pw@127.0.0.1:5672/{amqp_vhost}",
-                               connect_timeout=5):
+        async with open_broker(wrong, connect_timeout=5):
             pass
     assert "wrong-pw" not in str(caught.value)
 
@@ -353,3 +382,54 @@ async def test_broker_is_usable_from_a_task_started_before_it_opened(amqp_url: s
                 delivery = await _receive(deliveries)
                 await delivery.ack()
     assert published == [delivery.message_id]
+
+
+def _ctl(*args: str) -> None:
+    subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True
+    )
+
+
+async def _wait_reconnects(broker: Broker, count: int, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while broker.reconnects < count or not broker.connected:
+            await trio.sleep(0.05)
+
+
+async def test_worker_queues_are_declared_again_after_a_reconnect(
+    amqp_broker: Broker, amqp_vhost: str
+) -> None:
+    await amqp_broker.declare_worker_queues(WORKER)
+    _ctl("delete_queue", "-p", amqp_vhost, executions_queue(WORKER))
+
+    await close_connections(amqp_vhost)
+    await _wait_reconnects(amqp_broker, 1)
+
+    sent = await _publish_dispatch(amqp_broker)  # routed only if the binding is back
+    async with amqp_broker.consume(executions_queue(WORKER), prefetch=1) as receive:
+        delivery = await _receive(receive)
+        await delivery.ack()
+    assert delivery.message_id == sent.message_id
+
+
+async def test_publish_gives_up_with_transient_error_during_an_outage_then_recovers(
+    amqp_broker: Broker, amqp_vhost: str
+) -> None:
+    await amqp_broker.declare_worker_queues(WORKER)
+    _ctl("clear_permissions", "-p", amqp_vhost, "guest")  # reconnects are now refused
+    await close_connections(amqp_vhost)
+    with trio.fail_after(5):
+        while amqp_broker.connected:
+            await trio.sleep(0.05)
+
+    with pytest.raises(TransientError, match="not confirmed within 1s"):
+        await amqp_broker.publish(
+            EXCHANGE_EXECUTIONS, dispatch_routing_key(WORKER), _dispatch(), timeout=1
+        )
+
+    _ctl("set_permissions", "-p", amqp_vhost, "guest", ".*", ".*", ".*")
+    sent = await _publish_dispatch(amqp_broker)  # waits for the reconnect, then confirms
+    async with amqp_broker.consume(executions_queue(WORKER), prefetch=1) as receive:
+        delivery = await _receive(receive)
+        await delivery.ack()
+    assert delivery.message_id == sent.message_id

@@ -202,11 +202,12 @@ async def test_heartbeat_reactivates_and_set_status_writes(db: Database, pg: PgC
         await db.set_worker_status(wid, "sleeping")
 
 
-async def test_heartbeat_of_a_deleted_worker_is_an_input_error(db: Database, pg: PgConn) -> None:
+async def test_heartbeat_of_a_deleted_worker_reports_false(db: Database, pg: PgConn) -> None:
     wid = await _worker(db)
+    assert await db.heartbeat(wid)
     pg.execute("DELETE FROM worker WHERE id = %s", (wid,))
-    with pytest.raises(InputError, match="no longer exists"):
-        await db.heartbeat(wid)
+    assert not await db.heartbeat(wid)
+    assert not await db.set_worker_status(wid, "inactive")
 
 
 async def test_pick_worker_skips_stale_and_inactive_workers(db: Database, pg: PgConn) -> None:

@@ -1,0 +1,178 @@
+"""Running a real `attune run-worker` process against the test's own database and vhost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from attune.broker import Broker
+from attune.db import Database
+from attune.models import Execution
+from attune.packs import install_pack, load_pack
+from attune.submit import schedule, wait_terminal
+
+REPO = Path(__file__).resolve().parent.parent.parent
+ATTUNE = str(REPO / ".venv" / "bin" / "attune")
+DEMO_PACK = REPO / "examples" / "packs" / "demo"
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [ATTUNE, "run-worker", "--name", self.name, *self.extra_args],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        with trio.move_on_after(timeout):
+            while "event=worker_ready" not in self.log():
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    pytest.fail(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+                await trio.sleep(0.05)
+            return
+        pytest.fail(f"worker not ready within {timeout}s:\n{self.log()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    async def wait_exit(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        with trio.move_on_after(timeout):
+            while self.proc.poll() is None:
+                await trio.sleep(0.05)
+            self._log.close()
+            return self.proc.returncode
+        pytest.fail(f"worker did not exit within {timeout}s:\n{self.log()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@dataclass
+class Stack:
+    """Database, broker, packs and artifacts of one test, and a way to start workers."""
+
+    db: Database
+    broker: Broker
+    db_url: str
+    amqp_url: str
+    root: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def packs_dir(self) -> Path:
+        return self.root / "packs"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE")}
+        env.update({
+            "ATTUNE__DATABASE__URL": self.db_url,
+            "ATTUNE__MESSAGE_QUEUE__URL": self.amqp_url,
+            "ATTUNE__MESSAGE_QUEUE__RECONNECT_INTERVAL": "0.5",
+            "ATTUNE__PACKS_BASE_DIR": str(self.packs_dir),
+            "ATTUNE__ARTIFACTS_DIR": str(self.artifacts_dir),
+            "ATTUNE__WORKER__HEARTBEAT_INTERVAL": "1",
+            "ATTUNE__WORKER__SHUTDOWN_TIMEOUT": "10",
+        })
+        env.update(overrides)
+        return env
+
+    async def start_worker(self, *, capacity: int = 4, name: str | None = None,
+                           **env: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            name=name or f"w-{uuid.uuid4().hex[:8]}",
+            env=self.env(ATTUNE__WORKER__MAX_CONCURRENT_TASKS=str(capacity), **env),
+            log_path=self.root / f"worker-{len(self.workers)}.log",
+        )
+        self.workers.append(worker)
+        worker.start()
+        await worker.wait_ready()
+        return worker
+
+    async def worker_id(self, name: str) -> int:
+        for w in await self.db.list_workers():
+            if w.name == name:
+                return w.id
+        raise AssertionError(f"worker {name} not registered")
+
+    async def submit(self, ref: str, params: dict[str, Any] | None = None, **kw: Any) -> int:
+        execution_id, _ = await schedule(self.db, self.broker, ref, params or {}, **kw)
+        return execution_id
+
+    async def wait(self, execution_id: int, timeout: float = 30.0) -> Execution:
+        return await wait_terminal(self.db, execution_id, timeout=timeout)
+
+    async def wait_status(self, execution_id: int, status: str, timeout: float = 15.0) -> None:
+        with trio.move_on_after(timeout):
+            while True:
+                row = await self.db.get_execution(execution_id)
+                if row is not None and row.status == status:
+                    return
+                await trio.sleep(0.05)
+        pytest.fail(f"execution {execution_id} never reached {status}")
+
+
+@pytest.fixture
+async def stack(db: Database, db_url: str, amqp_url: str, amqp_broker: Broker,
+                tmp_path: Path) -> AsyncIterator[Stack]:
+    spec = load_pack(DEMO_PACK)
+    s = Stack(db=db, broker=amqp_broker, db_url=db_url, amqp_url=amqp_url, root=tmp_path)
+    s.packs_dir.mkdir()
+    install_pack(spec, s.packs_dir)
+    await db.upsert_pack(spec)
+    try:
+        yield s
+    finally:
+        for worker in s.workers:
+            worker.kill()
+
+
+def no_sandbox_left(marker: str) -> Iterator[str]:
+    """Host processes whose command line mentions marker (leftovers of a run)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    me = str(os.getpid())
+    for line in out.splitlines()[1:]:
+        pid, _, args = line.strip().partition(" ")
+        if marker in args and pid != me and "ps -eo" not in args:
+            yield line
+
+
+def rabbit_queue_depth(vhost: str, queue: str) -> int:
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages"],
+                         capture_output=True, text=True, timeout=30).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == queue:
+            return int(parts[1])
+    raise AssertionError(f"queue {queue} not found in {vhost}: {out}")
+
+
+__all__ = ["Stack", "WorkerProcess", "no_sandbox_left", "rabbit_queue_depth", "stack"]
