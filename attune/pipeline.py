@@ -41,7 +41,7 @@ from attune.packs import read_code, resolve_code
 from attune.params import context_env
 from attune.runner.profiles import Profile
 from attune.runner.sandbox import RunControl, RunSpec, Sandbox
-from attune.states import completed_status_name
+from attune.states import completed_status_name, status_value
 
 log = logging.getLogger("attune.worker")
 T = TypeVar("T")
@@ -133,7 +133,8 @@ def _now() -> datetime:
 async def publish_status(ctx: WorkerContext, execution_id: int, action_ref: str,
                          previous: str, new: str, correlation_id: str | None) -> None:
     payload = ExecutionStatusChanged(execution_id=execution_id, action_ref=action_ref,
-                                     previous_status=previous, new_status=new,
+                                     previous_status=status_value(previous),
+                                     new_status=status_value(new),
                                      changed_at=_now())
     message = encode_message("ExecutionStatusChanged", payload, correlation_id=correlation_id)
     await ctx.outbox.publish(EXCHANGE_EXECUTIONS, ROUTING_STATUS, message)

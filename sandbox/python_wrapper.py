@@ -33,7 +33,8 @@ def _read_params():
         with open(os.environ["ATTUNE_PARAMETER_FILE"], encoding="utf-8") as handle:
             text = handle.read()
     else:
-        text = sys.stdin.readline()
+        # The worker writes the whole payload and closes stdin: yaml and dotenv span lines.
+        text = sys.stdin.read()
     if not text.strip():
         return {}
     if fmt == "yaml":
@@ -41,14 +42,43 @@ def _read_params():
 
         return yaml.safe_load(text) or {}
     if fmt == "dotenv":
-        params = {}
-        for line in text.splitlines():
-            key, _, value = line.partition("=")
-            if value.startswith("'") and value.endswith("'"):
-                value = value[1:-1].replace("'\\''", "'")
-            params[key] = value
-        return params
+        return parse_dotenv(text)
     return json.loads(text)
+
+
+def parse_dotenv(text):
+    """`key='value'` lines as the worker writes them: single-quoted, `'` as `'\\''`.
+
+    Quoted values may span lines (a parameter with a newline), so this is a small
+    shell-quote reader rather than a split on newlines.
+    """
+    params = {}
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] in "\n \t":
+            i += 1
+            continue
+        eq = text.find("=", i)
+        if eq < 0:
+            raise ValueError(f"dotenv line without '=': {text[i:].splitlines()[0]!r}")
+        key = text[i:eq].strip()
+        i = eq + 1
+        value = []
+        while i < n and text[i] != "\n":
+            if text[i] == "'":
+                end = text.find("'", i + 1)
+                if end < 0:
+                    raise ValueError(f"unterminated quote in the value of {key!r}")
+                value.append(text[i + 1:end])
+                i = end + 1
+            elif text.startswith("\\'", i):
+                value.append("'")
+                i += 2
+            else:
+                value.append(text[i])
+                i += 1
+        params[key] = "".join(value)
+    return params
 
 
 def main(path):
@@ -87,10 +117,13 @@ def main(path):
         _write_report({"ok": True, "value": value})
     except (TypeError, ValueError) as exc:
         error = f"Return value is not JSON-serialisable: {exc}"
-        print(error, file=sys.stderr)
-        _write_report({"ok": False, "error": error})
-        return 1
-    return 0
+    except OSError as exc:  # e.g. EFBIG: the value is larger than the file-size limit
+        error = f"Cannot write the return value: {exc.strerror or exc}"
+    else:
+        return 0
+    print(error, file=sys.stderr)
+    _write_report({"ok": False, "error": error})
+    return 1
 
 
 if __name__ == "__main__":

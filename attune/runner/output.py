@@ -20,16 +20,27 @@ def truncation_notice(stream: str) -> str:
     return f"\n\n[OUTPUT TRUNCATED: {stream} exceeded size limit]\n"
 
 
+TAIL_BYTES = 4096
+
+
 @dataclass
 class BoundedBuffer:
-    """Keeps the first `limit` bytes of a stream and counts the rest."""
+    """Keeps the first `limit` bytes of a stream and counts the rest.
+
+    The last TAIL_BYTES of the whole stream are kept apart, so that a failed run's
+    `error` is the real last stderr line even when the middle was discarded.
+    """
 
     limit: int
     kept: bytearray = field(default_factory=bytearray)
     dropped: int = 0
+    tail: bytearray = field(default_factory=bytearray)
 
     def feed(self, chunk: bytes) -> bytes:
         """Store what fits; return the part that was kept (for live streaming)."""
+        self.tail += chunk[-TAIL_BYTES:]
+        if len(self.tail) > TAIL_BYTES:
+            del self.tail[:-TAIL_BYTES]
         room = self.limit - len(self.kept)
         if room >= len(chunk):
             self.kept += chunk
@@ -46,6 +57,10 @@ class BoundedBuffer:
     def text(self, stream: str) -> str:
         text = bytes(self.kept).decode("utf-8", "replace")
         return text + truncation_notice(stream) if self.truncated else text
+
+    def last_line(self) -> str:
+        """The last non-blank line of everything fed (kept or not)."""
+        return _last_line(bytes(self.tail).decode("utf-8", "replace"))
 
 
 def parse_output(stdout: str, fmt: OutputFormat) -> tuple[bool, Any]:
@@ -159,7 +174,8 @@ def build_result(report: RunReport) -> tuple[Status, dict[str, Any]]:
         if not error and report.signal is not None:
             error = signal_error(report.signal)
         if not error:
-            error = _last_line(stderr) or f"Command exited with code {report.exit_code}"
+            error = (report.stderr.last_line()
+                     or f"Command exited with code {report.exit_code}")
         result.update(succeeded=False, error=error)
     elif report.wrapper_problem is not None:
         status = "failed"

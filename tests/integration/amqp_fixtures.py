@@ -9,9 +9,9 @@ Use from a conftest (or a test module) by importing the fixtures by name:
 - `amqp_vhost`: name of a new, empty vhost the test owns (guest has full rights on it).
 - `amqp_url`: `amqp://guest:guest@host:port/<vhost>` for it; give it to the worker.
 - `amqp_broker`: an open `Broker` on that vhost with the §1 exchanges declared.
-- `execution_events`: a `Collector` of everything published on `attune.executions`
-  with a key matching `execution.#` from the moment the fixture starts.
-- `collect(broker, exchange, routing_key)`: the same for any exchange/key.
+- `execution_events`: a `Collector` of what the worker publishes on `attune.executions`
+  (keys `execution.status.changed` and `execution.completed`) from the fixture's start.
+- `collect(broker, exchange, key, *more_keys)`: the same for any exchange and keys.
 - `close_connections(vhost)`: force-close every client connection of a vhost (a fault).
 
 Isolation is by vhost, so tests may run in any order or at the same time as other
@@ -36,7 +36,13 @@ import pytest
 import trio
 
 from attune.broker import Broker, Delivery, open_broker
-from attune.messages import EXCHANGE_EXECUTIONS, Envelope, decode_envelope
+from attune.messages import (
+    EXCHANGE_EXECUTIONS,
+    ROUTING_COMPLETED,
+    ROUTING_STATUS_CHANGED,
+    Envelope,
+    decode_envelope,
+)
 
 AMQP_BASE_URL = os.environ.get("ATTUNE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 _BATCH = 16
@@ -188,19 +194,28 @@ class Collector:
 
 
 @asynccontextmanager
-async def collect(broker: Broker, exchange: str, routing_key: str) -> AsyncIterator[Collector]:
-    """Bind a private auto-deleted queue to `exchange` with `routing_key` and collect."""
+async def collect(
+    broker: Broker, exchange: str, routing_key: str, *more_keys: str
+) -> AsyncIterator[Collector]:
+    """Bind a private auto-deleted queue to `exchange` with each routing key and collect."""
     name = f"test.collect.{secrets.token_hex(4)}"
     await broker.declare_queue(name, durable=False, exclusive=True, auto_delete=True)
-    await broker.bind_queue(name, exchange, routing_key)
+    for key in (routing_key, *more_keys):
+        await broker.bind_queue(name, exchange, key)
     async with broker.consume(name, prefetch=100) as receive:
         yield Collector(receive)
 
 
 @pytest.fixture
 async def execution_events(amqp_broker: Broker) -> AsyncIterator[Collector]:
-    """What is published on `attune.executions` under `execution.#`, from now on."""
-    async with collect(amqp_broker, EXCHANGE_EXECUTIONS, "execution.#") as collector:
+    """What the worker publishes on `attune.executions`, from now on.
+
+    Bound to `execution.status.changed` and `execution.completed` only: `execution.#`
+    would also catch the dispatches and cancels that tests themselves publish.
+    """
+    async with collect(
+        amqp_broker, EXCHANGE_EXECUTIONS, ROUTING_STATUS_CHANGED, ROUTING_COMPLETED
+    ) as collector:
         yield collector
 
 

@@ -196,9 +196,10 @@ async def test_cancel_routing_key_reaches_the_cancel_queue(amqp_broker: Broker) 
     assert delivery.message_id == message.message_id
 
 
-async def test_status_message_reaches_a_listener_on_execution_hash(
+async def test_execution_events_sees_status_messages_but_not_dispatches(
     amqp_broker: Broker, execution_events: amqp_fixtures.Collector
 ) -> None:
+    await _publish_dispatch(amqp_broker)  # a test's own dispatch is not a worker event
     message = encode_message(
         EXECUTION_STATUS_CHANGED,
         ExecutionStatusChanged(
@@ -215,9 +216,7 @@ async def test_status_message_reaches_a_listener_on_execution_hash(
     delivery = await execution_events.next()
     envelope, payload = decode_status_changed(delivery.body)
     assert (
-        envelope.correlation_id
-        == delivery.correlation_id
-        == ("c0ffee00-0000-4000-8000-000000000000")
+        envelope.correlation_id == delivery.correlation_id == "c0ffee00-0000-4000-8000-000000000000"
     )
     assert (payload.execution_id, payload.new_status) == (9, "running")
     await execution_events.assert_quiet()
@@ -433,3 +432,12 @@ async def test_publish_gives_up_with_transient_error_during_an_outage_then_recov
         delivery = await _receive(receive)
         await delivery.ack()
     assert delivery.message_id == sent.message_id
+
+
+async def test_an_error_raised_inside_the_block_comes_out_unwrapped(amqp_url: str) -> None:
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):  # not an ExceptionGroup from trio-asyncio's nurseries
+        async with open_broker(amqp_url):
+            raise Boom

@@ -70,6 +70,8 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
 
 
 @dataclass

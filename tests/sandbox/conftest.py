@@ -1,8 +1,11 @@
 """Fixtures for the real-bubblewrap tests: one Sandbox per session and `run_code`.
 
 Run directories live where the per-slot uids can traverse them: under
-/var/lib/attune/test-runs when the tests run as root (pytest's tmp_path under /tmp is
-0700 root-only), else under pytest's own temporary directory.
+/var/lib/attune/test-runs when the tests run as root (pytest's tmp_path under /tmp sits
+in a 0700 root-only directory), else under pytest's own temporary directory.
+
+Every test is followed by two checks (`_nothing_survives`): no process of a slot uid is
+left on the host within a second, and the run directory holds no per-run leftovers.
 """
 
 from __future__ import annotations
@@ -10,17 +13,28 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
+import trio
 
 from attune.runner import host
 from attune.runner.profiles import Profile, load_profiles
 from attune.runner.sandbox import RunOutcome, RunSpec, Sandbox
+from tests.sandbox.helpers import of_uids
 
 ROOT_RUN_BASE = Path("/var/lib/attune/test-runs")
+SLOTS = range(4)
+
+RunCode = Callable[..., Awaitable[RunOutcome]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "long_run: a sandboxed run longer than trio's ~10 s helper-thread idle "
+                   "timeout (the --die-with-parent pitfall of sandbox.md)")
 
 
 @pytest.fixture(scope="session")
@@ -57,15 +71,22 @@ def profiles() -> dict[str, Profile]:
     return load_profiles()
 
 
-class RunCode(Protocol):
-    def __call__(
-        self,
-        code: str | bytes,
-        runtime: str = "python",
-        params: dict[str, Any] | None = None,
-        timeout: float = 10,
-        **kw: Any,
-    ) -> Awaitable[RunOutcome]: ...
+@pytest.fixture
+def slot_uids(sandbox: Sandbox) -> set[int]:
+    """Host uids of the slots the tests use (empty when not root: they share ours)."""
+    return {uid for slot in SLOTS if (uid := sandbox.slot_uid(slot)) is not None}
+
+
+@pytest.fixture(autouse=True)
+async def _nothing_survives(sandbox: Sandbox, slot_uids: set[int]) -> AsyncIterator[None]:
+    yield
+    with trio.move_on_after(1.0):
+        while of_uids(slot_uids):
+            await trio.sleep(0.02)
+    left = of_uids(slot_uids)
+    assert not left, f"processes of slot uids outlived their run: {left}"
+    runs = [p.name for p in sandbox.run_dir.iterdir() if p.name != ".etc"]
+    assert not runs, f"run directories left behind: {runs}"
 
 
 @pytest.fixture
@@ -73,7 +94,8 @@ def run_code(sandbox: Sandbox, profiles: dict[str, Profile]) -> RunCode:
     """Run code through Sandbox.run exactly as `attune exec` does.
 
     Keyword arguments go to RunSpec when it has such a field (env, parameter_delivery,
-    output_format, profile, code_name...), else to Sandbox.run (slot, control, on_output).
+    parameter_format, output_format, profile, code_name, label), else to Sandbox.run
+    (slot, control, on_output). `env` is added to the usual execution context.
     """
     spec_fields = set(RunSpec.__dataclass_fields__)
 
@@ -88,8 +110,12 @@ def run_code(sandbox: Sandbox, profiles: dict[str, Profile]) -> RunCode:
         run_kw = {k: v for k, v in kw.items() if k not in spec_fields}
         profile = spec_kw.pop("profile", profiles[runtime])
         name = spec_kw.pop("code_name", "action.py" if runtime == "python" else "action.sh")
-        env = {"ATTUNE_EXEC_ID": "test", "ATTUNE_ACTION": "test.action",
-               "ATTUNE_PACK_REF": "test", **spec_kw.pop("env", {})}
+        env = {
+            "ATTUNE_EXEC_ID": "test",
+            "ATTUNE_ACTION": "tests.action",
+            "ATTUNE_PACK_REF": "tests",
+            **spec_kw.pop("env", {}),
+        }
         spec = RunSpec(
             profile=profile,
             code=code.encode() if isinstance(code, str) else code,
@@ -101,6 +127,3 @@ def run_code(sandbox: Sandbox, profiles: dict[str, Profile]) -> RunCode:
         return await sandbox.run(spec, timeout=timeout, **run_kw)
 
     return run_code
-
-
-RunCodeFn = Callable[..., Awaitable[RunOutcome]]

@@ -1,0 +1,156 @@
+"""Faults scoped to the test's own vhost and database: every execution still ends once.
+
+Global faults (stopping RabbitMQ or PostgreSQL for the whole machine) live in
+scripts/chaos; these run in the normal suite because they touch nothing but the
+test's own broker connections and database.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from collections import Counter
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+import pytest
+import trio
+from psycopg import sql
+
+from attune.broker import Broker
+from attune.messages import EXCHANGE_EXECUTIONS
+from tests.integration.amqp_fixtures import close_connections
+from tests.integration.conftest import ADMIN_URL
+from tests.integration.worker_kit import Stack, stack  # noqa: F401
+
+pytestmark = [pytest.mark.services, pytest.mark.sandbox]
+
+STARTED = re.compile(r"event=execution_started execution_id=(\d+)")
+
+
+def runs_started(stack: Stack) -> Counter[int]:
+    """How many times each execution was started, across every worker of the test."""
+    counts: Counter[int] = Counter()
+    for worker in stack.workers:
+        counts.update(int(m) for m in STARTED.findall(worker.log()))
+    return counts
+
+
+def host_processes_of_uids(low: int, high: int) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "uid=,pid=,args="], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines()
+            if low <= int(line.split()[0]) < high]
+
+
+async def _all_terminal(stack: Stack, ids: list[int], timeout: float) -> dict[int, str]:
+    with trio.move_on_after(timeout):
+        while True:
+            rows = {i: await stack.db.get_execution(i) for i in ids}
+            statuses = {i: (r.status if r else "missing") for i, r in rows.items()}
+            if all(s in {"completed", "failed", "timeout", "cancelled", "abandoned"}
+                   for s in statuses.values()):
+                return statuses
+            await trio.sleep(0.2)
+    pytest.fail(f"not all terminal: {Counter(statuses.values())}")
+
+
+async def test_sigkill_mid_run_leaves_no_sandbox_and_restart_abandons_each_once(
+    stack: Stack,
+) -> None:
+    base = 230000
+    worker = await stack.start_worker(capacity=3, ATTUNE__SANDBOX__SLOT_UID_BASE=str(base))
+    ids = [await stack.submit("demo.sleep", {"seconds": 60}) for _ in range(3)]
+    for execution_id in ids:
+        await stack.wait_status(execution_id, "running")
+    assert len(host_processes_of_uids(base, base + 3)) >= 3
+    worker.kill()
+    with trio.move_on_after(3):
+        while host_processes_of_uids(base, base + 3):
+            await trio.sleep(0.05)
+    assert host_processes_of_uids(base, base + 3) == []
+    await stack.start_worker(capacity=3, name=worker.name,
+                             ATTUNE__SANDBOX__SLOT_UID_BASE=str(base))
+    statuses = await _all_terminal(stack, ids, 20)
+    assert set(statuses.values()) == {"abandoned"}
+    assert runs_started(stack) == Counter({i: 1 for i in ids})
+
+
+async def _durable_completions(broker: Broker, name: str) -> None:
+    """A durable queue that keeps every ExecutionCompleted even while we are disconnected."""
+    await broker.declare_queue(name, durable=True)
+    await broker.bind_queue(name, EXCHANGE_EXECUTIONS, "execution.completed")
+
+
+async def _drain_completions(broker: Broker, name: str, want: int,
+                             timeout: float) -> Counter[int]:
+    import json
+
+    seen: Counter[int] = Counter()
+    with trio.move_on_after(timeout):
+        async with broker.consume(name, prefetch=200) as deliveries:
+            async for delivery in deliveries:
+                seen[json.loads(delivery.body)["payload"]["execution_id"]] += 1
+                await delivery.ack()
+                if len(seen) >= want:
+                    break
+    return seen
+
+
+async def test_forced_broker_disconnects_under_load_lose_and_duplicate_nothing(
+    stack: Stack,
+) -> None:
+    await stack.start_worker(capacity=4)
+    await _durable_completions(stack.broker, "test.completions")
+    vhost = unquote(urlsplit(stack.amqp_url).path.lstrip("/"))
+    ids: list[int] = []
+    async with trio.open_nursery() as nursery:
+        async def faults() -> None:
+            for _ in range(2):
+                await trio.sleep(1.5)
+                await close_connections(vhost)
+        nursery.start_soon(faults)
+        for i in range(150):
+            ids.append(await stack.submit("demo.add", {"x": i, "y": 1}))
+    statuses = await _all_terminal(stack, ids, 120)
+    assert Counter(statuses.values()) == Counter({"completed": len(ids)})
+    started = runs_started(stack)
+    assert {i: started[i] for i in ids} == {i: 1 for i in ids}
+    completions = await _drain_completions(stack.broker, "test.completions", len(ids), 60)
+    assert set(completions) == set(ids)  # at least once for every terminal row
+    for execution_id in ids[:5]:
+        row = await stack.db.get_execution(execution_id)
+        assert row is not None and row.result["data"] == ids.index(execution_id) + 1
+
+
+def _block_database(name: str, allow: bool) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(name), sql.SQL("true" if allow else "false")))
+        if not allow:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+
+
+async def test_database_outage_under_load_writes_every_result_after_recovery(
+    stack: Stack,
+) -> None:
+    worker = await stack.start_worker(capacity=4)
+    name = urlsplit(stack.db_url).path.lstrip("/")
+    ids = [await stack.submit("demo.sleep", {"seconds": 1}) for _ in range(8)]
+    ids += [await stack.submit("demo.add", {"x": i, "y": 0}) for i in range(8)]
+    await trio.sleep(0.5)
+    await trio.to_thread.run_sync(_block_database, name, False)
+    try:
+        await trio.sleep(4)
+    finally:
+        await trio.to_thread.run_sync(_block_database, name, True)
+    statuses = await _all_terminal(stack, ids, 90)
+    assert Counter(statuses.values()) == Counter({"completed": len(ids)})
+    started = runs_started(stack)
+    assert {i: started[i] for i in ids} == {i: 1 for i in ids}
+    # The outage was seen (the pool's reconnect attempts or our retries), and survived.
+    assert any(mark in worker.log() for mark in
+               ("not currently accepting connections", "db_retry", "claim_deferred"))
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait_exit() == 0
