@@ -25,6 +25,7 @@ from tests.integration.amqp_fixtures import (  # noqa: F401  (re-exported fixtur
     amqp_vhost,
     execution_events,
 )
+from tests.integration.worker_kit import stack  # noqa: F401  (re-exported fixture)
 
 PG_HOST = os.environ.get("ATTUNE_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("ATTUNE_TEST_PG_PORT", "5432"))

@@ -20,7 +20,7 @@ from attune.messages import (
     encode_message,
 )
 from tests.integration.amqp_fixtures import collect
-from tests.integration.worker_kit import Stack, stack  # noqa: F401
+from tests.integration.worker_kit import Stack
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 Pg = psycopg.Connection[tuple[Any, ...]]
@@ -43,7 +43,8 @@ async def test_ten_megabyte_body_is_dead_lettered_and_the_worker_keeps_serving(
 ) -> None:
     worker = await stack.start_worker()
     worker_id = await stack.worker_id(worker.name)
-    body = b'{"message_type": "ExecutionRequested", "payload": {"pad": "' + b"x" * (10 << 20) + b'"}}'
+    body = (b'{"message_type": "ExecutionRequested", "payload": {"pad": "'
+            + b"x" * (10 << 20) + b'"}}')
     async with collect(stack.broker, EXCHANGE_DLX, dispatch_routing_key(worker_id)) as dead:
         msg = OutgoingMessage(body=body, message_id=str(uuid.uuid4()), correlation_id="c")
         await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), msg,

@@ -22,7 +22,7 @@ from attune.broker import Broker
 from attune.messages import EXCHANGE_EXECUTIONS
 from tests.integration.amqp_fixtures import close_connections
 from tests.integration.conftest import ADMIN_URL
-from tests.integration.worker_kit import Stack, stack  # noqa: F401
+from tests.integration.worker_kit import Stack
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 

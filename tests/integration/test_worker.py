@@ -22,7 +22,7 @@ from attune.messages import (
     executions_queue,
 )
 from tests.integration.amqp_fixtures import Collector, collect
-from tests.integration.worker_kit import Stack, rabbit_queue_depth, stack  # noqa: F401
+from tests.integration.worker_kit import Stack, rabbit_queue_depth
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 
