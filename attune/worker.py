@@ -7,6 +7,7 @@
         ├── outbox                    re-publishes status messages the broker missed
         ├── cancel consumer           worker.{id}.cancel -> RunControl.cancel()
         ├── retention                 prunes old artifact directories
+        ├── metrics                   GET /metrics for Prometheus (if worker.metrics_port)
         └── serve (consumer)          worker.{id}.executions, holds the executions nursery;
             │                         when drained it flushes the outbox, stops the rest
             └── execution x N         pipeline.handle_dispatch under the capacity limiter
@@ -18,6 +19,7 @@ their RunControls are cancelled and they are recorded `cancelled`.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -29,6 +31,7 @@ from pathlib import Path
 import trio
 
 import attune
+from attune import doctor
 from attune.artifacts import ArtifactStore
 from attune.broker import Broker, Delivery, open_broker
 from attune.config import Config
@@ -36,6 +39,7 @@ from attune.db import Database
 from attune.errors import SandboxUnavailable, TransientError
 from attune.log import log_event
 from attune.messages import cancel_queue, executions_queue
+from attune.metrics import serve_metrics
 from attune.pipeline import (
     SHUTDOWN_REASON,
     Outbox,
@@ -86,10 +90,13 @@ async def heartbeat(ctx: WorkerContext, *,
     while True:
         await trio.sleep(ctx.config.worker.heartbeat_interval)
         try:
-            if not await ctx.db.heartbeat(ctx.worker_id):
+            alive = await ctx.db.heartbeat(ctx.worker_id)
+            ctx.metrics.heartbeat("ok" if alive else "lost")
+            if not alive:
                 log_event(log, "heartbeat_lost", logging.WARNING,
                           reason="worker row is gone; re-registering on restart")
         except TransientError as exc:
+            ctx.metrics.heartbeat("failed")
             log_event(log, "heartbeat_failed", logging.WARNING, reason=str(exc))
 
 
@@ -124,6 +131,7 @@ async def consume_executions(ctx: WorkerContext, shutdown: Shutdown, *,
             await handle_dispatch(ctx, delivery)
         except Exception:  # a bug must not take the worker down; the message dead-letters
             log.exception("unexpected error handling delivery %s", delivery.delivery_tag)
+            ctx.metrics.message_dead_lettered("executions", "handler_error")
             with trio.CancelScope(shield=True):
                 await delivery.nack(requeue=False)
         finally:
@@ -152,6 +160,22 @@ async def consume_executions(ctx: WorkerContext, shutdown: Shutdown, *,
             control.cancel(SHUTDOWN_REASON)
 
 
+def pin_malloc_thresholds() -> bool:
+    """Keep large buffers (captured output, results) in mmap so freeing returns them.
+
+    glibc raises its mmap threshold after the first large free, after which 10 MiB
+    output buffers come from the heap and fragment it: RSS ratchets up run after run.
+    Fixing the thresholds (which also disables that adjustment) keeps RSS flat.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 256 * 1024) == 1
+        return bool(ok and libc.mallopt(m_trim_threshold, 1024 * 1024) == 1)
+    except (OSError, AttributeError):
+        return False
+
+
 def capabilities(config: Config, facts: host.HostFacts, runtimes: list[str]) -> dict[str, object]:
     return {
         "runtimes": runtimes,
@@ -167,12 +191,20 @@ async def run_worker(config: Config) -> None:
     async with trio.open_nursery() as root:
         await root.start(watch_signals, shutdown)
         facts = host.detect()
-        if not facts.usable:
-            problems = "; ".join(facts.problems())
+        checks = doctor.preflight(config, facts)  # attune doctor's host checks
+        for check in checks:
+            if check.status != "OK":
+                log_event(log, "preflight_check",
+                          logging.ERROR if check.status == "FAIL" else logging.WARNING,
+                          check=check.name, status=check.status, detail=check.detail,
+                          fix=check.fix)
+        problems = doctor.refusal(checks)  # FAILs that make the sandbox unsafe
+        if problems:
             if not config.sandbox.allow_unsafe:
                 raise SandboxUnavailable(f"refusing to start: {problems}")
             log_event(log, "UNSAFE_SANDBOX_OVERRIDE", logging.CRITICAL, problems=problems)
         process.become_subreaper()
+        pin_malloc_thresholds()
         profiles = load_profiles(config.sandbox.effective_profiles_dir())
         sandbox = Sandbox(facts, Path(config.sandbox.run_dir),
                           slot_uid_base=config.sandbox.slot_uid_base)
@@ -192,12 +224,20 @@ async def run_worker(config: Config) -> None:
             await broker.declare_topology()
             await broker.declare_worker_queues(worker_id)
             ctx = _context(config, db, broker, sandbox, profiles, worker_id, name)
+            ctx.metrics.bind(worker=name, version=attune.__version__,
+                             in_flight=lambda: len(ctx.runs),
+                             capacity=lambda: ctx.slots.limiter.total_tokens,
+                             reconnects=lambda: broker.reconnects,
+                             outbox_pending=lambda: len(ctx.outbox.pending))
             log_event(log, "worker_registered", worker=name, worker_id=worker_id,
                       capacity=config.worker.max_concurrent_tasks, pid=os.getpid(),
                       layers=",".join(layer.name for layer in facts.layers if layer.active))
             await recover_orphans(ctx)
             try:
                 async with trio.open_nursery() as services:
+                    if config.worker.metrics_port is not None:
+                        await services.start(serve_metrics, ctx.metrics,
+                                             config.worker.metrics_port)
                     await services.start(heartbeat, ctx)
                     await services.start(ctx.outbox.run)
                     await services.start(consume_cancels, ctx)

@@ -20,10 +20,11 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from attune.db import migrations, queries
+from attune.db import migrations, queries, secret_queries
 from attune.errors import ConfigError, InputError, TransientError
 from attune.models import Action, Claim, Execution, Worker
 from attune.packs import PackSpec
+from attune.secrets.records import KeyRecord, StoredSecret
 from attune.states import TERMINAL, ExecutionStatus
 
 _T = TypeVar("_T")
@@ -70,6 +71,9 @@ def _translated(where: str) -> Iterator[None]:
         # Anything else (internal errors, unexpected server states): retrying may help,
         # and the caller must not see a psycopg type.
         raise TransientError(f"database {where} error ({type(exc).__name__}): {exc}") from None
+
+
+_LARGE_RESULT = 1024 * 1024  # characters of output text in a result
 
 
 class Database:
@@ -162,15 +166,25 @@ class Database:
         self._closed = True
         await trio.to_thread.run_sync(self._pool.close)
 
-    async def _run(self, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
-        """Run `fn` in one transaction on one pooled connection, in one thread hop."""
+    async def _run(self, fn: Callable[[psycopg.Connection[Any]], _T], *,
+                   retire: bool = False) -> _T:
+        """Run `fn` in one transaction on one pooled connection, in one thread hop.
+
+        `retire` closes the connection afterwards so the pool replaces it: libpq keeps
+        its send buffer at the size of the largest statement, so a connection that sent
+        a 10 MiB result would hold 10 MiB for the rest of its life.
+        """
         if self._closed:
             raise TransientError(f"database {self._where} is closed")
         pool, where = self._pool, self._where
 
         def work() -> _T:
             with _translated(where), pool.connection() as conn:
-                return fn(conn)
+                value = fn(conn)
+                if retire:
+                    conn.commit()
+                    conn.close()
+                return value
 
         return await trio.to_thread.run_sync(work, limiter=self._limiter)
 
@@ -260,8 +274,10 @@ class Database:
         if any(s in TERMINAL for s in sources):
             raise InputError(f"finish_execution: cannot overwrite terminal {list(from_statuses)}")
         statuses = [s.value for s in sources]
+        large = sum(len(v) for v in result.values() if isinstance(v, str)) > _LARGE_RESULT
         return await self._run(
-            lambda c: queries.finish_execution(c, execution_id, new_status, result, statuses)
+            lambda c: queries.finish_execution(c, execution_id, new_status, result, statuses),
+            retire=large,
         )
 
     async def orphaned_executions(self, worker_id: int) -> list[Execution]:
@@ -304,3 +320,46 @@ class Database:
     async def upsert_pack(self, pack: PackSpec) -> dict[str, int]:
         """Write the pack, core runtimes and actions in one transaction; ref -> action id."""
         return await self._run(lambda c: queries.upsert_pack(c, pack))
+
+    # --- secrets (values stay as stored: tokens or plain JSON) -------------------------
+
+    async def run_secret_rows(
+        self, execution_id: int, action_id: int
+    ) -> tuple[list[StoredSecret], list[KeyRecord]]:
+        """Secret parameters of the execution and the keys its action sees, in one read."""
+        return await self._run(
+            lambda c: secret_queries.run_secret_rows(c, execution_id, action_id)
+        )
+
+    async def put_execution_secrets(self, execution_id: int, rows: list[StoredSecret]) -> None:
+        """Store sealed secret parameters (the API's job; for `submit` and tests)."""
+        await self._run(lambda c: secret_queries.put_execution_secrets(c, execution_id, rows))
+
+    async def set_key(
+        self,
+        ref: str,
+        *,
+        name: str,
+        owner_type: str,
+        owner_ref: str | None,
+        value: Any,
+        encrypted: bool,
+        encryption_key_hash: str | None,
+    ) -> tuple[int, bool]:
+        """Insert or replace a key by ref; (id, created). The owner must exist."""
+        if owner_type not in ("system", "pack", "action"):
+            raise InputError(f"key owner must be system, pack or action, not {owner_type!r}")
+        if encrypted and not encryption_key_hash:
+            raise InputError("an encrypted key needs its encryption_key_hash")
+        return await self._run(
+            lambda c: secret_queries.set_key(
+                c, ref, name, owner_type, owner_ref, value, encrypted, encryption_key_hash
+            )
+        )
+
+    async def list_keys(self) -> list[KeyRecord]:
+        return await self._run(secret_queries.list_keys)
+
+    async def delete_key(self, ref: str) -> bool:
+        """False when there was no such key."""
+        return await self._run(lambda c: secret_queries.delete_key(c, ref))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 from collections import Counter
 from urllib.parse import unquote, urlsplit
 
@@ -22,7 +21,7 @@ from attune.broker import Broker
 from attune.messages import EXCHANGE_EXECUTIONS
 from tests.integration.amqp_fixtures import close_connections
 from tests.integration.conftest import ADMIN_URL
-from tests.integration.worker_kit import Stack
+from tests.integration.worker_kit import Stack, host_processes_of_uids
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 
@@ -35,12 +34,6 @@ def runs_started(stack: Stack) -> Counter[int]:
     for worker in stack.workers:
         counts.update(int(m) for m in STARTED.findall(worker.log()))
     return counts
-
-
-def host_processes_of_uids(low: int, high: int) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "uid=,pid=,args="], capture_output=True, text=True)
-    return [line for line in out.stdout.splitlines()
-            if low <= int(line.split()[0]) < high]
 
 
 async def _all_terminal(stack: Stack, ids: list[int], timeout: float) -> dict[int, str]:

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from attune.submit import schedule, wait_terminal
 REPO = Path(__file__).resolve().parent.parent.parent
 ATTUNE = str(REPO / ".venv" / "bin" / "attune")
 DEMO_PACK = REPO / "examples" / "packs" / "demo"
+HOSTILE_PACK = REPO / "tests" / "packs" / "hostile"
 
 
 @dataclass
@@ -119,6 +120,11 @@ class Stack:
         await worker.wait_ready()
         return worker
 
+    async def load_pack(self, path: Path) -> None:
+        spec = load_pack(path)
+        install_pack(spec, self.packs_dir)
+        await self.db.upsert_pack(spec)
+
     async def worker_id(self, name: str) -> int:
         for w in await self.db.list_workers():
             if w.name == name:
@@ -157,14 +163,17 @@ async def stack(db: Database, db_url: str, amqp_url: str, amqp_broker: Broker,
             worker.kill()
 
 
-def no_sandbox_left(marker: str) -> Iterator[str]:
-    """Host processes whose command line mentions marker (leftovers of a run)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    me = str(os.getpid())
-    for line in out.splitlines()[1:]:
-        pid, _, args = line.strip().partition(" ")
-        if marker in args and pid != me and "ps -eo" not in args:
-            yield line
+def host_processes_of_uids(low: int, high: int) -> list[str]:
+    """Host processes running as any uid in [low, high): sandboxes of those slots."""
+    out = subprocess.run(["ps", "-eo", "uid=,pid=,args="], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if low <= int(line.split()[0]) < high]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def rabbit_queue_depth(vhost: str, queue: str) -> int:
@@ -177,4 +186,5 @@ def rabbit_queue_depth(vhost: str, queue: str) -> int:
     raise AssertionError(f"queue {queue} not found in {vhost}: {out}")
 
 
-__all__ = ["Stack", "WorkerProcess", "no_sandbox_left", "rabbit_queue_depth", "stack"]
+__all__ = ["HOSTILE_PACK", "Stack", "WorkerProcess", "host_processes_of_uids",
+           "rabbit_queue_depth", "rss_kib", "stack"]

@@ -1,0 +1,5 @@
+import os
+
+
+def run():
+    return {"execution_id": os.environ["ATTUNE_EXEC_ID"]}
