@@ -25,11 +25,11 @@ UID_BASE = 240000
 
 
 def _cgroup_leftovers() -> list[str]:
-    found = []
-    for root in (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
-        for parent in root.glob("**/attune"):
-            found += [p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith("execution-")]
-    return found
+    """Per-run cgroups (v1 memory/pids or v2) that still exist."""
+    roots = [Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup/pids")]
+    if (Path("/sys/fs/cgroup") / "cgroup.controllers").exists():
+        roots = [Path("/sys/fs/cgroup")]
+    return [str(p) for root in roots for p in root.glob("**/attune/execution-*") if p.is_dir()]
 
 
 async def test_two_thousand_executions_one_in_fifty_hostile_all_terminal_exactly_once(
