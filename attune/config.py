@@ -80,6 +80,10 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_timeout: Annotated[
         float, msgspec.Meta(ge=0, description="seconds running executions get on shutdown")
     ] = 30.0
+    metrics_port: Annotated[
+        Annotated[int, msgspec.Meta(ge=0, le=65535)] | None,
+        msgspec.Meta(description="serve Prometheus metrics at :PORT/metrics; unset: off"),
+    ] = None
 
     def effective_name(self, hostname: str | None = None) -> str:
         """The registration key: same name, same worker row, same queues (protocol §6)."""

@@ -36,11 +36,13 @@ from attune.messages import (
     decode_dispatch,
     encode_message,
 )
+from attune.metrics import Metrics
 from attune.models import Action, Execution
 from attune.packs import read_code, resolve_code
 from attune.params import context_env
 from attune.runner.profiles import Profile
 from attune.runner.sandbox import RunControl, RunSpec, Sandbox
+from attune.secrets import OutputGuard, RunSecrets, load_run_secrets
 from attune.states import completed_status_name, status_value
 
 log = logging.getLogger("attune.worker")
@@ -50,7 +52,6 @@ ROUTING_STATUS = "execution.status.changed"
 ROUTING_COMPLETED = "execution.completed"
 RUNTIME_ALIASES = {"python3": "python", "py": "python", "bash": "shell", "sh": "shell"}
 SHUTDOWN_REASON = "Execution cancelled: the worker shut down before it finished"
-SECRET_MARKER_KEY = "$attune_secret"
 
 
 class Outbox:
@@ -111,6 +112,7 @@ class WorkerContext:
     worker_name: str
     runs: dict[int, RunControl] = field(default_factory=dict)
     early_cancels: dict[int, float] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 async def with_db_retry(what: str, fn: Callable[[], Awaitable[T]]) -> T:
@@ -167,22 +169,8 @@ async def finish(ctx: WorkerContext, execution: Execution, status: str, result: 
     return True
 
 
-def _pointer_token(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
-
-
-def _secret_marker_paths(value: Any, path: str = "") -> list[str]:
-    if isinstance(value, dict):
-        if value.get(SECRET_MARKER_KEY) is True:
-            return [path or "/"]
-        return [p for k, v in value.items()
-                for p in _secret_marker_paths(v, f"{path}/{_pointer_token(str(k))}")]
-    if isinstance(value, list):
-        return [p for i, v in enumerate(value) for p in _secret_marker_paths(v, f"{path}/{i}")]
-    return []
-
-
-def build_spec(ctx: WorkerContext, execution: Execution, action: Action) -> tuple[RunSpec, float]:
+def build_spec(ctx: WorkerContext, execution: Execution, action: Action,
+               secrets: RunSecrets) -> tuple[RunSpec, float]:
     """Resolve code, profile, parameters and timeout; ExecutionError when it cannot run."""
     runtime = (action.runtime_name or "").lower()
     runtime = RUNTIME_ALIASES.get(runtime, runtime)
@@ -197,11 +185,7 @@ def build_spec(ctx: WorkerContext, execution: Execution, action: Action) -> tupl
         code, code_name = read_code(resolved.path), resolved.path.name
     else:
         code, code_name = (resolved.inline or "").encode(), "inline.sh"
-    params = dict(execution.config or {})
-    secrets = _secret_marker_paths(params)
-    if secrets:
-        raise ExecutionError(f"secret parameter at {secrets[0]} cannot be restored: "
-                             "this worker has no secret store configured")
+    params = secrets.params  # execution.config with the secret markers restored (§8)
     env = context_env(exec_id=execution.id, action_ref=action.ref, pack_ref=action.pack_ref,
                       delivery=action.parameter_delivery, fmt=action.parameter_format,
                       env_vars=execution.env_vars)
@@ -221,22 +205,31 @@ async def run_claimed(ctx: WorkerContext, execution: Execution, action: Action |
         return "failed", {"succeeded": False,
                           "error": f"action {execution.action_ref} no longer exists"}
     try:
-        spec, timeout = build_spec(ctx, execution, action)
+        secrets = await with_db_retry(f"load secrets of execution {execution.id}", lambda: (
+            load_run_secrets(ctx.db, execution, action, ctx.config.security.encryption_key)))
+        spec, timeout = build_spec(ctx, execution, action, secrets)
     except AttuneError as exc:
         return "failed", {"succeeded": False, "error": str(exc)}
+    if secrets.too_short:
+        log_event(log, "secret_too_short_to_mask", logging.WARNING, execution_id=execution.id,
+                  sources=",".join(secrets.too_short))
     if control.reason is not None:  # cancelled before it started
         return "cancelled", {"succeeded": False, "cancelled": True, "exit_code": -1,
                              "duration_ms": 0, "error": control.reason}
     artifacts = ctx.artifacts.open_run(execution.id)
     try:
-        outcome = await ctx.sandbox.run(spec, timeout=timeout, slot=slot, control=control,
-                                        on_output=artifacts.write)
-        artifacts.write_result(outcome.status, outcome.result)
+        # Output, result and log lines of the run pass through the masker (secrets §8).
+        async with OutputGuard(secrets.masker, artifacts.write, action.out_schema,
+                               artifacts.directory) as guard:
+            outcome = await ctx.sandbox.run(spec, timeout=timeout, slot=slot, control=control,
+                                            on_output=guard.write)
+            result = await guard.redact(outcome.result)
+            artifacts.write_result(outcome.status, result)
     except AttuneError as exc:
-        return "failed", {"succeeded": False, "error": str(exc)}
+        return "failed", {"succeeded": False, "error": secrets.masker.text(str(exc))}
     finally:
         artifacts.close()
-    return outcome.status, outcome.result
+    return outcome.status, result
 
 
 async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
@@ -246,6 +239,7 @@ async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
     except MessageError as exc:
         log_event(log, "dispatch_rejected", logging.WARNING,
                   delivery_tag=delivery.delivery_tag, reason=str(exc))
+        ctx.metrics.message_dead_lettered("executions", "undecodable")
         await delivery.nack(requeue=False)
         return
     execution_id = request.execution_id
@@ -268,6 +262,7 @@ async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
     if claim.status is None or claim.execution is None:
         log_event(log, "dispatch_rejected", logging.WARNING, execution_id=execution_id,
                   reason="no such execution")
+        ctx.metrics.message_dead_lettered("executions", "no_such_execution")
         await delivery.nack(requeue=False)
         return
     if not claim.claimed:
@@ -286,11 +281,16 @@ async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
     if ctx.early_cancels.pop(execution_id, None) is not None:
         control.cancel()
     slot = ctx.slots.free.pop()
+    began = trio.current_time()
     try:
         status, result = await run_claimed(ctx, execution, claim.action, control, slot)
     finally:
         ctx.slots.free.append(slot)
         ctx.runs.pop(execution_id, None)
+    runtime = (claim.action.runtime_name or "").lower() if claim.action else ""
+    runtime = RUNTIME_ALIASES.get(runtime, runtime)
+    ctx.metrics.execution_finished(runtime if runtime in ctx.profiles else "other", status,
+                                   result, trio.current_time() - began)
     log_event(log, "execution_finished", execution_id=execution_id,
               action_ref=execution.action_ref, worker=ctx.worker_name, status=status,
               duration_ms=result.get("duration_ms"),
@@ -306,6 +306,7 @@ async def handle_cancel(ctx: WorkerContext, delivery: Delivery) -> None:
     except MessageError as exc:
         log_event(log, "cancel_rejected", logging.WARNING,
                   delivery_tag=delivery.delivery_tag, reason=str(exc))
+        ctx.metrics.message_dead_lettered("cancel", "undecodable")
         await delivery.nack(requeue=False)
         return
     control = ctx.runs.get(request.execution_id)

@@ -86,7 +86,7 @@ def main(path):
         params = _read_params()
         if not isinstance(params, dict):
             raise TypeError("parameters must be a JSON object")
-    except Exception as exc:  # noqa: BLE001 - reported, not hidden
+    except Exception as exc:  # reported, not hidden
         _write_report({"ok": False, "error": f"Invalid parameters: {exc}"})
         return 2
     sys.argv = [path]
@@ -106,7 +106,7 @@ def main(path):
             value = None
         else:
             raise
-    except BaseException as exc:  # noqa: BLE001 - the action's failure is the result
+    except BaseException as exc:  # the action's failure is the result
         traceback.print_exc()
         message = str(exc)
         error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__

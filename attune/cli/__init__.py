@@ -30,14 +30,18 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from attune.cli import exec_cmd
+    from attune.cli import exec_cmd, key_cmd
 
     exec_cmd.register(app)
+    key_cmd.register(app)
     try:
         from attune.cli import service_cmd
     except ImportError:  # pragma: no cover - partial checkouts during development
         return
     service_cmd.register(app)
+    from attune.cli import ops_cmd
+
+    ops_cmd.register(app)
 
 
 _register()

@@ -1,4 +1,4 @@
-"""Commands that talk to the services: db, pack, run-worker, submit, workers, executions."""
+"""Commands that talk to the services: db, pack, run-worker, submit (ops_cmd has the rest)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,13 @@ def _run(fn: Any) -> Any:
         return trio.run(fn)
     except AttuneError as exc:
         raise _fail(str(exc)) from None
+    except BaseExceptionGroup as group:  # raised inside a nursery: one error, wrapped
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, AttuneError):
+            raise _fail(str(leaf)) from None
+        raise
 
 
 def register(app: typer.Typer) -> None:
@@ -89,6 +96,7 @@ def register(app: typer.Typer) -> None:
         capacity: Annotated[Optional[int], typer.Option("--max-concurrent-tasks", help="Concurrent executions.")] = None,
         log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
         log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+        metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")] = None,
     ) -> None:
         """Register, heartbeat, consume worker.{id}.executions and run them in sandboxes."""
         from attune.log import configure_logging
@@ -98,6 +106,8 @@ def register(app: typer.Typer) -> None:
             overrides["worker.name"] = name
         if capacity:
             overrides["worker.max_concurrent_tasks"] = capacity
+        if metrics_port is not None:
+            overrides["worker.metrics_port"] = metrics_port
         try:
             configure_logging(log_format, log_level)  # type: ignore[arg-type]
             cfg = _config(config, overrides)
@@ -138,7 +148,12 @@ def register(app: typer.Typer) -> None:
                            err=True)
                 if not wait:
                     return execution_id, None
-                row = await wait_terminal(db, execution_id, timeout=wait_timeout)
+                if sys.stderr.isatty():  # live output and elapsed time for a person
+                    from attune.cli.ops_cmd import follow_live
+
+                    row = await follow_live(db, cfg, execution_id, timeout=wait_timeout)
+                else:
+                    row = await wait_terminal(db, execution_id, timeout=wait_timeout)
                 return execution_id, {"status": row.status, "result": row.result}
 
         execution_id, outcome = _run(main)
@@ -147,27 +162,3 @@ def register(app: typer.Typer) -> None:
             return
         sys.stdout.write(json.dumps(outcome["result"], ensure_ascii=False) + "\n")
         raise typer.Exit(EXIT_BY_STATUS.get(outcome["status"], 1))
-
-    @app.command("workers")
-    def workers(config: ConfigOpt = None,
-                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-        """List registered workers."""
-        cfg = _config(config)
-
-        async def main() -> list[Any]:
-            from attune.db import Database
-
-            async with Database.open_ctx(cfg.database.url) as db:
-                return await db.list_workers()
-
-        import msgspec
-
-        rows = _run(main)
-        if as_json:
-            typer.echo(msgspec.json.encode(rows).decode())
-            return
-        typer.echo(f"{'ID':>4}  {'NAME':<24} {'STATUS':<9} {'RUNNING':>7}  RUNTIMES")
-        for w in rows:
-            caps = w.capabilities or {}
-            typer.echo(f"{w.id:>4}  {w.name:<24} {w.status:<9} {w.running:>3}/{caps.get('max_concurrent_executions', '?'):<3}  "
-                       f"{','.join(caps.get('runtimes', []))}")

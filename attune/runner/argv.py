@@ -2,20 +2,23 @@
 
 Everything the sandbox is made of is decided here, so it can be golden-tested without
 spawning anything. The options go to bwrap through `--args FD`, never on its command
-line, so /proc/1/cmdline inside the sandbox shows nothing of the run.
+line, so /proc/1/cmdline inside the sandbox shows only the command (interpreter, rlimits,
+action path), never the mounts, host paths or environment of the run.
 
 Nothing the action writes reaches the host's disk. The work dir (/work) is a tmpfs of
-`limits.work_dir_mb`, like /tmp and /dev/shm of `limits.tmpfs_mb` each: RLIMIT_FSIZE caps one file, not
-the total, and a host-backed work dir (or a writable host out dir) would let an action
-fill the worker's disk with many files below the file-size limit before any after-run
-check could notice. tmpfs pages are charged to the run's memory cgroup where there is
-one, and vanish with the sandbox's mount namespace, so nothing needs cleaning up either
-(no chmod-000 directories left for the worker to remove). The only host files the
-action can write are the result file, bound alone (an existing regular file the action
-cannot replace, rename or turn into a symlink: its parent /attune is read-only) and
-capped by RLIMIT_FSIZE; the parameter file is bound read-only beside it. Nothing reads
-the work dir after a run today; an artifact collector would need it host-visible
-(e.g. a sized tmpfs mounted by the worker) and must keep this size bound.
+`limits.work_dir_mb`, like /tmp and /dev/shm of `limits.tmpfs_mb` each. RLIMIT_FSIZE
+caps one file, not the total: a host-backed work dir (or a writable host out dir) would
+let an action fill the worker's disk with many files below the file-size limit long
+before an after-run size check could notice. tmpfs pages are charged to the run's
+memory cgroup where there is one and vanish with the sandbox's mount namespace, so there
+is nothing to clean up either (no chmod-000 trees left for the worker to remove).
+
+The only host file the action can write is the result file, bound alone at
+/attune/out/result.json: an existing regular file it cannot replace, rename or turn into
+a symlink (its parent is part of the read-only /attune), capped by RLIMIT_FSIZE and read
+back with O_NOFOLLOW and a size cap. The parameter file is bound read-only beside it.
+Nothing reads the work dir after a run today; an artifact collector would need it
+host-visible (e.g. a sized tmpfs the worker mounts) and must keep the size bound.
 """
 
 from __future__ import annotations

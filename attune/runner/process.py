@@ -38,9 +38,16 @@ import trio
 from attune.errors import SandboxUnavailable
 
 PR_SET_CHILD_SUBREAPER = 36
-# After the init is killed, bwrap normally exits within milliseconds; past this, kill it.
-KILL_GRACE_SECONDS = 1.0
+# After its init is killed, bwrap exits as soon as the kernel has torn the pid namespace
+# down: milliseconds usually, around a second for a namespace of 256 fork-bomb processes
+# on a loaded host. Only past this bound is bwrap itself killed (orphaning the init).
+KILL_GRACE_SECONDS = 10.0
+# How long a run waits to reap an orphaned init before leaving it to the next run.
+REAP_WAIT_SECONDS = 2.0
 INFO_MAX_BYTES = 4096
+
+# pidfds of orphaned sandbox inits (our children, as a subreaper) still to be reaped.
+_pending_inits: list[int] = []
 
 
 @dataclass
@@ -145,7 +152,8 @@ class SandboxProcess:
     async def kill_and_wait(self) -> None:
         """Kill the sandbox and wait (bounded) until bwrap is gone."""
         self.kill()
-        with trio.move_on_after(KILL_GRACE_SECONDS):
+        grace = KILL_GRACE_SECONDS if self._init_pidfd is not None else 0.5
+        with trio.move_on_after(grace):
             while self._popen.poll() is None:
                 await trio.lowlevel.wait_readable(self._pidfd)
         if self._popen.returncode is None:
@@ -168,31 +176,34 @@ class SandboxProcess:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     async def reap_init(self) -> None:
-        """Reap the init if it was orphaned to us (we are a subreaper); bounded wait.
+        """Reap the init if it was orphaned to us (we are a subreaper).
 
         Normally bwrap reaped it and this is a no-op (ECHILD). waitid on the init's own
-        pidfd can only ever reap that one process.
+        pidfd can only ever reap that one process. An init still tearing its namespace
+        down after REAP_WAIT_SECONDS is handed over to later runs (`_pending_inits`).
         """
+        sweep_pending_inits()
         fd = self._init_pidfd
         if fd is None or self._popen.returncode is None:
             return
-        with trio.move_on_after(KILL_GRACE_SECONDS):
-            while True:
-                try:
-                    if os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG) is not None:
-                        return
-                except ChildProcessError:  # not our child: bwrap (or init) reaped it
-                    return
-                except OSError:
-                    return
+        with trio.move_on_after(REAP_WAIT_SECONDS):
+            while not _try_reap(fd):
                 await trio.lowlevel.wait_readable(fd)
+            return
+        _pending_inits.append(fd)
+        self._init_pidfd = None  # owned by _pending_inits now
 
     def close(self) -> None:
+        """Release every fd of this run (idempotent; streams may already be closed)."""
+        for stream in (self._info, self.pipes.stdin, self.pipes.stdout, self.pipes.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
         for fd in (self._pidfd, self._init_pidfd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._init_pidfd = None
+        self._pidfd = -1
 
 
 def spawn(
@@ -252,6 +263,24 @@ def spawn(
         stderr=trio.lowlevel.FdStream(err_r),
     )
     return SandboxProcess(popen, pidfd, pipes, info_r)
+
+
+def _try_reap(pidfd: int) -> bool:
+    """True once the process is reaped by us, or is not ours to reap."""
+    try:
+        return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is not None
+    except OSError:  # ECHILD: not our child (bwrap or the host's init reaped it)
+        return True
+
+
+def sweep_pending_inits() -> int:
+    """Reap orphaned inits that have exited since; returns how many are still pending."""
+    for fd in list(_pending_inits):
+        if _try_reap(fd):
+            _pending_inits.remove(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return len(_pending_inits)
 
 
 def become_subreaper() -> bool:

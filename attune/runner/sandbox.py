@@ -141,8 +141,15 @@ class Sandbox:
         if "/" in spec.code_name or spec.code_name in ("", ".", ".."):
             raise ExecutionError(f"invalid action file name {spec.code_name!r}")
         root = self.run_dir / f"{spec.label}-{uuid.uuid4().hex[:12]}"
-        code, out = root / "code", root / "out"
         root.mkdir(mode=0o711)
+        try:
+            return self._fill_run_dir(root, spec, uid)
+        except BaseException:
+            _remove_tree(root)
+            raise
+
+    def _fill_run_dir(self, root: Path, spec: RunSpec, uid: int | None) -> _RunDir:
+        code, out = root / "code", root / "out"
         code.mkdir(mode=0o755)
         (code / "action").mkdir(mode=0o755)
         (code / "out").mkdir(mode=0o755)
@@ -306,7 +313,10 @@ class Sandbox:
         cancelled = user_scope.cancelled_caught and not timed_out
         if proc.returncode is not None and exit_code == -1 and not (timed_out or cancelled):
             exit_code = proc.returncode
-        signal_no = exit_code - 128 if 128 < exit_code < 128 + 65 else None
+        # bwrap reports the action's death by signal N as 128 + N; a negative code is
+        # bwrap itself killed by a signal (the OOM killer, an operator).
+        signal_no = (exit_code - 128 if 128 < exit_code < 128 + 65
+                     else -exit_code if exit_code < -1 else None)
         wrapper_report, problem = (None, None)
         if wrapped and not (timed_out or cancelled or exceeded):
             wrapper_report, problem = read_wrapper_report(rd.out, limits.max_result_bytes)

@@ -50,9 +50,13 @@ def check_key(key: str | None, *, purpose: str) -> str:
     return key
 
 
+def _sha256_hex(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
 def key_hash(key: str) -> str:
     """The `encryption_key_hash` column value for a key."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return _sha256_hex(key)
 
 
 def _aes(key: str) -> AESGCM:
@@ -91,7 +95,7 @@ def decrypt_value(key: str, token: Any, *, key_hash: str | None = None,
     configured key's hash, the failure says the secret was encrypted with another key.
     """
     check_key(key, purpose=f"decrypt {what}")
-    if key_hash is not None and key_hash.strip().lower() != _hash(key):
+    if key_hash is not None and key_hash.strip().lower() != _sha256_hex(key):
         raise SecretDecryptError(
             f"{what} was encrypted with a different key (encryption_key_hash mismatch: "
             f"the configured {KEY_SETTING} is not the one the API used)"
@@ -115,6 +119,3 @@ def decrypt_value(key: str, token: Any, *, key_hash: str | None = None,
         return json.loads(plaintext.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise SecretDecryptError(f"{what}: decrypted data is not JSON") from None
-
-
-_hash = key_hash  # decrypt_value's `key_hash` parameter shadows the function inside it

@@ -88,8 +88,12 @@ def set_at(document: Any, pointer: str, value: Any) -> Any:
                 node[token] = value
             else:
                 child = node.get(token)
-                if not isinstance(child, dict | list) or is_marker(child):
+                if child is None or is_marker(child):  # a missing or redacted parent
                     child = node[token] = {}
+                elif not isinstance(child, dict | list):
+                    raise ExecutionError(f"secret path {pointer}: /"
+                                         + "/".join(escape_token(t) for t in tokens[:depth + 1])
+                                         + " is not an object or array")
                 node = child
         elif isinstance(node, list):
             index = _index(token, len(node), pointer, append=last)
@@ -128,8 +132,8 @@ def schema_secret_paths(schema: Any) -> list[str]:
             for name, child in props.items():
                 walk(child, join(path, name))
         items = node.get("items")
-        if isinstance(items, Mapping) and _holds_secret(items):
-            found.append(join(path, "*"))
+        if isinstance(items, Mapping):
+            walk(items, join(path, "*"))
 
     if "properties" in schema or isinstance(schema.get("type"), str) or (
         schema.get("secret") is True
@@ -139,15 +143,6 @@ def schema_secret_paths(schema: Any) -> list[str]:
         for name, prop in schema.items():
             walk(prop, join("", name))
     return sorted(set(found))
-
-
-def _holds_secret(node: Mapping[str, Any]) -> bool:
-    if node.get("secret") is True:
-        return True
-    props = node.get("properties")
-    return isinstance(props, Mapping) and any(
-        isinstance(p, Mapping) and _holds_secret(p) for p in props.values()
-    )
 
 
 def replace_paths(document: Any, pointers: list[str], replacement: Any) -> Any:

@@ -41,7 +41,7 @@ from attune.packs import install_pack, load_pack
 
 from .cleanup import Cleanup
 from .local import ATTUNE, REPO, CaseError
-from .stats import parse_vmrss_kib
+from .stats import parse_cpu_ticks, parse_vmrss_kib
 
 PG_ADMIN_URL = os.environ.get("ATTUNE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_BASE_URL = os.environ.get("ATTUNE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -111,6 +111,19 @@ def rss_mib(pid: int) -> float | None:
     except OSError:
         return None
     return kib / 1024 if kib is not None else None
+
+
+def cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """(own, reaped children) CPU seconds of a process."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            ticks = parse_cpu_ticks(handle.read())
+    except OSError:
+        return None
+    if ticks is None:
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    return ticks[0] / hz, ticks[1] / hz
 
 
 @dataclass
@@ -311,6 +324,8 @@ class Throughput:
     finish_times: list[float]
     failed: int
     rss_samples: list[float]
+    worker_cpu_ms: float | None  # per execution: the worker process, all threads
+    sandbox_cpu_ms: float | None  # per execution: its reaped children (bwrap + action)
 
 
 async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput:
@@ -325,6 +340,7 @@ async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput
                 samples.append(value)
             await trio.sleep(0.1)
 
+    cpu_before = cpu_seconds(worker.proc.pid)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sample_rss)
         started = time.perf_counter()
@@ -332,12 +348,18 @@ async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput
             await stack.dispatch(execution_id, "python")
         await stack.completions.wait_all(ids, timeout=120 + count / 2)
         nursery.cancel_scope.cancel()
+    cpu_after = cpu_seconds(worker.proc.pid)
+    own = children = None
+    if cpu_before is not None and cpu_after is not None:
+        own = (cpu_after[0] - cpu_before[0]) * 1000 / count
+        children = (cpu_after[1] - cpu_before[1]) * 1000 / count
     done = [stack.completions.seen[i] for i in ids]
     last = max(d.at for d in done)
     return Throughput(
         capacity=worker.capacity, count=count, seconds=last - started,
         finish_times=[d.at - started for d in done],
         failed=sum(d.status != "Completed" for d in done), rss_samples=samples,
+        worker_cpu_ms=own, sandbox_cpu_ms=children,
     )
 
 

@@ -97,11 +97,14 @@ async def run_plain(argv: Sequence[str], env: dict[str, str]) -> tuple[float, by
         os.close(err_w)
     out: list[bytes] = []
     err: list[bytes] = []
-    async with trio.lowlevel.FdStream(out_r) as out_s, trio.lowlevel.FdStream(err_r) as err_s:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, out_s, out)
-            nursery.start_soon(_drain, err_s, err)
-            code = await _wait_pidfd(popen)
+    async with (
+        trio.lowlevel.FdStream(out_r) as out_s,
+        trio.lowlevel.FdStream(err_r) as err_s,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(_drain, out_s, out)
+        nursery.start_soon(_drain, err_s, err)
+        code = await _wait_pidfd(popen)
     seconds = time.perf_counter() - started
     if code != 0:
         raise CaseError(f"{' '.join(argv)} exited {code}: {b''.join(err)[-400:]!r}")

@@ -105,6 +105,20 @@ def parse_vmrss_kib(status_text: str) -> int | None:
     return None
 
 
+def parse_cpu_ticks(stat_text: str) -> tuple[int, int] | None:
+    """(utime + stime, cutime + cstime) in clock ticks from the text of /proc/PID/stat.
+
+    The first is the process's own CPU (all its threads), the second that of its reaped
+    children: for the worker, every bwrap and so every sandbox of the runs it finished.
+    """
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    fields = stat_text[stat_text.rfind(")") + 2:].split()
+    if len(fields) < 15:
+        return None
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return utime + stime, cutime + cstime
+
+
 # --- targets ------------------------------------------------------------------------------
 
 
@@ -157,7 +171,8 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def _sum(*values: float | None) -> float | None:
-    return sum(values) if all(v is not None for v in values) else None  # type: ignore[misc]
+    known = [v for v in values if v is not None]
+    return sum(known) if len(known) == len(values) else None
 
 
 def build_targets(

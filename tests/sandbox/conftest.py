@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from attune.runner import host
 from attune.runner.profiles import Profile, load_profiles
@@ -63,7 +63,10 @@ def run_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def sandbox(facts: host.HostFacts, run_base: Path) -> Sandbox:
-    return Sandbox(facts, run_base / "runs")
+    # Slot uids of our own: RLIMIT_NPROC and the leftover checks are per host uid, and a
+    # worker or another test session on this host may be using the default 100000+.
+    base = 300000 + (os.getpid() % 10000) * len(SLOTS)
+    return Sandbox(facts, run_base / "runs", slot_uid_base=base)
 
 
 @pytest.fixture(scope="session")
@@ -78,11 +81,12 @@ def slot_uids(sandbox: Sandbox) -> set[int]:
 
 
 @pytest.fixture(autouse=True)
-async def _nothing_survives(sandbox: Sandbox, slot_uids: set[int]) -> AsyncIterator[None]:
+def _nothing_survives(sandbox: Sandbox, slot_uids: set[int]) -> Iterator[None]:
+    # Sync on purpose: pytest-trio 0.8 never runs an *autouse* async fixture.
     yield
-    with trio.move_on_after(1.0):
-        while of_uids(slot_uids):
-            await trio.sleep(0.02)
+    deadline = time.monotonic() + 1.0
+    while of_uids(slot_uids) and time.monotonic() < deadline:
+        time.sleep(0.02)
     left = of_uids(slot_uids)
     assert not left, f"processes of slot uids outlived their run: {left}"
     runs = [p.name for p in sandbox.run_dir.iterdir() if p.name != ".etc"]

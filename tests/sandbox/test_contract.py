@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import textwrap
 from pathlib import Path
 
@@ -345,3 +347,29 @@ async def test_bad_code_name_is_refused_before_anything_runs(run_code: RunCode) 
 async def test_worker_process_is_a_subreaper(sandbox: Sandbox) -> None:
     """Inits orphaned by a dead bwrap come back to the worker, which reaps them by pidfd."""
     assert sandbox.subreaper is True
+
+
+async def test_bwrap_killed_from_outside_orphans_nothing(run_code: RunCode,
+                                                         sandbox: Sandbox) -> None:
+    """If bwrap itself dies (OOM killer, an operator), its init is orphaned: the worker,
+    a subreaper, gets it back and reaps it through its pidfd; no zombie of the slot uid
+    is left to count against RLIMIT_NPROC, and the run says how it ended."""
+    mark = token()
+    name = f"orphan_{mark.replace('.', '_')}.sh"
+    outcome = None
+
+    async def runner() -> None:
+        nonlocal outcome
+        outcome = await run_code(f"sleep {mark}\n", runtime="shell", timeout=30, code_name=name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner)
+        with trio.fail_after(5):
+            while not (outer := [p for p in with_token(name) if p.ppid == os.getpid()]) or \
+                    not with_token(f"sleep {mark}"):
+                await trio.sleep(0.02)
+        os.kill(outer[0].pid, signal.SIGKILL)
+    assert outcome is not None
+    assert outcome.status == "failed"
+    assert outcome.result["error"] == "Command killed by SIGKILL"
+    assert await wait_until_gone(mark) == []

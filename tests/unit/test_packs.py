@@ -47,6 +47,7 @@ def test_demo_pack_loads_with_all_its_actions() -> None:
         "demo.fail",
         "demo.sleep",
         "demo.shell_json",
+        "demo.secret_hash",
     }
     assert by_ref["demo.add"].runner_type == "python"
     assert by_ref["demo.add"].parameters == {

@@ -87,7 +87,7 @@ def test_unreadable_file_and_missing_dir(tmp_path: Path) -> None:
         load_profile(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_profiles(tmp_path / "nope")
-    with pytest.raises(ConfigError, match="no \\*.toml"):
+    with pytest.raises(ConfigError, match=r"no \*\.toml"):
         load_profiles(tmp_path)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from attune.params import encode_params
+from attune.runner.sandbox import read_wrapper_report
 
 WRAPPER = Path(__file__).resolve().parents[2] / "sandbox" / "python_wrapper.py"
 
@@ -167,3 +169,62 @@ def test_result_symlink_is_not_followed(wrapper: ModuleType, monkeypatch: pytest
     with pytest.raises(OSError):
         wrapper._write_report({"ok": True, "value": 1})
     assert target.read_text() == "precious"
+
+
+# --- the worker's side: read_wrapper_report (sandbox.md guarantee 10) -------------------
+
+
+def test_report_is_read(tmp_path: Path) -> None:
+    (tmp_path / "result.json").write_text('{"ok": true, "value": [1, 2]}')
+    assert read_wrapper_report(tmp_path, 1000) == ({"ok": True, "value": [1, 2]}, None)
+
+
+def test_symlinked_report_is_refused_and_its_target_never_read(tmp_path: Path) -> None:
+    target = tmp_path / "host-secret"
+    target.write_text('{"ok": true, "value": "host file content"}')
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "result.json").symlink_to(target)
+    report, problem = read_wrapper_report(tmp_path / "out", 1000)
+    assert report is None
+    assert problem is not None and problem.startswith("refused the result file")
+    assert "host file content" not in problem
+
+
+def test_symlinked_out_dir_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "result.json").write_text('{"ok": true, "value": 1}')
+    (tmp_path / "out").symlink_to(real)
+    report, problem = read_wrapper_report(tmp_path / "out", 1000)
+    assert report is None and problem is not None
+    assert problem.startswith("cannot open the result directory")
+
+
+def test_fifo_report_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "result.json")
+    report, problem = read_wrapper_report(tmp_path, 1000)
+    assert report is None
+    assert problem == "refused the result file: not a regular file"
+
+
+def test_directory_report_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "result.json").mkdir()
+    report, problem = read_wrapper_report(tmp_path, 1000)
+    assert report is None and problem == "refused the result file: not a regular file"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "the action ended without reporting a return value"),
+        ("", "the action ended without reporting a return value"),
+        ("x" * 1001, "result exceeds the 1000 byte limit"),
+        ("{not json", "the result file is not valid JSON"),
+        ("[1, 2]", "the result file is malformed"),
+        ('{"value": 1}', "the result file is malformed"),
+    ],
+)
+def test_bad_reports(tmp_path: Path, content: str | None, problem: str) -> None:
+    if content is not None:
+        (tmp_path / "result.json").write_text(content)
+    assert read_wrapper_report(tmp_path, 1000) == (None, problem)

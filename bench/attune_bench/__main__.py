@@ -1,0 +1,393 @@
+"""scripts/bench [--quick] [--json FILE]: how fast the worker is, against its targets.
+
+One process measures everything, so ratios hold on a noisy machine: the local cases
+(floors, runner, `attune exec`) are interleaved round-robin, the floor spawn rate at
+concurrency N is measured right around the worker's throughput run at capacity N
+(half before, half after), and every target compares numbers taken in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import e2e, local
+from .cleanup import Cleanup
+from .stats import (
+    Row,
+    Summary,
+    build_targets,
+    format_cases,
+    format_table,
+    format_targets,
+    rate,
+    round_robin,
+    steady_rate,
+)
+
+CAPACITIES = (1, 2, 4)
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    warmup: int
+    latency_runs: int  # per interpreter
+    throughput_n: int
+    e2e: bool
+    seed: int
+
+
+@dataclass
+class Results:
+    samples: dict[str, list[float]] = field(default_factory=dict)  # ms
+    labels: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (section, label)
+    errors: dict[str, str] = field(default_factory=dict)
+    throughput: dict[int, dict[str, Any]] = field(default_factory=dict)
+    floor_rates: dict[int, dict[str, Any]] = field(default_factory=dict)
+    memory: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+    def add(self, name: str, seconds: float) -> None:
+        self.samples.setdefault(name, []).append(seconds * 1000)
+
+    def summaries(self) -> dict[str, Summary]:
+        return {name: Summary.of(v) for name, v in self.samples.items() if v}
+
+    def rates(self) -> dict[str, float]:
+        out = {f"floor_python_c{c}": r["per_second"] for c, r in self.floor_rates.items()}
+        out |= {f"worker_c{c}": r["per_second"] for c, r in self.throughput.items()}
+        return out
+
+
+def progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# --- machine -------------------------------------------------------------------------------
+
+
+def _first(path: str, prefix: str) -> str | None:
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def _os_name() -> str:
+    try:
+        return platform.freedesktop_os_release().get("PRETTY_NAME", platform.platform())
+    except OSError:
+        return platform.platform()
+
+
+def machine() -> dict[str, Any]:
+    bwrap = shutil.which("bwrap")
+    version = None
+    if bwrap:
+        version = subprocess.run([bwrap, "--version"], capture_output=True, text=True,
+                                 check=False).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": _first("/proc/cpuinfo", "model name"),
+        "mem_total": _first("/proc/meminfo", "MemTotal"),
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "python": platform.python_version(),
+        "bwrap": version,
+        "uid": os.geteuid(),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+# --- phases --------------------------------------------------------------------------------
+
+
+async def run_local(env: local.LocalEnv, plan: Plan, results: Results) -> None:
+    cases = {case.name: case for case in local.cases(env)}
+    for case in cases.values():
+        results.labels[case.name] = (case.section, case.label)
+    order = round_robin(list(cases), plan.rounds, warmup=plan.warmup, seed=plan.seed)
+    last_round = None
+    for index, name in order:
+        if name in results.errors:
+            continue
+        if index != last_round and index >= 0 and (index % 10 == 0 or index == plan.rounds - 1):
+            progress(f"local cases: round {index + 1}/{plan.rounds}")
+        last_round = index
+        try:
+            seconds = await cases[name].run()
+        except local.CaseError as exc:
+            results.errors[name] = str(exc)
+            progress(f"case {name} failed, dropped: {exc}")
+            continue
+        if index >= 0:
+            results.add(name, seconds)
+
+
+@dataclass
+class FloorRun:
+    seconds: float = 0.0
+    spawner_cpu: float = 0.0  # this process (all threads), seconds
+    sandbox_cpu: float = 0.0  # its reaped children: every bwrap and what ran inside
+
+
+async def floor_rate(env: local.LocalEnv, concurrency: int, count: int, into: FloorRun) -> None:
+    """`count` sandboxed `python3 -c pass` on `concurrency` slots at once, added to `into`."""
+    profile = env.profiles["python"]
+    command = [local.SYSTEM_PYTHON, "-c", "pass"]
+    remaining = count
+    for slot in range(concurrency):
+        env.layout(slot)
+
+    async def lane(slot: int) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await local.run_sandboxed(env, profile, command, slot=slot)
+
+    before = os.times()
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for slot in range(concurrency):
+            nursery.start_soon(lane, slot)
+    into.seconds += time.perf_counter() - started
+    after = os.times()
+    into.spawner_cpu += (after.user + after.system) - (before.user + before.system)
+    into.sandbox_cpu += ((after.children_user + after.children_system)
+                         - (before.children_user + before.children_system))
+
+
+async def run_e2e(env: local.LocalEnv, plan: Plan, results: Results, root: Path,
+                  cleanup: Cleanup) -> None:
+    progress("end to end: database, vhost, packs")
+    async with e2e.open_stack(root, cleanup) as stack:
+        for capacity in CAPACITIES:
+            progress(f"end to end: worker at capacity {capacity}")
+            worker = await stack.start_worker(capacity)
+            await trio.sleep(1.0)
+            memory: dict[str, float | None] = {"idle": worker.rss()}
+            results.memory[capacity] = memory
+            if capacity == CAPACITIES[0]:
+                await latency(stack, plan, results)
+            memory["before_throughput"] = worker.rss()
+            half = plan.throughput_n // 2
+            floor = FloorRun()
+            await floor_rate(env, capacity, half, floor)
+            progress(f"end to end: {plan.throughput_n} queued executions")
+            run = await e2e.throughput(stack, worker, plan.throughput_n)
+            await floor_rate(env, capacity, plan.throughput_n - half, floor)
+            await trio.sleep(0.5)
+            memory["peak"] = max(run.rss_samples, default=None)
+            memory["after"] = worker.rss()
+            results.floor_rates[capacity] = {
+                "count": plan.throughput_n, "seconds": floor.seconds,
+                "per_second": rate(plan.throughput_n, floor.seconds),
+                "spawner_cpu_ms_per_run": floor.spawner_cpu * 1000 / plan.throughput_n,
+                "sandbox_cpu_ms_per_run": floor.sandbox_cpu * 1000 / plan.throughput_n}
+            results.throughput[capacity] = {
+                "count": run.count, "seconds": run.seconds, "failed": run.failed,
+                "per_second": rate(run.count, run.seconds),
+                "steady_per_second": steady_rate(run.finish_times),
+                "worker_cpu_ms_per_execution": run.worker_cpu_ms,
+                "sandbox_cpu_ms_per_execution": run.sandbox_cpu_ms}
+            await worker.stop()
+            results.workers.append(e2e.summary_of_worker(worker) | {
+                "exit_code": worker.proc.returncode})
+
+
+async def latency(stack: e2e.Stack, plan: Plan, results: Results) -> None:
+    progress(f"end to end: latency, {plan.latency_runs} runs per runtime")
+    names = {"e2e_python": "python", "e2e_shell": "shell"}
+    results.labels |= {
+        "e2e_python": ("end to end (publish -> ExecutionCompleted)", "bench.noop_py"),
+        "e2e_shell": ("end to end (publish -> ExecutionCompleted)", "bench.noop_sh"),
+        "e2e_python_outside": ("end to end (publish -> ExecutionCompleted)",
+                               "bench.noop_py minus its in-sandbox duration_ms"),
+        "e2e_shell_outside": ("end to end (publish -> ExecutionCompleted)",
+                              "bench.noop_sh minus its in-sandbox duration_ms"),
+    }
+    order = round_robin(list(names), plan.latency_runs, warmup=2, seed=plan.seed)
+    for index, name in order:
+        seconds, done = await e2e.latency_one(stack, names[name])
+        if index >= 0:
+            results.add(name, seconds)
+            if done.duration_ms is not None:
+                results.add(f"{name}_outside", seconds - done.duration_ms / 1000)
+
+
+async def main_async(plan: Plan, root: Path, cleanup: Cleanup, results: Results) -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def watch(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
+                async for signum in signals:
+                    progress(f"{signal.Signals(signum).name}: stopping and cleaning up")
+                    results.interrupted = True
+                    nursery.cancel_scope.cancel()
+
+        await nursery.start(watch)
+        env = local.make_env(root)
+        progress(f"local cases: {plan.rounds} rounds (+{plan.warmup} warm-up), interleaved")
+        await run_local(env, plan, results)
+        if plan.e2e:
+            try:
+                await run_e2e(env, plan, results, root, cleanup)
+            except local.CaseError as exc:
+                results.errors["e2e"] = str(exc)
+                progress(f"end to end failed: {exc}")
+        nursery.cancel_scope.cancel()
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def report(results: Results, targets: Sequence[Any]) -> str:
+    summaries = results.summaries()
+    sections: dict[str, list[Row]] = {}
+    for name, (section, label) in results.labels.items():
+        note = "FAILED: " + results.errors[name][:60] if name in results.errors else ""
+        sections.setdefault(section, []).append(Row(label, summaries.get(name), note))
+    parts = [format_cases(list(sections.items()))]
+    if results.throughput:
+        rows = []
+        for capacity, run in sorted(results.throughput.items()):
+            floor_run = results.floor_rates.get(capacity, {})
+            floor = floor_run.get("per_second")
+            steady = run["steady_per_second"]
+            rows.append([str(capacity), str(run["count"]), f"{run['seconds']:.2f} s",
+                         f"{run['per_second']:.1f}/s",
+                         f"{steady:.1f}/s" if steady else "-",
+                         f"{floor:.1f}/s" if floor else "-",
+                         f"{run['per_second'] / floor:.0%}" if floor else "-",
+                         f"{_ms(run['worker_cpu_ms_per_execution'])} / "
+                         f"{_ms(floor_run.get('spawner_cpu_ms_per_run'))}",
+                         f"{_ms(run['sandbox_cpu_ms_per_execution'])} / "
+                         f"{_ms(floor_run.get('sandbox_cpu_ms_per_run'))}",
+                         str(run["failed"])])
+        parts.append(format_table(
+            ["capacity", "N", "wall", "executions/s", "steady", "floor (python3 -c pass)",
+             "of floor", "CPU/run worker / floor spawner", "sandbox CPU/run worker / floor",
+             "failed"], rows, frozenset(range(1, 10))))
+    if results.memory:
+        rows = []
+        for capacity, mem in sorted(results.memory.items()):
+            idle, after = mem.get("idle"), mem.get("after")
+            rows.append([str(capacity)] + [f"{v:.1f} MiB" if v is not None else "-" for v in (
+                idle, mem.get("peak"), after)] + [
+                f"{after - idle:+.1f} MiB" if idle is not None and after is not None else "-"])
+        parts.append(format_table(["worker RSS at capacity", "idle", "peak (throughput)",
+                                   "after", "growth"], rows, frozenset(range(1, 5))))
+    parts.append(format_targets(targets))
+    if results.errors:
+        parts.append("errors:\n" + "\n".join(f"  {k}: {v}" for k, v in results.errors.items()))
+    return "\n\n".join(parts)
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.1f} ms" if value is not None else "-"
+
+
+def to_json(plan: Plan, info: dict[str, Any], results: Results, targets: Sequence[Any],
+            started: datetime) -> dict[str, Any]:
+    summaries = results.summaries()
+    return {
+        "format": 1,
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "plan": plan.__dict__,
+        "machine": info | {"loadavg_end": os.getloadavg()},
+        "interrupted": results.interrupted,
+        "cases": {
+            name: {"section": section, "label": label,
+                   **(summaries[name].as_dict() if name in summaries else {}),
+                   "samples_ms": [round(v, 3) for v in results.samples.get(name, [])],
+                   "error": results.errors.get(name)}
+            for name, (section, label) in results.labels.items()
+        },
+        "throughput": {str(c): r for c, r in results.throughput.items()},
+        "floor_rates": {str(c): r for c, r in results.floor_rates.items()},
+        "memory_mib": {str(c): m for c, m in results.memory.items()},
+        "workers": results.workers,
+        "targets": [t.as_dict() for t in targets],
+        "errors": results.errors,
+    }
+
+
+def default_json_path(now: datetime) -> Path:
+    return local.REPO / "bench-results" / f"bench-{now.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer runs (30 rounds, 100 queued executions): a few minutes")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the results (default bench-results/bench-<time>.json)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of the local cases")
+    parser.add_argument("--no-e2e", action="store_true",
+                        help="skip the RabbitMQ + PostgreSQL part (no services needed)")
+    parser.add_argument("--seed", type=int, default=6, help="shuffle seed of the round-robin")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    plan = Plan(
+        rounds=args.rounds or (30 if args.quick else 100),
+        warmup=2,
+        latency_runs=20 if args.quick else 100,
+        throughput_n=100 if args.quick else 500,
+        e2e=not args.no_e2e,
+        seed=args.seed,
+    )
+    started = datetime.now(UTC)
+    info = machine()
+    results = Results()
+    cleanup = Cleanup()
+    try:
+        root = Path(tempfile.mkdtemp(prefix="attune-bench-"))
+        cleanup.temp_dir(root)
+        os.chmod(root, 0o711)  # the slot uids traverse to their run dirs
+        trio.run(main_async, plan, root, cleanup, results)
+    except KeyboardInterrupt:
+        results.interrupted = True
+    finally:
+        progress("cleaning up")
+        failures = cleanup.run_all()
+    targets = build_targets(results.summaries(), results.rates(), results.memory)
+    print(f"machine: {info['nproc']} x {info['cpu_model']}, kernel {info['kernel']}, "
+          f"{info['bwrap']}, load {info['loadavg_start'][0]:.2f} at start")
+    print(report(results, targets))
+    path = args.json or default_json_path(started)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_json(plan, info, results, targets, started), indent=1) + "\n")
+    progress(f"results written to {path}")
+    if results.interrupted:
+        return 130
+    return 1 if results.errors or failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
