@@ -14,12 +14,15 @@ The process tree of one run is: bwrap (host pid, our child) -> bwrap's init (pid
 the sandbox's pid namespace) -> the action (pid 2). bwrap reports the init's host pid
 on `--info-fd`; we hold a pidfd on it. Killing a run SIGKILLs the init: the kernel
 then kills every process of the namespace (setsid daemons included), bwrap reaps the
-init and exits. Killing the outer bwrap instead would orphan the init: it would be
-reparented to the host's pid 1, which may never reap it, and a zombie of the slot uid
-counts against RLIMIT_NPROC forever. When that fallback is needed (bwrap stuck before
-it reported the init), the worker is a child subreaper (`become_subreaper`) and reaps
-the init through its own pidfd, never with a wildcard wait: a wildcard wait could reap
-a pid some subprocess.Popen of the worker owns, which Popen would then report as exit 0.
+init and exits. Killing the outer bwrap instead orphans the init: reparented to the
+host's pid 1, which may never reap it (this host's does not), its zombie of the slot
+uid counts against RLIMIT_NPROC for good; and an init still blocked in its setup when
+bwrap died never exits at all. So bwrap is killed only as a fallback (the init is not
+known yet, or the namespace takes over KILL_GRACE_SECONDS to die), and after every run
+whose bwrap died of a signal, orphaned inits are found, killed and reaped: the worker
+is a child subreaper (`become_subreaper`), so they are its children, and each is reaped
+through its own pidfd (waitid P_PIDFD), never with a wildcard wait, which could reap a
+pid some subprocess.Popen of the worker owns (Popen would then report exit 0).
 """
 
 from __future__ import annotations
@@ -82,18 +85,36 @@ def _parent_pid(pid: int) -> int:
     return int(fields[1]) if len(fields) > 1 else -1
 
 
-def open_child_pidfd(pid: int, parent: int) -> int | None:
+def _is_namespace_init(pid: int) -> bool:
+    """True if `pid` is pid 1 of a pid namespace below ours (`NSpid: <pid> 1`)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("NSpid:"):
+                    ids = line.split()[1:]
+                    return len(ids) >= 2 and ids[-1] == "1"
+    except OSError:
+        pass
+    return False
+
+
+def open_child_pidfd(pid: int, parent: int, *, namespace_init: bool = False) -> int | None:
     """A pidfd on `pid` only if it is (still) a child of `parent`, else None.
 
     The pid number comes from bwrap and could in theory have been reused; checking the
     parent through /proc and then that the pidfd's process is still unreaped proves the
-    pidfd and /proc looked at the same process.
+    pidfd and /proc looked at the same process. With `namespace_init`, the process must
+    also be the init of a child pid namespace: when `parent` is the worker itself, that
+    keeps a reused pid that now belongs to one of the worker's own children (which some
+    subprocess.Popen owns) from ever being taken for an orphaned sandbox init.
     """
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
         return None
-    if _parent_pid(pid) == parent and _pidfd_pid(pidfd) == pid:
+    if (_parent_pid(pid) == parent
+            and (not namespace_init or _is_namespace_init(pid))
+            and _pidfd_pid(pidfd) == pid):
         return pidfd
     os.close(pidfd)
     return None
@@ -110,6 +131,7 @@ class SandboxProcess:
         self.pipes = pipes
         self.pid = popen.pid
         self._info = trio.lowlevel.FdStream(info_fd)
+        self._info_buf = bytearray()
         self.init_pid: int | None = None
         self._init_pidfd: int | None = None
 
@@ -118,25 +140,50 @@ class SandboxProcess:
         return self._popen.returncode
 
     async def read_info(self) -> None:
-        """Learn the sandbox init's host pid from bwrap's --info-fd (EOF if bwrap failed)."""
-        data = b""
+        """Learn the sandbox init's host pid from bwrap's --info-fd (EOF if bwrap failed).
+
+        Runs beside the action; a run killed before this finished still finds the info
+        through `_info_now` (bwrap writes it right after creating the init).
+        """
         try:
-            while len(data) < INFO_MAX_BYTES:
+            while len(self._info_buf) < INFO_MAX_BYTES:
                 chunk = await self._info.receive_some(INFO_MAX_BYTES)
                 if not chunk:
                     break
-                data += chunk
+                self._info_buf += chunk
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
-        finally:
-            with contextlib.suppress(Exception):
-                await self._info.aclose()
-        try:
-            child = int(json.loads(data)["child-pid"])
-        except (ValueError, KeyError, TypeError):
+        self._learn_init(self.pid)
+
+    def _info_now(self, parent: int) -> None:
+        """Read whatever bwrap wrote on --info-fd without waiting, then learn the init.
+
+        `parent` is bwrap while it lives, the worker once bwrap is gone.
+        """
+        if self._init_pidfd is not None:
             return
-        self.init_pid = child
-        self._init_pidfd = open_child_pidfd(child, self.pid)
+        fd = self._info.fileno()
+        while fd >= 0 and len(self._info_buf) < INFO_MAX_BYTES:
+            try:
+                chunk = os.read(fd, INFO_MAX_BYTES)
+            except OSError:  # EAGAIN (nothing yet) or closed
+                break
+            if not chunk:
+                break
+            self._info_buf += chunk
+        self._learn_init(parent)
+
+    def _learn_init(self, parent: int) -> None:
+        """Parse the info JSON; hold a pidfd on the init if it is `parent`'s child."""
+        if self._init_pidfd is not None:
+            return
+        if self.init_pid is None:
+            try:
+                self.init_pid = int(json.loads(bytes(self._info_buf))["child-pid"])
+            except (ValueError, KeyError, TypeError):
+                return
+        self._init_pidfd = open_child_pidfd(self.init_pid, parent,
+                                            namespace_init=parent != self.pid)
 
     async def wait(self) -> int:
         """Wait for exit; a cancel kills the whole sandbox before it propagates."""
@@ -164,6 +211,8 @@ class SandboxProcess:
 
     def kill(self) -> None:
         """SIGKILL the sandbox's init (the whole pid namespace dies); bwrap if unknown."""
+        if self._popen.returncode is None:
+            self._info_now(self.pid)
         if self._init_pidfd is not None:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
@@ -176,22 +225,29 @@ class SandboxProcess:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     async def reap_init(self) -> None:
-        """Reap the init if it was orphaned to us (we are a subreaper).
+        """Reap the init if it was orphaned to us (we are a subreaper); call after wait().
 
-        Normally bwrap reaped it and this is a no-op (ECHILD). waitid on the init's own
-        pidfd can only ever reap that one process. An init still tearing its namespace
-        down after REAP_WAIT_SECONDS is handed over to later runs (`_pending_inits`).
+        Normally bwrap reaped it and this costs one waitid (ECHILD). When bwrap itself
+        died of a signal (our fallback kill, the OOM killer), its init may be orphaned to
+        us without bwrap having announced it on --info-fd, so our children are scanned
+        for pid-namespace inits. Every reap goes through that process's own pidfd
+        (waitid P_PIDFD), never a wildcard wait. Inits still tearing their namespace down
+        after REAP_WAIT_SECONDS stay in `_pending_inits` for later runs to reap.
         """
-        sweep_pending_inits()
-        fd = self._init_pidfd
-        if fd is None or self._popen.returncode is None:
+        if self._popen.returncode is None:
             return
+        self._info_now(os.getpid())
+        if self._init_pidfd is not None:
+            # bwrap is gone, so is its sandbox: an init bwrap did not wait for (e.g. one
+            # still blocked in its setup when bwrap died) must not live on.
+            _kill_pidfd(self._init_pidfd)
+            _pending_inits.append(self._init_pidfd)
+            self._init_pidfd = None  # owned by _pending_inits now
+        if self._popen.returncode < 0:
+            adopt_orphaned_inits()
         with trio.move_on_after(REAP_WAIT_SECONDS):
-            while not _try_reap(fd):
-                await trio.lowlevel.wait_readable(fd)
-            return
-        _pending_inits.append(fd)
-        self._init_pidfd = None  # owned by _pending_inits now
+            while sweep_pending_inits():
+                await trio.sleep(0.01)
 
     def close(self) -> None:
         """Release every fd of this run (idempotent; streams may already be closed)."""
@@ -241,19 +297,21 @@ def spawn(
         raise SandboxUnavailable(f"cannot start {bwrap}: {exc.strerror}") from None
     for fd in child_ends:
         os.close(fd)
+    pidfd = -1
     try:
         for procs in cgroup_procs:
             with open(procs, "w") as handle:
                 handle.write(str(popen.pid))
         pidfd = os.pidfd_open(popen.pid)
         view = memoryview(args)
-        while view:  # args are small (well under the 64 KiB pipe buffer)
+        while view:  # bwrap reads all of it before doing anything else
             view = view[os.write(args_w, view):]
     except BaseException:
-        popen.kill()
+        popen.kill()  # still waiting for its options: nothing was created yet
         popen.wait()
-        for fd in (info_r, in_w, out_r, err_r):
-            os.close(fd)
+        for fd in (pidfd, info_r, in_w, out_r, err_r):
+            if fd >= 0:
+                os.close(fd)
         raise
     finally:
         os.close(args_w)
@@ -271,6 +329,32 @@ def _try_reap(pidfd: int) -> bool:
         return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is not None
     except OSError:  # ECHILD: not our child (bwrap or the host's init reaped it)
         return True
+
+
+def adopt_orphaned_inits() -> int:
+    """Kill and queue every child of ours that is a pid-namespace init (an orphaned
+    bwrap init).
+
+    No subprocess.Popen of the worker can own such a process: Popen children live in
+    the worker's own pid namespace. Returns how many were found.
+    """
+    me = os.getpid()
+    known = {_pidfd_pid(fd) for fd in _pending_inits}
+    found = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in known or _parent_pid(int(name)) != me:
+            continue
+        fd = open_child_pidfd(int(name), me, namespace_init=True)
+        if fd is not None:
+            _kill_pidfd(fd)  # its bwrap is dead: the sandbox must be too
+            _pending_inits.append(fd)
+            found += 1
+    return found
+
+
+def _kill_pidfd(pidfd: int) -> None:
+    with contextlib.suppress(OSError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
 
 def sweep_pending_inits() -> int:

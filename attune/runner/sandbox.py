@@ -5,6 +5,12 @@ owns the deadline (`timeout`) and may cancel through a `RunControl`; either way 
 whole sandbox is killed, the partial output kept, and the run recorded as timeout or
 cancelled. Cancellation from outside (worker shutdown) also kills the sandbox and then
 propagates, so nothing outlives the task that started it.
+
+Output is kept up to each stream's cap and the rest counted; once a stream has thrown
+away OUTPUT_KILL_FACTOR times its cap the run is killed (status failed,
+`output_limit_exceeded`), since draining a flood until the timeout would burn a worker
+core for nothing. The run directory on the host holds only what the worker wrote (the
+code, the parameter file) and the one result file the action may write (argv.py).
 """
 
 from __future__ import annotations
@@ -235,10 +241,9 @@ class Sandbox:
             status, result = build_result(report)
             return RunOutcome(status, result)
         finally:
+            # Both may block briefly (rmdir of a cgroup retries while a process exits).
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_remove_tree, rd.root)
-            if cgroup is not None:
-                cgroup.remove()
+                await trio.to_thread.run_sync(_cleanup, rd.root, cgroup)
 
     def _make_cgroup(self, name: str, profile: Profile) -> RunCgroup | None:
         if self.facts.cgroups.version == 0:
@@ -344,6 +349,12 @@ def _read_capped(fd: int, limit: int) -> bytes:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts)
+
+
+def _cleanup(root: Path, cgroup: RunCgroup | None) -> None:
+    _remove_tree(root)
+    if cgroup is not None:
+        cgroup.remove()
 
 
 def _remove_tree(path: Path) -> None:

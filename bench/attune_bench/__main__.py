@@ -26,6 +26,8 @@ from typing import Any
 
 import trio
 
+from attune.errors import AttuneError
+
 from . import e2e, local
 from .cleanup import Cleanup
 from .stats import (
@@ -248,16 +250,30 @@ async def main_async(plan: Plan, root: Path, cleanup: Cleanup, results: Results)
                     nursery.cancel_scope.cancel()
 
         await nursery.start(watch)
-        env = local.make_env(root)
+        try:
+            env = local.make_env(root)
+        except (local.CaseError, AttuneError) as exc:
+            results.errors["setup"] = str(exc)
+            progress(f"cannot measure: {exc}")
+            nursery.cancel_scope.cancel()
+            return
         progress(f"local cases: {plan.rounds} rounds (+{plan.warmup} warm-up), interleaved")
         await run_local(env, plan, results)
         if plan.e2e:
             try:
                 await run_e2e(env, plan, results, root, cleanup)
-            except local.CaseError as exc:
-                results.errors["e2e"] = str(exc)
-                progress(f"end to end failed: {exc}")
+            except* (local.CaseError, AttuneError) as group:
+                # Raised inside open_stack's nursery, so they arrive as a group.
+                results.errors["e2e"] = "; ".join(str(exc) for exc in _leaves(group))
+                progress(f"end to end failed: {results.errors['e2e']}")
         nursery.cancel_scope.cancel()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 # --- report --------------------------------------------------------------------------------
@@ -291,14 +307,18 @@ def report(results: Results, targets: Sequence[Any]) -> str:
              "of floor", "CPU/run worker / floor spawner", "sandbox CPU/run worker / floor",
              "failed"], rows, frozenset(range(1, 10))))
     if results.memory:
+        ready = {w["capacity"]: w["ready_seconds"] for w in results.workers}
         rows = []
         for capacity, mem in sorted(results.memory.items()):
             idle, after = mem.get("idle"), mem.get("after")
-            rows.append([str(capacity)] + [f"{v:.1f} MiB" if v is not None else "-" for v in (
-                idle, mem.get("peak"), after)] + [
-                f"{after - idle:+.1f} MiB" if idle is not None and after is not None else "-"])
-        parts.append(format_table(["worker RSS at capacity", "idle", "peak (throughput)",
-                                   "after", "growth"], rows, frozenset(range(1, 5))))
+            rows.append([str(capacity), f"{ready[capacity]:.2f} s" if capacity in ready else "-"]
+                        + [f"{v:.1f} MiB" if v is not None else "-" for v in (
+                            idle, mem.get("peak"), after)]
+                        + [f"{after - idle:+.1f} MiB"
+                           if idle is not None and after is not None else "-"])
+        parts.append(format_table(["worker at capacity", "start -> ready", "RSS idle",
+                                   "peak (throughput)", "after", "growth"], rows,
+                                  frozenset(range(1, 6))))
     parts.append(format_targets(targets))
     if results.errors:
         parts.append("errors:\n" + "\n".join(f"  {k}: {v}" for k, v in results.errors.items()))

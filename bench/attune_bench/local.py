@@ -18,6 +18,7 @@ can interleave them round-robin. How each case is spawned:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -159,8 +160,9 @@ def _make_layout(root: Path, uid: int | None) -> FloorLayout:
     (code / "action" / PY_NAME).write_bytes(PY_ACTION)
     (code / "action" / SH_NAME).write_bytes(SH_ACTION)
     shutil.copyfile(SANDBOX_ASSETS / "python_wrapper.py", code / "python_wrapper.py")
-    for path in (root.parent, root, code, code / "action", code / "out"):
-        os.chmod(path, 0o755 if path != root.parent else 0o711)
+    os.chmod(root.parent, 0o711)  # the slot uids traverse it, never list it
+    for path in (root, code, code / "action", code / "out"):
+        os.chmod(path, 0o755)
     for path in (code / "action" / PY_NAME, code / "action" / SH_NAME,
                  code / "python_wrapper.py"):
         os.chmod(path, 0o644)
@@ -208,10 +210,14 @@ async def _supervise(proc: process.SandboxProcess) -> tuple[int, bytes]:
     return code, b"".join(err)
 
 
-async def run_sandboxed(env: LocalEnv, profile: Profile, command: Sequence[str], *,
+async def run_sandboxed(env: LocalEnv, profile: Profile, command: Sequence[str] | None, *,
                         slot: int = 0, wrapper: str | None = None,
                         action_file: str = PY_NAME) -> float:
-    """One floor run: the worker's bwrap argv and seccomp, `command` inside; seconds."""
+    """One floor run: the worker's bwrap argv and seccomp, `command` inside; seconds.
+
+    `command=None` runs what the runner would: `argv.action_command` (prlimit, the
+    profile's interpreter, the wrapper if given, the action file of the prepared layout).
+    """
     layout = env.layout(slot)
     uid = env.sandbox.slot_uid(slot)
     started = time.perf_counter()
@@ -223,7 +229,7 @@ async def run_sandboxed(env: LocalEnv, profile: Profile, command: Sequence[str],
             wrapper=wrapper, seccomp_fd=fd, env={},
         )
         args = argv_mod.encode_args(argv_mod.bwrap_args(profile, run_layout))
-        if not command:
+        if command is None:
             command = argv_mod.action_command(profile, run_layout)
         proc = process.spawn(env.bwrap, args, command, pass_fds=(fd,), uid=uid, gid=uid)
     finally:
@@ -288,9 +294,9 @@ def cases(env: LocalEnv) -> list[Case]:
         Case("diag_prlimit_python", "+ prlimit + python3 -u -B -I -X utf8 -c pass", diag,
              lambda: run_sandboxed(env, py, prlimit_py)),
         Case("diag_wrapper_python", "+ python_wrapper.py noop.py (no host-side runner work)",
-             diag, lambda: run_sandboxed(env, py, [], wrapper="python_wrapper.py")),
+             diag, lambda: run_sandboxed(env, py, None, wrapper="python_wrapper.py")),
         Case("diag_prlimit_shell", "+ prlimit + bash noop.sh", diag,
-             lambda: run_sandboxed(env, sh, [], action_file=SH_NAME)),
+             lambda: run_sandboxed(env, sh, None, action_file=SH_NAME)),
         Case("diag_host_detect", "host.detect() in-process, seccomp cache cleared", diag,
              lambda: _host_detect()),
     ]
@@ -307,14 +313,12 @@ async def _host_detect() -> float:
     return time.perf_counter() - started
 
 
-_cgroup_counter = 0
+_cgroup_names = itertools.count()
 
 
 async def _cgroup(env: LocalEnv, profile: Profile) -> float:
-    global _cgroup_counter
-    _cgroup_counter += 1
     started = time.perf_counter()
-    cgroup = RunCgroup(env.facts.cgroups, f"bench-{os.getpid()}-{_cgroup_counter}",
+    cgroup = RunCgroup(env.facts.cgroups, f"bench-{os.getpid()}-{next(_cgroup_names)}",
                        profile.limits.memory_mb * 1024 * 1024, profile.limits.processes)
     cgroup.remove()
     return time.perf_counter() - started

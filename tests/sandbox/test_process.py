@@ -78,3 +78,11 @@ def test_pending_inits_are_reaped_once_they_exit() -> None:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os.close(fd)
+
+
+def test_an_ordinary_child_is_never_taken_for_an_orphaned_init(
+    child: subprocess.Popen[bytes],
+) -> None:
+    """A reused pid now held by one of the worker's own Popen children must not be reaped."""
+    assert process.open_child_pidfd(child.pid, os.getpid(), namespace_init=True) is None
+    assert child.poll() is None
