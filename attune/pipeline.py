@@ -275,7 +275,6 @@ async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
     corr = envelope.correlation_id
     log_event(log, "execution_started", execution_id=execution_id,
               action_ref=execution.action_ref, worker=ctx.worker_name, status="running")
-    await publish_status(ctx, execution_id, execution.action_ref, "scheduled", "running", corr)
     control = RunControl()
     ctx.runs[execution_id] = control
     if ctx.early_cancels.pop(execution_id, None) is not None:
@@ -283,7 +282,12 @@ async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
     slot = ctx.slots.free.pop()
     began = trio.current_time()
     try:
-        status, result = await run_claimed(ctx, execution, claim.action, control, slot)
+        # The `running` announcement overlaps the sandbox start-up; the terminal
+        # messages wait for it, so consumers still see running -> terminal -> completed.
+        async with trio.open_nursery() as announcing:
+            announcing.start_soon(publish_status, ctx, execution_id, execution.action_ref,
+                                  "scheduled", "running", corr)
+            status, result = await run_claimed(ctx, execution, claim.action, control, slot)
     finally:
         ctx.slots.free.append(slot)
         ctx.runs.pop(execution_id, None)
