@@ -195,7 +195,7 @@ def build_spec(ctx: WorkerContext, execution: Execution, action: Action,
                    parameter_delivery=action.parameter_delivery,
                    parameter_format=action.parameter_format,
                    output_format=action.output_format,  # type: ignore[arg-type]
-                   label=f"execution-{execution.id}")
+                   label=f"execution-{execution.id}", secrets=secrets.keystore)
     return spec, float(timeout)
 
 

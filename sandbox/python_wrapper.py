@@ -91,6 +91,7 @@ def main(path):
         return 2
     sys.argv = [path]
     sys.path.insert(0, os.path.dirname(path))
+    sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))  # /attune: attune_secrets
     try:
         spec = importlib.util.spec_from_file_location("action", path)
         module = importlib.util.module_from_spec(spec)

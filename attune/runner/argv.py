@@ -35,6 +35,7 @@ ATTUNE_DIR = "/attune"  # read-only: the action code and the wrapper
 OUT_DIR = "/attune/out"  # read-only; holds the two files below
 RESULT_FILE = "/attune/out/result.json"  # the one writable host file
 PARAMS_FILE = "/attune/out/parameters"  # parameter_delivery = file, read-only
+SECRETS_FILE = "/attune/out/secrets.json"  # keystore secrets of the run, read-only
 ACTION_DIR = "/attune/action"
 MiB = 1024 * 1024
 
@@ -51,6 +52,7 @@ class RunLayout:
     wrapper: str | None  # file name under /attune that runs the action, if any
     seccomp_fd: int
     env: dict[str, str] = field(default_factory=dict)
+    secrets_file: str | None = None  # host file bound read-only at /attune/out/secrets.json
 
 
 def sandbox_env(profile: Profile, extra: dict[str, str]) -> dict[str, str]:
@@ -133,6 +135,8 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
     ]
     if layout.params_file is not None:
         args += ["--ro-bind", layout.params_file, PARAMS_FILE]
+    if layout.secrets_file is not None:
+        args += ["--ro-bind", layout.secrets_file, SECRETS_FILE]
     args += [
         "--chdir", WORK_DIR,
         "--remount-ro", "/",

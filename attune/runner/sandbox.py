@@ -16,6 +16,7 @@ code, the parameter file) and the one result file the action may write (argv.py)
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -71,6 +72,7 @@ class RunSpec:
     parameter_format: str = "json"
     output_format: OutputFormat | None = None
     label: str = "exec"
+    secrets: dict[str, str] = field(default_factory=dict)  # keystore: name -> value
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,8 @@ class Sandbox:
         code.mkdir(mode=0o755)
         (code / "action").mkdir(mode=0o755)
         (code / "out").mkdir(mode=0o755)
-        for name in ("result.json", "parameters"):  # mount points of the bound files
+        secrets = ("secrets.json",) if spec.secrets else ()
+        for name in ("result.json", "parameters", *secrets):  # mount points of the bound files
             (code / "out" / name).touch(mode=0o444)
         action = code / "action" / spec.code_name
         action.write_bytes(spec.code)
@@ -168,6 +171,8 @@ class Sandbox:
             shutil.copyfile(SANDBOX_ASSETS / spec.profile.function_wrapper,
                             code / spec.profile.function_wrapper)
             os.chmod(code / spec.profile.function_wrapper, 0o644)
+        shutil.copyfile(SANDBOX_ASSETS / "attune_secrets.py", code / "attune_secrets.py")
+        os.chmod(code / "attune_secrets.py", 0o644)
         out.mkdir(mode=0o700)
         rd = _RunDir(root, code, out)
         # Created empty by us so that the action can only ever write into this file.
@@ -210,6 +215,16 @@ class Sandbox:
                 params_file = str(rd.params_file)
                 env["ATTUNE_PARAMETER_FILE"] = argv_mod.PARAMS_FILE
                 stdin_data = b""
+            secrets_file: str | None = None
+            if spec.secrets:
+                path = rd.out / "secrets.json"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(json.dumps(spec.secrets, ensure_ascii=False).encode())
+                if uid is not None:
+                    os.chown(path, uid, uid)
+                secrets_file = str(path)
+                env["ATTUNE_SECRETS_FILE"] = argv_mod.SECRETS_FILE
             wrapper = profile.function_wrapper if defines_run(spec.code) else None
             cgroup = self._make_cgroup(rd.root.name, profile)
             seccomp_fd = bpf_fd(self._bpf)
@@ -218,7 +233,7 @@ class Sandbox:
                     code_dir=str(rd.code), result_file=str(rd.result_file),
                     params_file=params_file, etc_dir=str(self._etc),
                     action_file=spec.code_name, wrapper=wrapper, seccomp_fd=seccomp_fd,
-                    env=env,
+                    env=env, secrets_file=secrets_file,
                 )
                 args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
                 started = trio.current_time()

@@ -303,7 +303,6 @@ def unique(prefix: str) -> str:
 # --- tests ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="awaiting runner wiring")
 async def test_secret_parameter_and_keystore_secret_reach_secret_hash(stack: Stack) -> None:
     password, token = unique("pw"), unique("token")
     await set_encrypted_key(stack, "api_token", "system-wide, overridden", owner_type="system",
