@@ -6,15 +6,7 @@ command function, so `attune exec` starts without paying for the worker's librar
 
 from __future__ import annotations
 
-import typer
-
-app = typer.Typer(
-    name="attune",
-    help="Attune worker: runs untrusted automation actions in a bubblewrap + seccomp sandbox.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+import sys
 
 # Exit codes shared by every command.
 EXIT_OK = 0
@@ -24,28 +16,13 @@ EXIT_TIMEOUT = 3
 EXIT_CANCELLED = 4
 
 
-@app.callback()
-def _root() -> None:
-    """Attune worker: runs untrusted automation actions in a bubblewrap + seccomp sandbox."""
-
-
-def _register() -> None:
-    from attune.cli import exec_cmd, key_cmd
-
-    exec_cmd.register(app)
-    key_cmd.register(app)
-    try:
-        from attune.cli import service_cmd
-    except ImportError:  # pragma: no cover - partial checkouts during development
-        return
-    service_cmd.register(app)
-    from attune.cli import ops_cmd
-
-    ops_cmd.register(app)
-
-
-_register()
-
-
 def main() -> None:
+    """Entry point. `attune exec` skips typer entirely: its start-up is on every run."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["exec"]:
+        from attune.cli import exec_cmd
+
+        raise SystemExit(exec_cmd.main(argv[1:]))
+    from attune.cli.app import app
+
     app()

@@ -1,4 +1,10 @@
-"""`attune exec`: one local run through exactly the worker's sandbox, no services."""
+"""`attune exec`: one local run through exactly the worker's sandbox, no services.
+
+The start-up cost of this command is paid on every local run, so it does not go
+through typer: `attune.cli.main` hands `exec` straight to the argparse parser here
+(typer only lists it in `attune --help`). Nothing of the database, the broker, YAML or
+rich is imported unless the run needs it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from attune.errors import AttuneError, InputError, SandboxUnavailable
 
+if TYPE_CHECKING:
+    import argparse
+
+    import typer
+
 EXIT_BY_STATUS = {"completed": 0, "failed": 1, "timeout": 3, "cancelled": 4}
+EXIT_USAGE = 2
+OUTPUT_FORMATS = ("text", "json", "yaml", "jsonl")
 
 
 def default_run_dir() -> Path:
@@ -25,18 +36,13 @@ def default_run_dir() -> Path:
     return Path(f"/tmp/attune-runs-{os.geteuid()}")
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"attune: error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def explain() -> int:
     from attune.runner import host
 
     facts = host.detect()
     for layer in facts.layers:
         mark = "OK  " if layer.active else ("FAIL" if layer.required else "WARN")
-        typer.echo(f"{mark} {layer.name:<18} {layer.detail}")
+        print(f"{mark} {layer.name:<18} {layer.detail}")
     return 0 if facts.usable else 2
 
 
@@ -78,8 +84,13 @@ async def run_file(
     profile_name: str | None,
     timeout: float | None,
     output_format: str | None,
+    secrets: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Resolve everything about a local file and run it; returns status + result."""
+    """Resolve everything about a local file and run it; returns status + result.
+
+    `secrets` are delivered like keystore secrets in the worker (ATTUNE_SECRETS_FILE,
+    attune_secrets()) and masked in the printed result.
+    """
     from attune.params import apply_schema
     from attune.runner import host
     from attune.runner.profiles import choose_runtime, load_profiles, resolve_profile
@@ -116,49 +127,106 @@ async def run_file(
         profile=profile, code=code, code_name=code_path.name, params=params, env=env,
         parameter_delivery=delivery, parameter_format=param_format,
         output_format=fmt,  # type: ignore[arg-type]
+        secrets=dict(secrets or {}),
     )
     outcome = await sandbox.run(spec, timeout=float(seconds))
-    return {"status": outcome.status, "result": outcome.result}
+    result = outcome.result
+    if secrets:
+        from attune.secrets.masking import Masker, redact_result
+
+        result, _ = redact_result(result, Masker(secrets.values()), meta.get("output_schema"))
+    return {"status": outcome.status, "result": result}
+
+
+def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="attune exec",
+        description="Run one action locally in the sandbox and print its result JSON. "
+                    "Exit codes: 0 succeeded, 1 the action failed, 2 usage or input error, "
+                    "3 timed out, 4 cancelled (Ctrl-C).")
+    parser.add_argument("file", nargs="?", type=Path,
+                        help="the action file (.py, .sh, or a script with a shebang)")
+    parser.add_argument("-p", "--params", action="append", default=[], metavar="K=V",
+                        help="a parameter; V is JSON when it parses, else a string (repeatable)")
+    parser.add_argument("--params-json", metavar="JSON", help="all parameters as one object")
+    parser.add_argument("--params-file", type=Path, metavar="FILE",
+                        help="parameters from a JSON or YAML file")
+    parser.add_argument("-r", "--runtime", help="python or shell (default: extension, shebang)")
+    parser.add_argument("--profile", help="a profile name or a path to a profile TOML file")
+    parser.add_argument("-t", "--timeout", type=float, help="wall-clock limit in seconds")
+    parser.add_argument("--output-format", choices=OUTPUT_FORMATS,
+                        help="how stdout of a script is parsed (default json)")
+    parser.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE",
+                        help="a secret for the action (attune_secrets(), $ATTUNE_SECRETS_FILE)")
+    parser.add_argument("--secrets-file", type=Path, metavar="FILE",
+                        help="secrets from a JSON or YAML object of names to strings")
+    parser.add_argument("--with-status", action="store_true",
+                        help="print {status, result} instead of the result alone")
+    parser.add_argument("--explain", action="store_true",
+                        help="print which isolation layers this host provides, then exit")
+    return parser
+
+
+def _collect_secrets(items: list[str], path: Path | None) -> dict[str, str]:
+    from attune.params import load_params_file
+
+    secrets: dict[str, str] = {}
+    if path is not None:
+        for name, value in load_params_file(path).items():
+            if not isinstance(value, str):
+                raise InputError(f"{path}: secret {name!r} must be a string")
+            secrets[name] = value
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InputError(f"--secret {item.split('=')[0]!r}: expected NAME=VALUE")
+        secrets[name] = value
+    return secrets
+
+
+def main(argv: list[str]) -> int:
+    """`attune exec ARGS`: returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.explain:
+        return explain()
+    if args.file is None:
+        print("attune: error: missing the action FILE argument (see attune exec --help)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.timeout is not None and args.timeout <= 0:
+        print("attune: error: --timeout must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    import trio
+
+    try:
+        params = _collect_params(args.params, args.params_json, args.params_file)
+        secrets = _collect_secrets(args.secret, args.secrets_file)
+        outcome = trio.run(lambda: run_file(
+            args.file, params=params, runtime=args.runtime, profile_name=args.profile,
+            timeout=args.timeout, output_format=args.output_format, secrets=secrets))
+    except AttuneError as exc:
+        print(f"attune: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("attune: error: interrupted", file=sys.stderr)
+        return EXIT_BY_STATUS["cancelled"]
+    shown = outcome if args.with_status else outcome["result"]
+    sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
+    return EXIT_BY_STATUS[outcome["status"]]
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("exec")
-    def exec_command(
-        file: Annotated[Optional[Path], typer.Argument(help="The action file (.py, .sh, or a shebang script).")] = None,
-        params: Annotated[list[str], typer.Option("--params", "-p", help="k=v; v is JSON when it parses, else a string. Repeatable.")] = [],
-        params_json: Annotated[Optional[str], typer.Option("--params-json", help="All parameters as one JSON object.")] = None,
-        params_file: Annotated[Optional[Path], typer.Option("--params-file", help="Parameters from a JSON or YAML file.")] = None,
-        runtime: Annotated[Optional[str], typer.Option("--runtime", "-r", help="python or shell (default: by extension, then shebang).")] = None,
-        profile: Annotated[Optional[str], typer.Option("--profile", help="A profile name or a path to a profile TOML file.")] = None,
-        timeout: Annotated[Optional[float], typer.Option("--timeout", "-t", help="Wall-clock limit in seconds.")] = None,
-        output_format: Annotated[Optional[str], typer.Option("--output-format", help="text, json, yaml or jsonl (default json).")] = None,
-        status_only: Annotated[bool, typer.Option("--with-status", help="Print {status, result} instead of the result alone.")] = False,
-        explain_layers: Annotated[bool, typer.Option("--explain", help="Print which isolation layers this host provides, then exit.")] = False,
-    ) -> None:
-        """Run one action locally in the sandbox and print its result JSON.
+    """List `exec` in `attune --help`; its arguments are parsed by `main` above."""
+    import typer
 
-        Exit codes: 0 succeeded, 1 the action failed, 2 usage or input error,
-        3 timed out, 4 cancelled (Ctrl-C).
-        """
-        if explain_layers:
-            raise typer.Exit(explain())
-        if file is None:
-            raise _fail("missing the action FILE argument (see attune exec --help)")
-        if output_format not in (None, "text", "json", "yaml", "jsonl"):
-            raise _fail(f"--output-format must be text, json, yaml or jsonl, not {output_format!r}")
-        if timeout is not None and timeout <= 0:
-            raise _fail("--timeout must be positive")
-        import trio
+    def exec_command(ctx: typer.Context) -> None:
+        """Run one action locally in the sandbox and print its result JSON."""
+        raise typer.Exit(main(list(ctx.args)))
 
-        try:
-            collected = _collect_params(params, params_json, params_file)
-            outcome = trio.run(lambda: run_file(
-                file, params=collected, runtime=runtime, profile_name=profile,
-                timeout=timeout, output_format=output_format))
-        except AttuneError as exc:
-            raise _fail(str(exc)) from None
-        except KeyboardInterrupt:
-            raise _fail("interrupted", 4) from None
-        shown = outcome if status_only else outcome["result"]
-        sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
-        raise typer.Exit(EXIT_BY_STATUS[outcome["status"]])
+    # Real objects, not strings: typer evaluates annotations in this module's globals,
+    # where typer is deliberately not imported.
+    exec_command.__annotations__ = {"ctx": typer.Context, "return": None}
+    app.command("exec", add_help_option=False, context_settings={
+        "allow_extra_args": True, "ignore_unknown_options": True})(exec_command)
