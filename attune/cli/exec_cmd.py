@@ -114,7 +114,7 @@ async def run_file(
     delivery = meta.get("parameter_delivery", "stdin")
     param_format = meta.get("parameter_format", "json")
     seconds = timeout or meta.get("timeout") or profile.default_timeout
-    facts = host.detect()
+    facts = host.detect(probe_version=False)
     if not facts.usable:
         raise SandboxUnavailable("sandbox unavailable: " + "; ".join(facts.problems()))
     sandbox = Sandbox(facts, default_run_dir())

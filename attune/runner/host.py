@@ -80,10 +80,18 @@ def _seccomp_detail() -> tuple[bool, str]:
     return True, f"denylist compiled to {size} bytes of BPF"
 
 
-def detect(bwrap: str | None = None) -> HostFacts:
+def detect(bwrap: str | None = None, *, probe_version: bool = True) -> HostFacts:
+    """The host's isolation facts.
+
+    `probe_version=False` (the `attune exec` path) skips running `bwrap --version`, a
+    process spawn on every local run; the layer then only says bwrap is executable.
+    """
     fallback = "/usr/bin/bwrap" if os.path.exists("/usr/bin/bwrap") else None
     path = bwrap or shutil.which("bwrap") or fallback
-    version = _bwrap_version(path) if path else None
+    if path and not probe_version:
+        version: str | None = "present" if os.access(path, os.X_OK) else None
+    else:
+        version = _bwrap_version(path) if path else None
     is_root = os.geteuid() == 0
     userns_ok, userns_detail = _userns_detail()
     seccomp_ok, seccomp_detail = _seccomp_detail()

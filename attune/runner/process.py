@@ -262,7 +262,13 @@ class SandboxProcess:
         self._pidfd = -1
 
 
-def spawn(
+def _attach(pid: int, cgroup_procs: Sequence[str]) -> None:
+    for procs in cgroup_procs:
+        with open(procs, "w") as handle:
+            handle.write(str(pid))
+
+
+async def spawn(
     bwrap: str,
     args: bytes,
     command: Sequence[str],
@@ -274,7 +280,9 @@ def spawn(
 ) -> SandboxProcess:
     """Start bwrap gated on its --args pipe, confine it, then release it.
 
-    `args` must not hold `--info-fd`: spawn adds it and owns that pipe.
+    `args` must not hold `--info-fd`: spawn adds it and owns that pipe. Moving a process
+    into a cgroup v1 hierarchy waits for an RCU grace period (about 10 ms), so the
+    attach runs in a thread: the trio thread keeps serving other runs meanwhile.
     """
     args_r, args_w = os.pipe2(os.O_CLOEXEC)
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
@@ -299,9 +307,8 @@ def spawn(
         os.close(fd)
     pidfd = -1
     try:
-        for procs in cgroup_procs:
-            with open(procs, "w") as handle:
-                handle.write(str(popen.pid))
+        if cgroup_procs:
+            await trio.to_thread.run_sync(_attach, popen.pid, tuple(cgroup_procs))
         pidfd = os.pidfd_open(popen.pid)
         view = memoryview(args)
         while view:  # bwrap reads all of it before doing anything else

@@ -132,8 +132,18 @@ class Sandbox:
         self._etc = self._prepare_base()
 
     def _prepare_base(self) -> Path:
+        missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.run_dir, 0o711)  # slot uids traverse, never list
+        for created in missing:  # whatever the umask, slot uids traverse, never list
+            os.chmod(created, 0o711)
+        os.chmod(self.run_dir, 0o711)
+        if self.facts.is_root:
+            for ancestor in self.run_dir.parents:
+                if not os.stat(ancestor).st_mode & 0o001:
+                    raise SandboxUnavailable(
+                        f"run_dir {self.run_dir} is unreachable for the sandbox uids: "
+                        f"{ancestor} is not searchable by others (chmod o+x {ancestor}, "
+                        "or choose another sandbox.run_dir)")
         etc = self.run_dir / ".etc"
         etc.mkdir(exist_ok=True)
         os.chmod(etc, 0o755)
@@ -151,6 +161,7 @@ class Sandbox:
         root = self.run_dir / f"{spec.label}-{uuid.uuid4().hex[:12]}"
         root.mkdir(mode=0o711)
         try:
+            os.chmod(root, 0o711)  # modes are set explicitly: the worker's umask may be 027
             return self._fill_run_dir(root, spec, uid)
         except BaseException:
             _remove_tree(root)
@@ -158,12 +169,13 @@ class Sandbox:
 
     def _fill_run_dir(self, root: Path, spec: RunSpec, uid: int | None) -> _RunDir:
         code, out = root / "code", root / "out"
-        code.mkdir(mode=0o755)
-        (code / "action").mkdir(mode=0o755)
-        (code / "out").mkdir(mode=0o755)
+        for directory in (code, code / "action", code / "out"):
+            directory.mkdir()
+            os.chmod(directory, 0o755)
         secrets = ("secrets.json",) if spec.secrets else ()
         for name in ("result.json", "parameters", *secrets):  # mount points of the bound files
-            (code / "out" / name).touch(mode=0o444)
+            (code / "out" / name).touch()
+            os.chmod(code / "out" / name, 0o444)
         action = code / "action" / spec.code_name
         action.write_bytes(spec.code)
         os.chmod(action, 0o644)
@@ -237,7 +249,7 @@ class Sandbox:
                 )
                 args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
                 started = trio.current_time()
-                proc = process.spawn(
+                proc = await process.spawn(
                     self.bwrap, args, argv_mod.action_command(profile, layout),
                     pass_fds=(seccomp_fd,), uid=uid, gid=uid,
                     cgroup_procs=cgroup.procs_files if cgroup else (),

@@ -231,7 +231,7 @@ async def run_sandboxed(env: LocalEnv, profile: Profile, command: Sequence[str] 
         args = argv_mod.encode_args(argv_mod.bwrap_args(profile, run_layout))
         if command is None:
             command = argv_mod.action_command(profile, run_layout)
-        proc = process.spawn(env.bwrap, args, command, pass_fds=(fd,), uid=uid, gid=uid)
+        proc = await process.spawn(env.bwrap, args, command, pass_fds=(fd,), uid=uid, gid=uid)
     finally:
         os.close(fd)
     code, err = await _supervise(proc)
