@@ -232,15 +232,20 @@ async def run_claimed(ctx: WorkerContext, execution: Execution, action: Action |
     return outcome.status, result
 
 
+async def dead_letter(ctx: WorkerContext, delivery: Delivery, queue: str, event: str,
+                      reason: str) -> None:
+    """A body we cannot use: one log line, then nack without requeue (to attune.dlx)."""
+    log_event(log, event, logging.WARNING, delivery_tag=delivery.delivery_tag, reason=reason)
+    ctx.metrics.message_dead_lettered(queue, "undecodable")
+    await delivery.nack(requeue=False)
+
+
 async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
     """Everything about one dispatch message; never raises for bad input."""
     try:
         envelope, request = decode_dispatch(delivery.body)
     except MessageError as exc:
-        log_event(log, "dispatch_rejected", logging.WARNING,
-                  delivery_tag=delivery.delivery_tag, reason=str(exc))
-        ctx.metrics.message_dead_lettered("executions", "undecodable")
-        await delivery.nack(requeue=False)
+        await dead_letter(ctx, delivery, "executions", "dispatch_rejected", str(exc))
         return
     execution_id = request.execution_id
     try:
@@ -308,10 +313,7 @@ async def handle_cancel(ctx: WorkerContext, delivery: Delivery) -> None:
     try:
         _, request = decode_cancel(delivery.body)
     except MessageError as exc:
-        log_event(log, "cancel_rejected", logging.WARNING,
-                  delivery_tag=delivery.delivery_tag, reason=str(exc))
-        ctx.metrics.message_dead_lettered("cancel", "undecodable")
-        await delivery.nack(requeue=False)
+        await dead_letter(ctx, delivery, "cancel", "cancel_rejected", str(exc))
         return
     control = ctx.runs.get(request.execution_id)
     if control is not None:

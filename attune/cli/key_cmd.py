@@ -7,43 +7,20 @@ of the shell history and the process list (prefer it for real secrets).
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from attune.cli.common import ConfigOpt, fail, load, run
 from attune.errors import AttuneError, InputError
 
 if TYPE_CHECKING:
-    from attune.config import Config
     from attune.secrets import KeyRecord
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"attune: error: {message}", err=True)
-    return typer.Exit(code)
 
-
-def _config(path: Path | None) -> Config:
-    from attune.config import load_config
-
-    try:
-        return load_config(path, os.environ)
-    except AttuneError as exc:
-        raise _fail(str(exc)) from None
-
-
-def _run(fn: Any) -> Any:
-    import trio
-
-    try:
-        return trio.run(fn)
-    except AttuneError as exc:
-        raise _fail(str(exc)) from None
 
 
 def _owner(pack: str | None, action: str | None, system: bool) -> tuple[str, str | None]:
@@ -117,7 +94,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Create or replace a key. Exit 2 on bad input or a missing/short encryption key."""
-        cfg = _config(config)
+        cfg = load(config)
         name = ref.rsplit(".", 1)[-1]
         try:
             if not ref.strip() or not name or any(c.isspace() for c in ref):
@@ -134,7 +111,7 @@ def register(app: typer.Typer) -> None:
             else:
                 plain = stored
         except AttuneError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         if _is_weak(plain):
             typer.echo(f"attune: warning: the value of {ref} is shorter than 4 characters: "
                        "too short to be masked in action output and logs", err=True)
@@ -147,7 +124,7 @@ def register(app: typer.Typer) -> None:
                                         owner_ref=owner_ref, value=stored, encrypted=encrypt,
                                         encryption_key_hash=key_hash)
 
-        key_id, created = _run(main)
+        key_id, created = run(main)
         owner = owner_type if owner_ref is None else f"{owner_type}:{owner_ref}"
         typer.echo(f"key {ref} {'created' if created else 'replaced'} (id {key_id}, name "
                    f"{name}, owner {owner}, {'encrypted' if encrypt else 'NOT encrypted'})")
@@ -162,7 +139,7 @@ def register(app: typer.Typer) -> None:
         weak: yes when the value is too short (< 4 characters) to be masked in output;
         ? when it is encrypted with a key other than the configured one.
         """
-        cfg = _config(config)
+        cfg = load(config)
 
         async def main() -> list[KeyRecord]:
             from attune.db import Database
@@ -170,7 +147,7 @@ def register(app: typer.Typer) -> None:
             async with Database.open_ctx(cfg.database.url) as db:
                 return await db.list_keys()
 
-        keys = _run(main)
+        keys = run(main)
         rows = [{"ref": k.ref, "name": k.name, "owner": _owner_text(k), "encrypted": k.encrypted,
                  "weak": _weak_flag(k, cfg.security.encryption_key)} for k in keys]
         if as_json:
@@ -187,7 +164,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Delete a key. Exit 1 when there is no such key."""
-        cfg = _config(config)
+        cfg = load(config)
 
         async def main() -> bool:
             from attune.db import Database
@@ -195,6 +172,6 @@ def register(app: typer.Typer) -> None:
             async with Database.open_ctx(cfg.database.url) as db:
                 return await db.delete_key(ref)
 
-        if not _run(main):
-            raise _fail(f"no key {ref!r}", 1)
+        if not run(main):
+            raise fail(f"no key {ref!r}", 1)
         typer.echo(f"key {ref} deleted")

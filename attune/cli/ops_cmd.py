@@ -8,7 +8,6 @@ the database, broker and YAML libraries inside the command functions only, so
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -17,14 +16,13 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from attune.errors import AttuneError
+from attune.cli.common import ConfigOpt, load, run
 
 if TYPE_CHECKING:
     from attune.config import Config
     from attune.db import Database
     from attune.models import Execution, Worker
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON instead of a table.")]
 STALE_AFTER = 90.0  # seconds without a heartbeat before the executor stops using a worker
 CONFIG_DOC_HEADER = """\
@@ -71,34 +69,7 @@ def _escape_angles(line: str) -> str:
     return "`".join(p.replace("<", "\\<") if i % 2 == 0 else p for i, p in enumerate(parts))
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"attune: error: {message}", err=True)
-    return typer.Exit(code)
 
-
-def _config(path: Path | None) -> Config:
-    from attune.config import load_config
-
-    try:
-        return load_config(path, os.environ)
-    except AttuneError as exc:
-        raise _fail(str(exc)) from None
-
-
-def _run(fn: Any) -> Any:
-    import trio
-
-    try:
-        return trio.run(fn)
-    except AttuneError as exc:
-        raise _fail(str(exc)) from None
-    except BaseExceptionGroup as group:  # raised inside a nursery: one error, wrapped
-        leaf: BaseException = group
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
-        if isinstance(leaf, AttuneError):
-            raise _fail(str(leaf)) from None
-        raise
 
 
 def _echo_json(data: Any) -> None:
@@ -283,10 +254,10 @@ def register(app: typer.Typer) -> None:
     @app.command("doctor")
     def doctor_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         """Check the host and the services: OK / WARN / FAIL, with a fix. Exit 1 on a FAIL."""
-        cfg = _config(config)
+        cfg = load(config)
         from attune.doctor import render_text, run_doctor
 
-        report = _run(lambda: run_doctor(cfg))
+        report = run(lambda: run_doctor(cfg))
         if as_json:
             _echo_json(report.to_json())
         else:
@@ -296,7 +267,7 @@ def register(app: typer.Typer) -> None:
     @app.command("workers")
     def workers_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         """Registered workers: status, heartbeat age, running/capacity, runtimes."""
-        cfg = _config(config)
+        cfg = load(config)
 
         async def main() -> list[Worker]:
             from attune.db import Database
@@ -305,7 +276,7 @@ def register(app: typer.Typer) -> None:
                 return await db.list_workers()
 
         now = datetime.now(UTC)
-        views = [worker_view(w, now) for w in _run(main)]
+        views = [worker_view(w, now) for w in run(main)]
         if as_json:
             _echo_json(views)
         else:
@@ -323,7 +294,7 @@ def register(app: typer.Typer) -> None:
         """Recent executions, newest first; `show ID` and `logs ID` for one."""
         if ctx.invoked_subcommand is not None:
             return
-        cfg = _config(config)
+        cfg = load(config)
 
         async def main() -> tuple[list[Execution], dict[int, str]]:
             from attune.db import Database
@@ -343,7 +314,7 @@ def register(app: typer.Typer) -> None:
                 rows = await db.list_executions(status=status, worker_id=worker_id, limit=limit)
                 return rows, names
 
-        rows, names = _run(main)
+        rows, names = run(main)
         if as_json:
             _echo_json([execution_view(e, names) for e in rows])
         else:
@@ -356,7 +327,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """One execution: the row, its result, and where its artifacts are."""
-        cfg = _config(config)
+        cfg = load(config)
 
         async def main() -> tuple[Execution, str | None]:
             from attune.db import Database
@@ -371,7 +342,7 @@ def register(app: typer.Typer) -> None:
 
         from attune.submit import execution_dir
 
-        row, name = _run(main)
+        row, name = run(main)
         data = execution_view(row, {row.worker: name} if row.worker and name else {})
         data["config"] = row.config
         data["env_var_names"] = sorted(row.env_vars or {})
@@ -403,7 +374,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """The action's stdout (to stdout) and stderr (to stderr), from the worker's artifacts."""
-        cfg = _config(config)
+        cfg = load(config)
 
         def emit(stream: str, chunk: bytes) -> None:
             target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
@@ -433,7 +404,7 @@ def register(app: typer.Typer) -> None:
             for stream, chunk in LogTail(directory).drain():
                 emit(stream, chunk)
 
-        _run(main)
+        run(main)
 
     @config_app.command("reference")
     def config_reference_cmd() -> None:
@@ -445,7 +416,7 @@ def register(app: typer.Typer) -> None:
         """The effective configuration (file + environment), secrets masked."""
         from attune.config import redacted
 
-        data = redacted(_config(config))
+        data = redacted(load(config))
         if as_json:
             _echo_json(data)
             return

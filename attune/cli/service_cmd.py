@@ -3,48 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from attune.cli.common import ConfigOpt, fail, load, run
 from attune.errors import AttuneError
 
 if TYPE_CHECKING:
-    from attune.config import Config
+    pass
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 EXIT_BY_STATUS = {"completed": 0, "failed": 1, "timeout": 3, "cancelled": 4, "abandoned": 1}
 TERMINAL = {"completed", "failed", "timeout", "cancelled", "abandoned"}
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"attune: error: {message}", err=True)
-    return typer.Exit(code)
 
-
-def _config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    from attune.config import load_config
-
-    return load_config(path, os.environ, overrides or {})
-
-
-def _run(fn: Any) -> Any:
-    import trio
-
-    try:
-        return trio.run(fn)
-    except AttuneError as exc:
-        raise _fail(str(exc)) from None
-    except BaseExceptionGroup as group:  # raised inside a nursery: one error, wrapped
-        leaf: BaseException = group
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
-        if isinstance(leaf, AttuneError):
-            raise _fail(str(leaf)) from None
-        raise
 
 
 def register(app: typer.Typer) -> None:
@@ -56,7 +31,7 @@ def register(app: typer.Typer) -> None:
     @db_app.command("migrate")
     def db_migrate(config: ConfigOpt = None) -> None:
         """Create or update the `attune` schema (safe to re-run)."""
-        cfg = _config(config)
+        cfg = load(config)
 
         async def main() -> list[str]:
             from attune.db import Database
@@ -64,7 +39,7 @@ def register(app: typer.Typer) -> None:
             async with Database.open_ctx(cfg.database.url) as db:
                 return await db.migrate()
 
-        applied = _run(main)
+        applied = run(main)
         typer.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "; schema up to date"))
 
     @pack_app.command("load")
@@ -73,7 +48,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Validate a pack, install it under packs_base_dir, and upsert its rows."""
-        cfg = _config(config)
+        cfg = load(config)
 
         async def main() -> tuple[str, Path, dict[str, int]]:
             from attune.db import Database
@@ -85,7 +60,7 @@ def register(app: typer.Typer) -> None:
                 ids = await db.upsert_pack(spec)
             return spec.ref, installed, ids
 
-        ref, installed, ids = _run(main)
+        ref, installed, ids = run(main)
         typer.echo(f"pack {ref} installed at {installed}; actions: "
                    + ", ".join(f"{r} (id {i})" for r, i in sorted(ids.items())))
 
@@ -110,12 +85,12 @@ def register(app: typer.Typer) -> None:
             overrides["worker.metrics_port"] = metrics_port
         try:
             configure_logging(log_format, log_level)  # type: ignore[arg-type]
-            cfg = _config(config, overrides)
+            cfg = load(config, overrides)
         except AttuneError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         from attune.worker import run_worker
 
-        _run(lambda: run_worker(cfg))
+        run(lambda: run_worker(cfg))
 
     @app.command("submit")
     def submit(
@@ -128,7 +103,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Play the executor: schedule an execution on a healthy worker and dispatch it."""
-        cfg = _config(config)
+        cfg = load(config)
 
         async def main() -> tuple[int, dict[str, Any] | None]:
             from attune.broker import open_broker
@@ -156,7 +131,7 @@ def register(app: typer.Typer) -> None:
                     row = await wait_terminal(db, execution_id, timeout=wait_timeout)
                 return execution_id, {"status": row.status, "result": row.result}
 
-        execution_id, outcome = _run(main)
+        execution_id, outcome = run(main)
         if outcome is None:
             typer.echo(json.dumps({"execution_id": execution_id}))
             return
