@@ -131,6 +131,8 @@ def list_workers(conn: Conn) -> list[Worker]:
 
 def pick_worker(conn: Conn, runtime_name: str, stale_after: float) -> Worker | None:
     # A worker advertising a runtime's alias ("python3") also serves that runtime.
+    # Least loaded first: work already assigned (scheduled or running) per unit of
+    # capacity, so a burst of submissions spreads before any of it starts.
     row = _row(
         conn,
         _WORKER_SELECT
@@ -144,7 +146,10 @@ def pick_worker(conn: Conn, runtime_name: str, stale_after: float) -> Worker | N
                OR lower(c.rt) IN (
                     SELECT lower(x) FROM runtime r, unnest(r.aliases || r.name) AS x
                     WHERE lower(r.name) = lower(%s)))
-        ORDER BY running, w.id
+        ORDER BY (SELECT count(*) FROM execution e
+                   WHERE e.worker = w.id AND e.status IN ('scheduled', 'running'))::float
+                 / greatest(coalesce((w.capabilities ->> 'max_concurrent_executions')::int, 1), 1),
+                 w.id
         LIMIT 1
         """,
         (stale_after, runtime_name, runtime_name),
