@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import stat
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +157,7 @@ class Sandbox:
     def _make_run_dir(self, spec: RunSpec, uid: int | None) -> _RunDir:
         if "/" in spec.code_name or spec.code_name in ("", ".", ".."):
             raise ExecutionError(f"invalid action file name {spec.code_name!r}")
-        root = self.run_dir / f"{spec.label}-{uuid.uuid4().hex[:12]}"
+        root = self.run_dir / f"{spec.label}-{os.urandom(6).hex()}"
         root.mkdir(mode=0o711)
         try:
             os.chmod(root, 0o711)  # modes are set explicitly: the worker's umask may be 027
