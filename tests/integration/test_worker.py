@@ -296,3 +296,18 @@ def _vhost(stack: Stack) -> str:
 def test_dispatch_payload_is_decoded_by_msgspec_like_the_reference() -> None:
     # Guard for the helpers above: the message module's names used here exist.
     assert msgspec is not None and EXCHANGE_DLX == "attune.dlx"
+
+
+async def test_second_signal_cancels_in_flight_runs_at_once(stack: Stack) -> None:
+    worker = await stack.start_worker(capacity=1, ATTUNE__WORKER__SHUTDOWN_TIMEOUT="120")
+    execution_id = await stack.submit("demo.sleep", {"seconds": 60})
+    await stack.wait_status(execution_id, "running")
+    worker.signal(signal.SIGTERM)
+    await trio.sleep(0.5)
+    worker.signal(signal.SIGINT)
+    began = trio.current_time()
+    assert await worker.wait_exit(timeout=20) == 0
+    assert trio.current_time() - began < 10
+    row = await stack.db.get_execution(execution_id)
+    assert row is not None and row.status == "cancelled"
+    assert "shut down" in row.result["error"]
