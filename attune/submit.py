@@ -39,22 +39,43 @@ async def schedule(
     *,
     timeout_seconds: int | None = None,
     env_vars: dict[str, Any] | None = None,
+    encryption_key: str | None = None,
 ) -> tuple[int, Worker]:
+    """Schedule like the executor; parameters marked `secret: true` are sealed like the
+    API does (markers in `execution.config`, AES-GCM values in `execution_secret_value`),
+    so a submitted secret is never stored in plain text."""
     action = await db.get_action(action_ref)
     if action is None:
         raise InputError(f"no action {action_ref!r} (load its pack with `attune pack load`)")
     params = apply_schema(action.param_schema, params)
+    sealed: list[Any] = []
+    if _has_secret_values(action.param_schema, params):
+        if not encryption_key:
+            raise InputError(f"action {action_ref} has secret parameters: set "
+                             "security.encryption_key (ATTUNE__SECURITY__ENCRYPTION_KEY) "
+                             "to submit them sealed")
+        from attune.secrets import seal_secret_params
+
+        params, sealed = seal_secret_params(params, action.param_schema, encryption_key)
     runtime = action.runtime_name or ""
     worker = await db.pick_worker(runtime)
     if worker is None:
         raise TransientError(f"no healthy worker runs {runtime!r} (start `attune run-worker`)")
     execution_id = await db.create_execution(action, config=params, worker_id=worker.id,
                                              timeout_seconds=timeout_seconds, env_vars=env_vars)
+    if sealed:
+        await db.put_execution_secrets(execution_id, sealed)
     request = ExecutionRequested(execution_id=execution_id, action_ref=action.ref,
                                  worker_id=worker.id)
     message = encode_message("ExecutionRequested", request, source_service="executor")
     await broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker.id), message)
     return execution_id, worker
+
+
+def _has_secret_values(schema: Any, params: dict[str, Any]) -> bool:
+    from attune.params import secret_paths
+
+    return any(name in params for name in secret_paths(schema))
 
 
 async def wait_terminal(db: Database, execution_id: int, *, timeout: float,

@@ -117,8 +117,9 @@ def register(app: typer.Typer) -> None:
                 collected = parse_params_json(params_json) if params_json else {}
                 collected.update(parse_kv_params(params, schema))
                 async with open_broker(cfg.message_queue.url) as broker:
-                    execution_id, worker = await schedule(db, broker, action_ref, collected,
-                                                          timeout_seconds=timeout)
+                    execution_id, worker = await schedule(
+                        db, broker, action_ref, collected, timeout_seconds=timeout,
+                        encryption_key=cfg.security.encryption_key)
                 typer.echo(f"execution {execution_id} scheduled on {worker.name} (id {worker.id})",
                            err=True)
                 if not wait:

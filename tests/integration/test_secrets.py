@@ -527,3 +527,26 @@ async def test_key_set_refuses_two_owners_and_unknown_packs(stack: Stack) -> Non
     missing = await trio.to_thread.run_sync(lambda: attune_key(
         stack, "set", "k", "v1234", "--owner-pack", "nope"))
     assert missing.returncode == 2 and "no pack 'nope'" in missing.stderr
+
+
+async def test_schedule_seals_secret_parameters_like_the_api(stack: Stack, pg: Any) -> None:
+    from attune.errors import InputError
+    from attune.submit import schedule
+
+    password, token = unique("pw"), unique("token")
+    await set_encrypted_key(stack, "demo.api_token", token, owner_type="pack", owner_ref="demo")
+    await stack.start_worker(ATTUNE__SECURITY__ENCRYPTION_KEY=KEY)
+    with pytest.raises(InputError, match="encryption_key"):
+        await schedule(stack.db, stack.broker, "demo.secret_hash", {"password": password})
+    execution_id, _ = await schedule(stack.db, stack.broker, "demo.secret_hash",
+                                     {"password": password}, encryption_key=KEY)
+    row = await stack.wait(execution_id)
+    assert row.status == "completed", row.result
+    expected = hashlib.sha256(f"{password}:{token}".encode()).hexdigest()
+    assert row.result["data"] == {"sha256": expected}
+    stored = pg.execute("SELECT config::text FROM execution WHERE id = %s",
+                        (execution_id,)).fetchone()[0]
+    assert password not in stored and "$attune_secret" in stored
+    sealed = pg.execute("SELECT json_path FROM execution_secret_value WHERE entity_id = %s",
+                        (execution_id,)).fetchall()
+    assert sealed == [("/password",)]
