@@ -262,6 +262,23 @@ class SandboxProcess:
         self._pidfd = -1
 
 
+SETPRIV = "/usr/bin/setpriv"
+
+
+def _become(uid: int | None, gid: int | None) -> list[str]:
+    """The uid switch as a command prefix rather than Popen(user=...).
+
+    Popen must fork (not vfork) the whole worker, under the GIL, to change uid in the
+    child; setpriv (util-linux) switches uid, gid and drops supplementary groups after
+    a cheap vfork+exec, then execs bwrap in the same process, so the pid, the pidfd and
+    the inherited fds are bwrap's. Leaving uid 0 clears every capability.
+    """
+    if uid is None:
+        return []
+    return [SETPRIV, f"--reuid={uid}", f"--regid={gid if gid is not None else uid}",
+            "--clear-groups", "--"]
+
+
 def _attach(pid: int, cgroup_procs: Sequence[str]) -> None:
     for procs in cgroup_procs:
         with open(procs, "w") as handle:
@@ -293,11 +310,11 @@ async def spawn(
     parent_ends = (args_w, info_r, in_w, out_r, err_r)
     try:
         popen = subprocess.Popen(
-            [bwrap, "--args", str(args_r), "--info-fd", str(info_w), "--", *command],
+            [*_become(uid, gid),
+             bwrap, "--args", str(args_r), "--info-fd", str(info_w), "--", *command],
             stdin=in_r, stdout=out_w, stderr=err_w,
             pass_fds=(args_r, info_w, *pass_fds), close_fds=True,
             env={}, cwd="/",
-            user=uid, group=gid, extra_groups=[] if uid is not None else None,
         )
     except OSError as exc:
         for fd in (*child_ends, *parent_ends):
