@@ -205,6 +205,12 @@ async def run_worker(config: Config) -> None:
             log_event(log, "UNSAFE_SANDBOX_OVERRIDE", logging.CRITICAL, problems=problems)
         process.become_subreaper()
         pin_malloc_thresholds()
+        if facts.is_root:
+            leftovers = process.kill_uid_range(config.sandbox.slot_uid_base,
+                                               config.worker.max_concurrent_tasks)
+            if leftovers:
+                log_event(log, "leftover_sandboxes_killed", logging.WARNING,
+                          count=len(leftovers), pids=",".join(map(str, leftovers)))
         profiles = load_profiles(config.sandbox.effective_profiles_dir())
         sandbox = Sandbox(facts, Path(config.sandbox.run_dir),
                           slot_uid_base=config.sandbox.slot_uid_base)

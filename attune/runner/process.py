@@ -279,6 +279,30 @@ def _become(uid: int | None, gid: int | None) -> list[str]:
             "--clear-groups", "--"]
 
 
+def kill_uid_range(first_uid: int, count: int) -> list[int]:
+    """SIGKILL every host process running as a uid in [first_uid, first_uid + count).
+
+    Those uids belong to this worker's slots alone, so at start-up anything running as
+    them is a leftover of a previous instance that was SIGKILLed: e.g. a bwrap caught
+    in the instant between its spawn and `--die-with-parent` taking effect.
+    """
+    killed = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as handle:
+                uid_line = next(line for line in handle if line.startswith("Uid:"))
+        except (OSError, StopIteration):
+            continue
+        real_uid = int(uid_line.split()[1])
+        if first_uid <= real_uid < first_uid + count:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
+
+
 def _attach(pid: int, cgroup_procs: Sequence[str]) -> None:
     for procs in cgroup_procs:
         with open(procs, "w") as handle:

@@ -56,7 +56,11 @@ async def test_sigkill_mid_run_leaves_no_sandbox_and_restart_abandons_each_once(
     ids = [await stack.submit("demo.sleep", {"seconds": 60}) for _ in range(3)]
     for execution_id in ids:
         await stack.wait_status(execution_id, "running")
-    assert len(host_processes_of_uids(base, base + 3)) >= 3
+    # `running` is written at the claim; the three sandboxes start a moment later.
+    with trio.move_on_after(10):
+        while len({line.split()[0] for line in host_processes_of_uids(base, base + 3)}) < 3:
+            await trio.sleep(0.05)
+    assert len({line.split()[0] for line in host_processes_of_uids(base, base + 3)}) == 3
     worker.kill()
     with trio.move_on_after(3):
         while host_processes_of_uids(base, base + 3):
