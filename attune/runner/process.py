@@ -266,17 +266,21 @@ SETPRIV = "/usr/bin/setpriv"
 
 
 def _become(uid: int | None, gid: int | None) -> list[str]:
-    """The uid switch as a command prefix rather than Popen(user=...).
+    """The uid switch and the parent-death signal, as a command prefix.
 
-    Popen must fork (not vfork) the whole worker, under the GIL, to change uid in the
-    child; setpriv (util-linux) switches uid, gid and drops supplementary groups after
-    a cheap vfork+exec, then execs bwrap in the same process, so the pid, the pidfd and
-    the inherited fds are bwrap's. Leaving uid 0 clears every capability.
+    Popen(user=...) must fork (not vfork) the whole worker, under the GIL, to change
+    uid in the child; setpriv (util-linux) switches uid and gid and drops supplementary
+    groups after a cheap vfork+exec, then execs bwrap in the same process, so the pid,
+    the pidfd and the inherited fds are bwrap's. Leaving uid 0 clears every capability.
+    `--pdeathsig SIGKILL` (applied after the uid switch, kept across exec) covers the
+    gate: bwrap only arms its own --die-with-parent once it has read its options, and
+    a worker killed before that would otherwise leave it running.
     """
-    if uid is None:
-        return []
-    return [SETPRIV, f"--reuid={uid}", f"--regid={gid if gid is not None else uid}",
-            "--clear-groups", "--"]
+    prefix = [SETPRIV, "--pdeathsig", "SIGKILL"]
+    if uid is not None:
+        prefix += [f"--reuid={uid}", f"--regid={gid if gid is not None else uid}",
+                   "--clear-groups"]
+    return [*prefix, "--"]
 
 
 def kill_uid_range(first_uid: int, count: int) -> list[int]:
