@@ -398,21 +398,6 @@ def _disk(role: str, configured: str) -> Disk:
                 os.access(probe, os.W_OK | os.X_OK))
 
 
-def _untraversable(run_dir: str) -> list[str]:
-    """Existing ancestors of run_dir without the others-execute bit (the run dir itself is
-    chmod'ed 0711 by the worker)."""
-    blocked = []
-    path = Path(run_dir).absolute()
-    for ancestor in reversed(path.parents):
-        try:
-            mode = ancestor.stat().st_mode
-        except OSError:
-            break  # created later by the worker, with a traversable mode
-        if not mode & 0o001:
-            blocked.append(str(ancestor))
-    return blocked
-
-
 def _accounts(uids: range) -> dict[int, str]:
     """Accounts that own any of `uids`, asked one uid at a time (no directory dump)."""
     found = {}
@@ -476,7 +461,7 @@ def gather_host(config: Config, facts: host.HostFacts | None = None) -> HostSnap
                _disk("artifacts_dir", config.artifacts_dir)],
         accounts=_accounts(slot_uid_range(config)),
         subuid_ranges=_subuid_ranges(),
-        untraversable=_untraversable(config.sandbox.run_dir),
+        untraversable=host.untraversable_ancestors(config.sandbox.run_dir),
         profiles=profiles,
         profiles_error=error,
         python_version=_python_version(),

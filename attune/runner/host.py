@@ -49,6 +49,21 @@ class HostFacts:
         }
 
 
+def untraversable_ancestors(path: str | Path) -> list[str]:
+    """Existing ancestors of `path` that others cannot search (no o+x): a slot uid's
+    bwrap cannot reach a run directory below them. Missing ones are skipped: the
+    worker creates them traversable."""
+    blocked = []
+    for ancestor in reversed(Path(path).absolute().parents):
+        try:
+            mode = ancestor.stat().st_mode
+        except OSError:
+            break
+        if not mode & 0o001:
+            blocked.append(str(ancestor))
+    return blocked
+
+
 def _bwrap_version(path: str) -> str | None:
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=5)

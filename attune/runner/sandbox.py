@@ -33,7 +33,7 @@ from attune.params import encode_params, shell_env
 from attune.runner import argv as argv_mod
 from attune.runner import process
 from attune.runner.cgroups import RunCgroup
-from attune.runner.host import HostFacts
+from attune.runner.host import HostFacts, untraversable_ancestors
 from attune.runner.output import (
     OUTPUT_KILL_FACTOR,
     BoundedBuffer,
@@ -136,13 +136,12 @@ class Sandbox:
         for created in missing:  # whatever the umask, slot uids traverse, never list
             os.chmod(created, 0o711)
         os.chmod(self.run_dir, 0o711)
-        if self.facts.is_root:
-            for ancestor in self.run_dir.parents:
-                if not os.stat(ancestor).st_mode & 0o001:
-                    raise SandboxUnavailable(
-                        f"run_dir {self.run_dir} is unreachable for the sandbox uids: "
-                        f"{ancestor} is not searchable by others (chmod o+x {ancestor}, "
-                        "or choose another sandbox.run_dir)")
+        blocked = untraversable_ancestors(self.run_dir) if self.facts.is_root else []
+        if blocked:
+            raise SandboxUnavailable(
+                f"run_dir {self.run_dir} is unreachable for the sandbox uids: "
+                f"{blocked[0]} is not searchable by others (chmod o+x {blocked[0]}, "
+                "or choose another sandbox.run_dir)")
         etc = self.run_dir / ".etc"
         etc.mkdir(exist_ok=True)
         os.chmod(etc, 0o755)

@@ -40,7 +40,7 @@ from attune.doctor import (
 from attune.metrics import Metrics, http_response
 from attune.models import Execution, Worker
 from attune.runner.cgroups import CgroupSupport
-from attune.runner.host import HostFacts, Layer
+from attune.runner.host import HostFacts, Layer, untraversable_ancestors
 
 REPO = Path(__file__).resolve().parent.parent.parent
 GIB = 1024 ** 3
@@ -237,7 +237,7 @@ def test_ancestors_without_the_others_execute_bit_are_found(tmp_path: Path) -> N
     closed.mkdir(mode=0o700)
     os.chmod(closed, 0o700)
     os.chmod(tmp_path, 0o755)
-    found = doctor._untraversable(str(closed / "runs"))
+    found = untraversable_ancestors(str(closed / "runs"))
     assert str(closed) in found
     assert str(tmp_path) not in found
 
