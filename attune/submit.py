@@ -28,7 +28,7 @@ from attune.messages import (
 )
 from attune.models import Execution, Worker
 from attune.params import apply_schema
-from attune.states import TERMINAL
+from attune.states import is_terminal
 
 
 async def schedule(
@@ -48,14 +48,14 @@ async def schedule(
     if action is None:
         raise InputError(f"no action {action_ref!r} (load its pack with `attune pack load`)")
     params = apply_schema(action.param_schema, params)
+    from attune.secrets import seal_secret_params, sealable_paths
+
     sealed: list[Any] = []
-    if _has_secret_values(action.param_schema, params):
+    if sealable_paths(params, action.param_schema):
         if not encryption_key:
             raise InputError(f"action {action_ref} has secret parameters: set "
                              "security.encryption_key (ATTUNE__SECURITY__ENCRYPTION_KEY) "
                              "to submit them sealed")
-        from attune.secrets import seal_secret_params
-
         params, sealed = seal_secret_params(params, action.param_schema, encryption_key)
     runtime = action.runtime_name or ""
     worker = await db.pick_worker(runtime)
@@ -72,19 +72,13 @@ async def schedule(
     return execution_id, worker
 
 
-def _has_secret_values(schema: Any, params: dict[str, Any]) -> bool:
-    from attune.params import secret_paths
-
-    return any(name in params for name in secret_paths(schema))
-
-
 async def wait_terminal(db: Database, execution_id: int, *, timeout: float,
                         poll: float = 0.05) -> Execution:
     """Poll the source of truth until the execution is terminal."""
     with trio.move_on_after(timeout):
         while True:
             row = await db.get_execution(execution_id)
-            if row is not None and row.status in {s.value for s in TERMINAL}:
+            if row is not None and is_terminal(row.status):
                 return row
             await trio.sleep(poll)
     raise TransientError(f"execution {execution_id} did not finish within {timeout:g}s")
@@ -159,7 +153,6 @@ async def follow_execution(
     after the row turns terminal delivers the whole output. Logs of a worker on another
     host are simply not there: the result is still returned.
     """
-    terminal = {s.value for s in TERMINAL}
     tail: LogTail | None = None
     with trio.move_on_after(timeout):
         while True:
@@ -170,7 +163,7 @@ async def follow_execution(
                 name = await worker_name(db, row.worker)
                 if name is not None:
                     tail = LogTail(execution_dir(artifacts_dir, name, execution_id))
-            done = row.status in terminal
+            done = is_terminal(row.status)
             if tail is not None:
                 for stream, chunk in tail.drain() if done else tail.read_new():
                     on_output(stream, chunk)

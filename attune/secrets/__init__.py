@@ -34,6 +34,7 @@ from attune.secrets.resolve import (
     resolve_run_secrets,
     restore_params,
     seal_secret_params,
+    sealable_paths,
 )
 
 __all__ = [
@@ -63,4 +64,5 @@ __all__ = [
     "restore_params",
     "schema_secret_paths",
     "seal_secret_params",
+    "sealable_paths",
 ]

@@ -157,6 +157,15 @@ async def load_run_secrets(db: Database, execution: Execution, action: Action,
 # --- the API's side, for `attune submit` and tests ------------------------------------
 
 
+def sealable_paths(params: Mapping[str, Any], param_schema: Any) -> list[str]:
+    """Secret paths of the schema that hold a value in `params`: what must be sealed.
+
+    Items of a list (`/keys/*`) are sealed with the list, if the list itself is secret.
+    """
+    return [path for path in schema_secret_paths(param_schema)
+            if "*" not in split(path) and values_at(params, [path])]
+
+
 def seal_secret_params(params: Mapping[str, Any], param_schema: Any,
                        encryption_key: str) -> tuple[dict[str, Any], list[StoredSecret]]:
     """Do what the API does before it stores an execution: markers in, values sealed.
@@ -168,9 +177,7 @@ def seal_secret_params(params: Mapping[str, Any], param_schema: Any,
     digest = key_hash(key)
     config: Any = dict(params)
     rows: list[StoredSecret] = []
-    for path in schema_secret_paths(param_schema):
-        if "*" in split(path):
-            continue  # items of a list are sealed with the list, if the list is secret
+    for path in sealable_paths(params, param_schema):
         for value in values_at(config, [path]):
             rows.append(StoredSecret(json_path=path, encrypted_value=encrypt_value(key, value),
                                      encryption_key_hash=digest))
