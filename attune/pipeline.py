@@ -169,11 +169,16 @@ async def finish(ctx: WorkerContext, execution: Execution, status: str, result: 
     return True
 
 
+def runtime_of(action: Action) -> str:
+    """The profile name for an action's runtime row (name or alias, any case)."""
+    runtime = (action.runtime_name or "").lower()
+    return RUNTIME_ALIASES.get(runtime, runtime)
+
+
 def build_spec(ctx: WorkerContext, execution: Execution, action: Action,
                secrets: RunSecrets) -> tuple[RunSpec, float]:
     """Resolve code, profile, parameters and timeout; ExecutionError when it cannot run."""
-    runtime = (action.runtime_name or "").lower()
-    runtime = RUNTIME_ALIASES.get(runtime, runtime)
+    runtime = runtime_of(action)
     profile = ctx.profiles.get(runtime)
     if profile is None:
         known = ", ".join(sorted(ctx.profiles))
@@ -296,8 +301,7 @@ async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
     finally:
         ctx.slots.free.append(slot)
         ctx.runs.pop(execution_id, None)
-    runtime = (claim.action.runtime_name or "").lower() if claim.action else ""
-    runtime = RUNTIME_ALIASES.get(runtime, runtime)
+    runtime = runtime_of(claim.action) if claim.action else ""
     ctx.metrics.execution_finished(runtime if runtime in ctx.profiles else "other", status,
                                    result, trio.current_time() - began)
     log_event(log, "execution_finished", execution_id=execution_id,

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import sys
 
-# Exit codes shared by every command.
-EXIT_OK = 0
-EXIT_FAILED = 1
+# Exit codes shared by every command: 2 is a usage or input error; an execution's
+# outcome maps to 0 succeeded, 1 failed (or abandoned), 3 timed out, 4 cancelled.
 EXIT_USAGE = 2
-EXIT_TIMEOUT = 3
-EXIT_CANCELLED = 4
+EXIT_BY_STATUS = {"completed": 0, "failed": 1, "abandoned": 1, "timeout": 3, "cancelled": 4}
 
 
 def main() -> None:

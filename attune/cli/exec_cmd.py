@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attune.cli import EXIT_BY_STATUS, EXIT_USAGE
 from attune.errors import AttuneError, InputError, SandboxUnavailable
 
 if TYPE_CHECKING:
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
 
     import typer
 
-EXIT_BY_STATUS = {"completed": 0, "failed": 1, "timeout": 3, "cancelled": 4}
-EXIT_USAGE = 2
 OUTPUT_FORMATS = ("text", "json", "yaml", "jsonl")
 
 

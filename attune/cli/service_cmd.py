@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from attune.cli import EXIT_BY_STATUS
 from attune.cli.common import ConfigOpt, fail, load, run
 from attune.errors import AttuneError
 
 if TYPE_CHECKING:
     pass
 
-EXIT_BY_STATUS = {"completed": 0, "failed": 1, "timeout": 3, "cancelled": 4, "abandoned": 1}
-TERMINAL = {"completed", "failed", "timeout", "cancelled", "abandoned"}
 
 
 
