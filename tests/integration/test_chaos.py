@@ -7,7 +7,6 @@ These stop the shared servers, so scripts/test runs them last and alone
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 from collections import Counter
@@ -21,8 +20,6 @@ from attune.messages import EXCHANGE_EXECUTIONS
 from tests.integration.worker_kit import Stack
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox, pytest.mark.chaos]
-TERMINAL = {"completed", "failed", "timeout", "cancelled", "abandoned"}
-STARTED = re.compile(r"event=execution_started execution_id=(\d+)")
 
 
 def _run(*cmd: str) -> None:
@@ -36,31 +33,6 @@ def _rabbit_up() -> bool:
 
 def _pg_cluster() -> str:
     return sorted(Path("/etc/postgresql").iterdir(), key=lambda p: p.name)[-1].name
-
-
-async def _wait_all(stack: Stack, ids: list[int], timeout: float) -> dict[int, str]:
-    statuses: dict[int, str] = {}
-    with trio.move_on_after(timeout):
-        while len(statuses) < len(ids):
-            for execution_id in ids:
-                if execution_id in statuses:
-                    continue
-                try:
-                    row = await stack.db.get_execution(execution_id)
-                except Exception:  # the database may still be coming back
-                    await trio.sleep(0.5)
-                    break
-                if row is not None and row.status in TERMINAL:
-                    statuses[execution_id] = row.status
-            await trio.sleep(0.2)
-    return statuses
-
-
-def _started(stack: Stack) -> Counter[int]:
-    counts: Counter[int] = Counter()
-    for worker in stack.workers:
-        counts.update(int(m) for m in STARTED.findall(worker.log()))
-    return counts
 
 
 async def _completions(broker: Broker, name: str, want: set[int], timeout: float) -> set[int]:
@@ -88,10 +60,10 @@ async def test_rabbitmq_restart_under_load_every_execution_once_and_announced(
     await trio.sleep(3)
     await trio.to_thread.run_sync(_run, "rabbitmqctl", "-q", "start_app")
     assert await trio.to_thread.run_sync(_rabbit_up)
-    statuses = await _wait_all(stack, ids, 240)
+    statuses = await stack.wait_all(ids, 240)
     recovery = time.monotonic() - started
     assert Counter(statuses.values()) == Counter({"completed": len(ids)})
-    runs = _started(stack)
+    runs = stack.runs_started()
     assert [i for i in ids if runs[i] != 1] == []
     seen = await _completions(stack.broker, "chaos.completions", set(ids), 120)
     assert set(ids) <= seen
@@ -108,10 +80,10 @@ async def test_postgresql_restart_under_load_results_written_once_back(stack: St
     started = time.monotonic()
     await trio.to_thread.run_sync(_run, "pg_ctlcluster", "--skip-systemctl-redirect", cluster,
                                   "main", "restart")
-    statuses = await _wait_all(stack, ids, 240)
+    statuses = await stack.wait_all(ids, 240)
     recovery = time.monotonic() - started
     assert Counter(statuses.values()) == Counter({"completed": len(ids)})
-    runs = _started(stack)
+    runs = stack.runs_started()
     assert [i for i in ids if runs[i] != 1] == []
     running = [i for i in ids if (await stack.db.get_execution(i)).status == "running"]  # type: ignore[union-attr]
     assert running == []

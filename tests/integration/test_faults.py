@@ -7,7 +7,6 @@ test's own broker connections and database.
 
 from __future__ import annotations
 
-import re
 import signal
 from collections import Counter
 from urllib.parse import unquote, urlsplit
@@ -24,29 +23,6 @@ from tests.integration.conftest import ADMIN_URL
 from tests.integration.worker_kit import Stack, host_processes_of_uids
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
-
-STARTED = re.compile(r"event=execution_started execution_id=(\d+)")
-
-
-def runs_started(stack: Stack) -> Counter[int]:
-    """How many times each execution was started, across every worker of the test."""
-    counts: Counter[int] = Counter()
-    for worker in stack.workers:
-        counts.update(int(m) for m in STARTED.findall(worker.log()))
-    return counts
-
-
-async def _all_terminal(stack: Stack, ids: list[int], timeout: float) -> dict[int, str]:
-    with trio.move_on_after(timeout):
-        while True:
-            rows = {i: await stack.db.get_execution(i) for i in ids}
-            statuses = {i: (r.status if r else "missing") for i, r in rows.items()}
-            if all(s in {"completed", "failed", "timeout", "cancelled", "abandoned"}
-                   for s in statuses.values()):
-                return statuses
-            await trio.sleep(0.2)
-    pytest.fail(f"not all terminal: {Counter(statuses.values())}")
-
 
 async def test_sigkill_mid_run_leaves_no_sandbox_and_restart_abandons_each_once(
     stack: Stack,
@@ -68,9 +44,9 @@ async def test_sigkill_mid_run_leaves_no_sandbox_and_restart_abandons_each_once(
     assert host_processes_of_uids(base, base + 3) == []
     await stack.start_worker(capacity=3, name=worker.name,
                              ATTUNE__SANDBOX__SLOT_UID_BASE=str(base))
-    statuses = await _all_terminal(stack, ids, 20)
+    statuses = await stack.wait_all(ids, 20)
     assert set(statuses.values()) == {"abandoned"}
-    assert runs_started(stack) == Counter({i: 1 for i in ids})
+    assert stack.runs_started() == Counter({i: 1 for i in ids})
 
 
 async def _durable_completions(broker: Broker, name: str) -> None:
@@ -109,9 +85,9 @@ async def test_forced_broker_disconnects_under_load_lose_and_duplicate_nothing(
         nursery.start_soon(faults)
         for i in range(150):
             ids.append(await stack.submit("demo.add", {"x": i, "y": 1}))
-    statuses = await _all_terminal(stack, ids, 120)
+    statuses = await stack.wait_all(ids, 120)
     assert Counter(statuses.values()) == Counter({"completed": len(ids)})
-    started = runs_started(stack)
+    started = stack.runs_started()
     assert {i: started[i] for i in ids} == {i: 1 for i in ids}
     completions = await _drain_completions(stack.broker, "test.completions", len(ids), 60)
     assert set(completions) == set(ids)  # at least once for every terminal row
@@ -142,9 +118,9 @@ async def test_database_outage_under_load_writes_every_result_after_recovery(
         await trio.sleep(4)
     finally:
         await trio.to_thread.run_sync(_block_database, name, True)
-    statuses = await _all_terminal(stack, ids, 90)
+    statuses = await stack.wait_all(ids, 90)
     assert Counter(statuses.values()) == Counter({"completed": len(ids)})
-    started = runs_started(stack)
+    started = stack.runs_started()
     assert {i: started[i] for i in ids} == {i: 1 for i in ids}
     # The outage was seen (the pool's reconnect attempts or our retries), and survived.
     assert any(mark in worker.log() for mark in

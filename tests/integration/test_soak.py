@@ -7,20 +7,24 @@ process or cgroup of a run is left on the host.
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import trio
 
-from tests.integration.worker_kit import HOSTILE_PACK, Stack, host_processes_of_uids, rss_kib
+from tests.integration.worker_kit import (
+    HOSTILE_PACK,
+    TERMINAL,
+    Stack,
+    host_processes_of_uids,
+    rss_kib,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox, pytest.mark.soak]
 
 TOTAL = int(os.environ.get("ATTUNE_SOAK_TOTAL", "2000"))
 HOSTILE = ["hostile.fork_bomb", "hostile.memory_bomb", "hostile.stdout_flood", "hostile.daemon"]
-TERMINAL = {"completed", "failed", "timeout", "cancelled", "abandoned"}
 UID_BASE = 240000
 
 
@@ -71,8 +75,7 @@ async def test_two_thousand_executions_one_in_fifty_hostile_all_terminal_exactly
                         assert row.result["data"] == {"execution_id": str(execution_id)}
             await trio.sleep(0.5)
     assert len(statuses) == len(ids), f"{len(ids) - len(statuses)} executions not terminal"
-    started = Counter(int(m) for m in re.findall(r"event=execution_started execution_id=(\d+)",
-                                                  worker.log()))
+    started = stack.runs_started()
     assert all(started[i] == 1 for i in ids), "an execution ran twice or never"
     trivial = Counter(s for i, s in statuses.items() if ids[i] == "hostile.echo_id")
     assert trivial == Counter({"completed": len(ids) - expected_hostile})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ import trio
 
 from attune.broker import Broker
 from attune.db import Database
+from attune.errors import TransientError
 from attune.models import Execution
 from attune.packs import install_pack, load_pack
 from attune.submit import schedule, wait_terminal
@@ -23,6 +26,8 @@ from attune.submit import schedule, wait_terminal
 REPO = Path(__file__).resolve().parent.parent.parent
 ATTUNE = str(REPO / ".venv" / "bin" / "attune")
 DEMO_PACK = REPO / "examples" / "packs" / "demo"
+TERMINAL = frozenset({"completed", "failed", "timeout", "cancelled", "abandoned"})
+STARTED = re.compile(r"event=execution_started execution_id=(\d+)")
 HOSTILE_PACK = REPO / "tests" / "packs" / "hostile"
 
 
@@ -138,6 +143,34 @@ class Stack:
     async def wait(self, execution_id: int, timeout: float = 30.0) -> Execution:
         return await wait_terminal(self.db, execution_id, timeout=timeout)
 
+    async def wait_all(self, ids: list[int], timeout: float) -> dict[int, str]:
+        """Every execution's terminal status; fails the test if one is not terminal in
+        time. Database errors while polling are waited out (a fault may be underway)."""
+        statuses: dict[int, str] = {}
+        with trio.move_on_after(timeout):
+            while len(statuses) < len(ids):
+                for execution_id in ids:
+                    if execution_id in statuses:
+                        continue
+                    try:
+                        row = await self.db.get_execution(execution_id)
+                    except TransientError:
+                        await trio.sleep(0.5)
+                        break
+                    if row is not None and row.status in TERMINAL:
+                        statuses[execution_id] = row.status
+                await trio.sleep(0.2)
+            return statuses
+        pytest.fail(f"{len(ids) - len(statuses)} of {len(ids)} executions not terminal "
+                    f"within {timeout:g}s; terminal so far: {Counter(statuses.values())}")
+
+    def runs_started(self) -> Counter[int]:
+        """How many times each execution was started, across every worker of the test."""
+        counts: Counter[int] = Counter()
+        for worker in self.workers:
+            counts.update(int(m) for m in STARTED.findall(worker.log()))
+        return counts
+
     async def wait_status(self, execution_id: int, status: str, timeout: float = 15.0) -> None:
         with trio.move_on_after(timeout):
             while True:
@@ -186,5 +219,5 @@ def rabbit_queue_depth(vhost: str, queue: str) -> int:
     raise AssertionError(f"queue {queue} not found in {vhost}: {out}")
 
 
-__all__ = ["HOSTILE_PACK", "Stack", "WorkerProcess", "host_processes_of_uids",
+__all__ = ["HOSTILE_PACK", "TERMINAL", "Stack", "WorkerProcess", "host_processes_of_uids",
            "rabbit_queue_depth", "rss_kib", "stack"]
