@@ -63,13 +63,19 @@ class ArtifactStore:
         """Delete run directories older than the age limit, then the oldest beyond the count."""
         now = time.time() if now is None else now
         try:
-            entries = [(p.stat().st_mtime, p) for p in self.root.iterdir()
-                       if p.is_dir() and p.name.startswith("execution_")]
+            entries = [
+                (p.stat().st_mtime, p)
+                for p in self.root.iterdir()
+                if p.is_dir() and p.name.startswith("execution_")
+            ]
         except FileNotFoundError:
             return 0
         entries.sort(reverse=True)
-        doomed = [p for i, (mtime, p) in enumerate(entries)
-                  if now - mtime > max_age_seconds or i >= max_count]
+        doomed = [
+            p
+            for i, (mtime, p) in enumerate(entries)
+            if now - mtime > max_age_seconds or i >= max_count
+        ]
         for path in doomed:
             shutil.rmtree(path, ignore_errors=True)
         return len(doomed)

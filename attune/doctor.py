@@ -41,7 +41,7 @@ SERVICE_TIMEOUT: Final = 5.0
 _LAYER_FIXES: Final = {
     "bubblewrap": "apt-get install bubblewrap (or run scripts/setup)",
     "user_namespaces": "sysctl -w user.max_user_namespaces=15000 kernel.unprivileged_userns_clone=1"
-                       " (and persist it in /etc/sysctl.d/)",
+    " (and persist it in /etc/sysctl.d/)",
     "seccomp": "apt-get install libseccomp2; check that the .venv has pyseccomp",
     "interpreter": "apt-get install python3 (the sandbox runs Debian's /usr/bin/python3)",
 }
@@ -65,9 +65,9 @@ class Check:
 class Disk:
     """Free space where a configured directory is (or will be created)."""
 
-    role: str            # "run_dir" or "artifacts_dir"
-    path: str            # as configured
-    probed: str          # the nearest existing ancestor that was measured
+    role: str  # "run_dir" or "artifacts_dir"
+    path: str  # as configured
+    probed: str  # the nearest existing ancestor that was measured
     free_bytes: int | None
     writable: bool
     error: str | None = None
@@ -77,8 +77,8 @@ class Disk:
 class CgroupView:
     """What the cgroup filesystem looks like, beyond what HostFacts decided."""
 
-    mode: str                           # "v2", "v1", "hybrid" or "none"
-    controllers: tuple[str, ...] = ()   # available to the worker's own cgroup (v2) / enabled (v1)
+    mode: str  # "v2", "v1", "hybrid" or "none"
+    controllers: tuple[str, ...] = ()  # available to the worker's own cgroup (v2) / enabled (v1)
     child_controllers: tuple[str, ...] | None = None  # enabled for per-run cgroups (v2)
 
 
@@ -87,13 +87,13 @@ class HostSnapshot:
     facts: host.HostFacts
     cgroup: CgroupView
     disks: list[Disk]
-    accounts: dict[int, str]                      # slot uid -> name, where an account has it
-    subuid_ranges: list[tuple[str, int, int]]     # (owner, first, count) from /etc/subuid
-    untraversable: list[str]                      # run_dir ancestors slot uids cannot enter
-    profiles: list[str] | None                    # loaded runtime profiles, None on error
+    accounts: dict[int, str]  # slot uid -> name, where an account has it
+    subuid_ranges: list[tuple[str, int, int]]  # (owner, first, count) from /etc/subuid
+    untraversable: list[str]  # run_dir ancestors slot uids cannot enter
+    profiles: list[str] | None  # loaded runtime profiles, None on error
     profiles_error: str | None = None
     python_version: str | None = None
-    umask: int | None = None                      # the worker process's, from /proc
+    umask: int | None = None  # the worker process's, from /proc
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,21 @@ class Report:
 # --- pure: snapshot -> checks -----------------------------------------------------------
 
 
-def build_checks(snapshot: HostSnapshot, config: Config, services: Services | None = None,
-                 smoke: ServiceProbe | None = None) -> list[Check]:
+def build_checks(
+    snapshot: HostSnapshot,
+    config: Config,
+    services: Services | None = None,
+    smoke: ServiceProbe | None = None,
+) -> list[Check]:
     """Every check in report order; probes not run (at start-up) are left out."""
-    checks = [*_layer_checks(snapshot), _cgroup_check(snapshot),
-              _slot_uid_check(snapshot, config), _run_dir_access_check(snapshot, config),
-              _umask_check(snapshot), _profiles_check(snapshot, config)]
+    checks = [
+        *_layer_checks(snapshot),
+        _cgroup_check(snapshot),
+        _slot_uid_check(snapshot, config),
+        _run_dir_access_check(snapshot, config),
+        _umask_check(snapshot),
+        _profiles_check(snapshot, config),
+    ]
     if smoke is not None:
         checks.append(_sandbox_run_check(smoke))
     checks += [_disk_check(disk) for disk in snapshot.disks]
@@ -162,41 +171,66 @@ def _layer_checks(snapshot: HostSnapshot) -> list[Check]:
         if layer.active:
             checks.append(Check(layer.name, "OK", detail))
         else:
-            checks.append(Check(layer.name, "FAIL" if layer.required else "WARN", detail,
-                                _LAYER_FIXES.get(layer.name, "see attune exec --explain"),
-                                unsafe=layer.required))
+            checks.append(
+                Check(
+                    layer.name,
+                    "FAIL" if layer.required else "WARN",
+                    detail,
+                    _LAYER_FIXES.get(layer.name, "see attune exec --explain"),
+                    unsafe=layer.required,
+                )
+            )
     return checks
 
 
 def _cgroup_check(snapshot: HostSnapshot) -> Check:
     support, view = snapshot.facts.cgroups, snapshot.cgroup
     have = ",".join(view.controllers) or "none"
-    fix_rlimits = ("without per-run cgroups, memory is bounded per process (address space), "
-                   "not per run")
+    fix_rlimits = (
+        "without per-run cgroups, memory is bounded per process (address space), not per run"
+    )
     if not snapshot.facts.is_root:
-        return Check("cgroups", "WARN", f"{view.mode}, controllers {have}; not root, so no "
-                     "per-run cgroups", f"run the worker as root with Delegate=yes; {fix_rlimits}")
+        return Check(
+            "cgroups",
+            "WARN",
+            f"{view.mode}, controllers {have}; not root, so no per-run cgroups",
+            f"run the worker as root with Delegate=yes; {fix_rlimits}",
+        )
     if support.version == 0:
-        return Check("cgroups", "WARN", f"{view.mode}, controllers {have}: {support.detail}",
-                     "give the worker a writable subtree with memory and pids (systemd: "
-                     f"Delegate=yes, see deploy/attune-worker.service); {fix_rlimits}")
+        return Check(
+            "cgroups",
+            "WARN",
+            f"{view.mode}, controllers {have}: {support.detail}",
+            "give the worker a writable subtree with memory and pids (systemd: "
+            f"Delegate=yes, see deploy/attune-worker.service); {fix_rlimits}",
+        )
     if support.version == 2:
         enabled = set(view.child_controllers or ())
         missing = sorted({"memory", "pids"} - enabled)
         if missing:
             return Check(
-                "cgroups", "WARN",
+                "cgroups",
+                "WARN",
                 f"v2 subtree {support.memory_parent} is writable (delegated) but "
                 f"{','.join(missing)} is not enabled for its children, so per-run limits "
                 "cannot be set",
                 "the worker's own cgroup must not hold processes when it enables "
                 "controllers for children (cgroup v2 'no internal processes' rule): start "
                 "it in a leaf of the delegated subtree, or enable +memory +pids in "
-                f"{support.memory_parent}/cgroup.subtree_control")
-        return Check("cgroups", "OK", f"v2, controllers {have}; per-run memory+pids cgroups "
-                     f"under {support.memory_parent} (delegated)")
-    return Check("cgroups", "OK", f"{view.mode}, controllers {have}; per-run memory+pids "
-                 f"cgroups under {support.memory_parent} (writable)")
+                f"{support.memory_parent}/cgroup.subtree_control",
+            )
+        return Check(
+            "cgroups",
+            "OK",
+            f"v2, controllers {have}; per-run memory+pids cgroups "
+            f"under {support.memory_parent} (delegated)",
+        )
+    return Check(
+        "cgroups",
+        "OK",
+        f"{view.mode}, controllers {have}; per-run memory+pids "
+        f"cgroups under {support.memory_parent} (writable)",
+    )
 
 
 def slot_uid_range(config: Config) -> range:
@@ -206,105 +240,158 @@ def slot_uid_range(config: Config) -> range:
 
 def _slot_uid_check(snapshot: HostSnapshot, config: Config) -> Check:
     if not snapshot.facts.is_root:
-        return Check("per_slot_uids", "WARN",
-                     f"not root: every sandbox runs as the worker's uid {os.getuid()}, so "
-                     "they share one process-count limit and one owner for their files",
-                     "run the worker as root (see deploy/attune-worker.service) so each slot "
-                     "gets its own unprivileged uid")
+        return Check(
+            "per_slot_uids",
+            "WARN",
+            f"not root: every sandbox runs as the worker's uid {os.getuid()}, so "
+            "they share one process-count limit and one owner for their files",
+            "run the worker as root (see deploy/attune-worker.service) so each slot "
+            "gets its own unprivileged uid",
+        )
     uids = slot_uid_range(config)
     shown = f"{uids.start}-{uids.stop - 1}"
     clash = [f"{uid} ({snapshot.accounts[uid]})" for uid in uids if uid in snapshot.accounts]
     if clash:
-        return Check("per_slot_uids", "FAIL",
-                     f"slot uids {shown} include existing accounts: {', '.join(clash[:5])}; "
-                     "that account could trace or read the sandboxed actions",
-                     "set sandbox.slot_uid_base to a range no account or subuid map uses "
-                     "(e.g. 1000000000)", unsafe=True)
-    overlaps = [owner for owner, first, count in snapshot.subuid_ranges
-                if first < uids.stop and uids.start < first + count]
+        return Check(
+            "per_slot_uids",
+            "FAIL",
+            f"slot uids {shown} include existing accounts: {', '.join(clash[:5])}; "
+            "that account could trace or read the sandboxed actions",
+            "set sandbox.slot_uid_base to a range no account or subuid map uses (e.g. 1000000000)",
+            unsafe=True,
+        )
+    overlaps = [
+        owner
+        for owner, first, count in snapshot.subuid_ranges
+        if first < uids.stop and uids.start < first + count
+    ]
     if overlaps:
-        return Check("per_slot_uids", "WARN",
-                     f"slot uids {shown} overlap the subordinate uids of "
-                     f"{', '.join(sorted(set(overlaps)))} (/etc/subuid): a rootless "
-                     "container of that user can own the sandboxes' files",
-                     "set sandbox.slot_uid_base outside every /etc/subuid range")
-    return Check("per_slot_uids", "OK",
-                 f"slots run as uids {shown} (capacity {len(uids)}); no account uses them")
+        return Check(
+            "per_slot_uids",
+            "WARN",
+            f"slot uids {shown} overlap the subordinate uids of "
+            f"{', '.join(sorted(set(overlaps)))} (/etc/subuid): a rootless "
+            "container of that user can own the sandboxes' files",
+            "set sandbox.slot_uid_base outside every /etc/subuid range",
+        )
+    return Check(
+        "per_slot_uids",
+        "OK",
+        f"slots run as uids {shown} (capacity {len(uids)}); no account uses them",
+    )
 
 
 def _run_dir_access_check(snapshot: HostSnapshot, config: Config) -> Check:
     run_dir = config.sandbox.run_dir
     if snapshot.facts.is_root and snapshot.untraversable:
-        return Check("run_dir_access", "FAIL",
-                     f"slot uids cannot traverse {', '.join(snapshot.untraversable)} on the way "
-                     f"to {run_dir}, so no sandbox can start",
-                     "chmod o+x those directories, or set sandbox.run_dir elsewhere "
-                     "(e.g. /var/lib/attune/runs)")
+        return Check(
+            "run_dir_access",
+            "FAIL",
+            f"slot uids cannot traverse {', '.join(snapshot.untraversable)} on the way "
+            f"to {run_dir}, so no sandbox can start",
+            "chmod o+x those directories, or set sandbox.run_dir elsewhere "
+            "(e.g. /var/lib/attune/runs)",
+        )
     return Check("run_dir_access", "OK", f"{run_dir} reachable by the sandbox uids")
 
 
 def _umask_check(snapshot: HostSnapshot) -> Check:
     if snapshot.umask is None:
-        return Check("umask", "WARN", "cannot read this process's umask",
-                     "make sure the worker runs with umask 022")
+        return Check(
+            "umask",
+            "WARN",
+            "cannot read this process's umask",
+            "make sure the worker runs with umask 022",
+        )
     shown = f"{snapshot.umask:04o}"
     if snapshot.facts.is_root and snapshot.umask & 0o011:
-        return Check("umask", "FAIL",
-                     f"umask {shown} strips the execute bit from the run directories the "
-                     "worker creates, so the slot uids cannot enter them and every run fails",
-                     "run the worker with umask 022 (systemd: UMask=0022)")
+        return Check(
+            "umask",
+            "FAIL",
+            f"umask {shown} strips the execute bit from the run directories the "
+            "worker creates, so the slot uids cannot enter them and every run fails",
+            "run the worker with umask 022 (systemd: UMask=0022)",
+        )
     return Check("umask", "OK", f"umask {shown}")
 
 
 def _profiles_check(snapshot: HostSnapshot, config: Config) -> Check:
     where = config.sandbox.profiles_dir or "the bundled profiles/"
     if snapshot.profiles is None:
-        return Check("profiles", "FAIL", f"cannot load runtime profiles from {where}: "
-                     f"{snapshot.profiles_error}", "fix the profile named above, or unset "
-                     "sandbox.profiles_dir to use the bundled ones")
+        return Check(
+            "profiles",
+            "FAIL",
+            f"cannot load runtime profiles from {where}: {snapshot.profiles_error}",
+            "fix the profile named above, or unset sandbox.profiles_dir to use the bundled ones",
+        )
     if not snapshot.profiles:
-        return Check("profiles", "FAIL", f"no runtime profiles in {where}",
-                     "point sandbox.profiles_dir at a directory of *.toml profiles")
+        return Check(
+            "profiles",
+            "FAIL",
+            f"no runtime profiles in {where}",
+            "point sandbox.profiles_dir at a directory of *.toml profiles",
+        )
     return Check("profiles", "OK", f"runtimes {', '.join(snapshot.profiles)} from {where}")
 
 
 def sandbox_fix(error: str) -> str:
     """What usually causes a sandbox that the layer checks passed to fail anyway."""
     if "mount proc" in error:
-        return ("/proc is partly covered (systemd ProtectKernelTunables=, ProtectKernelLogs=, "
-                "or a container runtime's masked /proc paths), so bwrap may not mount a new "
-                "one: lift those (see deploy/attune-worker.service)")
+        return (
+            "/proc is partly covered (systemd ProtectKernelTunables=, ProtectKernelLogs=, "
+            "or a container runtime's masked /proc paths), so bwrap may not mount a new "
+            "one: lift those (see deploy/attune-worker.service)"
+        )
     if "uid map" in error or "namespace" in error or "Operation not permitted" in error:
-        return ("user namespaces are restricted beyond user.max_user_namespaces (AppArmor: "
-                "sysctl kernel.apparmor_restrict_unprivileged_userns=0, or a profile that "
-                "allows userns for /usr/bin/bwrap; systemd: RestrictNamespaces=, PrivateUsers=)")
+        return (
+            "user namespaces are restricted beyond user.max_user_namespaces (AppArmor: "
+            "sysctl kernel.apparmor_restrict_unprivileged_userns=0, or a profile that "
+            "allows userns for /usr/bin/bwrap; systemd: RestrictNamespaces=, PrivateUsers=)"
+        )
     return "run `attune exec --explain` and an action with `attune exec` to see the failure"
 
 
 def _sandbox_run_check(smoke: ServiceProbe) -> Check:
     if smoke.reachable:
         return Check("sandbox_run", "OK", smoke.detail)
-    return Check("sandbox_run", "FAIL", f"a trivial action failed: {smoke.detail}",
-                 sandbox_fix(smoke.detail))
+    return Check(
+        "sandbox_run", "FAIL", f"a trivial action failed: {smoke.detail}", sandbox_fix(smoke.detail)
+    )
 
 
 def _disk_check(disk: Disk) -> Check:
     name = f"disk_{disk.role}"
     if disk.error is not None or disk.free_bytes is None:
-        return Check(name, "FAIL", f"{disk.path}: {disk.error or 'cannot measure'}",
-                     f"create {disk.path} or set {_config_key(disk.role)} to a usable path")
+        return Check(
+            name,
+            "FAIL",
+            f"{disk.path}: {disk.error or 'cannot measure'}",
+            f"create {disk.path} or set {_config_key(disk.role)} to a usable path",
+        )
     if not disk.writable:
-        return Check(name, "FAIL", f"{disk.probed} is not writable by the worker",
-                     f"fix the permissions of {disk.probed} or set {_config_key(disk.role)}")
+        return Check(
+            name,
+            "FAIL",
+            f"{disk.probed} is not writable by the worker",
+            f"fix the permissions of {disk.probed} or set {_config_key(disk.role)}",
+        )
     free = _size(disk.free_bytes)
     where = disk.path if disk.probed == disk.path else f"{disk.path} (on {disk.probed})"
     if disk.free_bytes < DISK_FAIL_BYTES:
-        return Check(name, "FAIL", f"{free} free at {where}",
-                     f"free space or move {_config_key(disk.role)}; lower "
-                     "artifacts.retention_days / max_count")
+        return Check(
+            name,
+            "FAIL",
+            f"{free} free at {where}",
+            f"free space or move {_config_key(disk.role)}; lower "
+            "artifacts.retention_days / max_count",
+        )
     if disk.free_bytes < DISK_WARN_BYTES:
-        return Check(name, "WARN", f"only {free} free at {where}",
-                     "free space; each run may write up to the profile's work_dir_mb")
+        return Check(
+            name,
+            "WARN",
+            f"only {free} free at {where}",
+            "free space; each run may write up to the profile's work_dir_mb",
+        )
     return Check(name, "OK", f"{free} free at {where}")
 
 
@@ -323,18 +410,27 @@ def _size(n: int) -> str:
 
 def _database_check(probe: ServiceProbe) -> Check:
     if not probe.reachable:
-        return Check("database", "FAIL", probe.detail,
-                     "start PostgreSQL, or set database.url (ATTUNE__DATABASE__URL)")
+        return Check(
+            "database",
+            "FAIL",
+            probe.detail,
+            "start PostgreSQL, or set database.url (ATTUNE__DATABASE__URL)",
+        )
     if not probe.migrated:
-        return Check("database", "FAIL", f"{probe.detail}: schema not migrated",
-                     "attune db migrate")
+        return Check(
+            "database", "FAIL", f"{probe.detail}: schema not migrated", "attune db migrate"
+        )
     return Check("database", "OK", f"{probe.detail}, schema migrated")
 
 
 def _broker_check(probe: ServiceProbe) -> Check:
     if not probe.reachable:
-        return Check("broker", "FAIL", probe.detail,
-                     "start RabbitMQ, or set message_queue.url (ATTUNE__MESSAGE_QUEUE__URL)")
+        return Check(
+            "broker",
+            "FAIL",
+            probe.detail,
+            "start RabbitMQ, or set message_queue.url (ATTUNE__MESSAGE_QUEUE__URL)",
+        )
     return Check("broker", "OK", probe.detail)
 
 
@@ -372,8 +468,9 @@ def _cgroup_view(facts: host.HostFacts) -> CgroupView:
         rows = Path("/proc/cgroups").read_text().splitlines()[1:]
     except OSError:
         return CgroupView("none")
-    enabled = tuple(sorted(r.split()[0] for r in rows if len(r.split()) >= 4
-                           and r.split()[3] == "1"))
+    enabled = tuple(
+        sorted(r.split()[0] for r in rows if len(r.split()) >= 4 and r.split()[3] == "1")
+    )
     mode = "hybrid" if (CGROUP_ROOT / "unified").is_dir() else "v1"
     return CgroupView(mode if enabled else "none", enabled)
 
@@ -394,8 +491,9 @@ def _disk(role: str, configured: str) -> Disk:
         st = os.statvfs(probe)
     except OSError as exc:
         return Disk(role, configured, str(probe), None, False, exc.strerror or str(exc))
-    return Disk(role, configured, str(probe), st.f_bavail * st.f_frsize,
-                os.access(probe, os.W_OK | os.X_OK))
+    return Disk(
+        role, configured, str(probe), st.f_bavail * st.f_frsize, os.access(probe, os.W_OK | os.X_OK)
+    )
 
 
 def _accounts(uids: range) -> dict[int, str]:
@@ -435,8 +533,9 @@ def _umask() -> int | None:
 
 def _python_version() -> str | None:
     try:
-        out = subprocess.run([host.SANDBOX_PYTHON, "--version"], capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            [host.SANDBOX_PYTHON, "--version"], capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (out.stdout or out.stderr).strip() or None
@@ -457,8 +556,10 @@ def gather_host(config: Config, facts: host.HostFacts | None = None) -> HostSnap
     return HostSnapshot(
         facts=facts,
         cgroup=_cgroup_view(facts),
-        disks=[_disk("run_dir", config.sandbox.run_dir),
-               _disk("artifacts_dir", config.artifacts_dir)],
+        disks=[
+            _disk("run_dir", config.sandbox.run_dir),
+            _disk("artifacts_dir", config.artifacts_dir),
+        ],
         accounts=_accounts(slot_uid_range(config)),
         subuid_ranges=_subuid_ranges(),
         untraversable=host.untraversable_ancestors(config.sandbox.run_dir),
@@ -481,8 +582,7 @@ async def probe_database(url: str, timeout: float = SERVICE_TIMEOUT) -> ServiceP
 
     try:
         where = f"PostgreSQL at {describe_url(url)}"
-        async with Database.open_ctx(url, min_size=1, max_size=1,
-                                     connect_timeout=timeout) as db:
+        async with Database.open_ctx(url, min_size=1, max_size=1, connect_timeout=timeout) as db:
             migrated = await db.is_migrated()
     except AttuneError as exc:
         return ServiceProbe(False, str(exc))
@@ -532,8 +632,9 @@ async def probe_services(config: Config, timeout: float = SERVICE_TIMEOUT) -> Se
     return Services(found["database"], found["broker"])
 
 
-async def probe_sandbox(config: Config, facts: host.HostFacts,
-                        timeout: float = 20.0) -> ServiceProbe:
+async def probe_sandbox(
+    config: Config, facts: host.HostFacts, timeout: float = 20.0
+) -> ServiceProbe:
     """Run a trivial action through the worker's own sandbox code path.
 
     The layer checks say what the host offers; this says whether bwrap really starts
@@ -549,18 +650,24 @@ async def probe_sandbox(config: Config, facts: host.HostFacts,
         shell = "python" not in profiles
         profile = profiles["shell" if shell else "python"]
         code = b"echo sandbox ok\n" if shell else b"print('sandbox ok')\n"
-        spec = RunSpec(profile=profile, code=code,
-                       code_name="doctor.sh" if shell else "doctor.py",
-                       output_format="text", label="doctor")
-        sandbox = Sandbox(facts, Path(config.sandbox.run_dir),
-                          slot_uid_base=config.sandbox.slot_uid_base)
+        spec = RunSpec(
+            profile=profile,
+            code=code,
+            code_name="doctor.sh" if shell else "doctor.py",
+            output_format="text",
+            label="doctor",
+        )
+        sandbox = Sandbox(
+            facts, Path(config.sandbox.run_dir), slot_uid_base=config.sandbox.slot_uid_base
+        )
         outcome = await sandbox.run(spec, timeout=timeout, slot=0)
     except (AttuneError, KeyError, OSError) as exc:
         return ServiceProbe(False, str(exc) or type(exc).__name__)
     result = outcome.result
     if outcome.status == "completed" and "sandbox ok" in str(result.get("stdout", "")):
-        return ServiceProbe(True, f"a {profile.name} action ran in the sandbox "
-                                  f"({result.get('duration_ms')} ms)")
+        return ServiceProbe(
+            True, f"a {profile.name} action ran in the sandbox ({result.get('duration_ms')} ms)"
+        )
     return ServiceProbe(False, str(result.get("error") or outcome.status))
 
 

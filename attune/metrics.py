@@ -83,28 +83,54 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.info = Gauge("attune_worker_info", "Constant 1, labelled with the worker's "
-                          "name and version.", ["worker", "version"], registry=r)
+        self.info = Gauge(
+            "attune_worker_info",
+            "Constant 1, labelled with the worker's name and version.",
+            ["worker", "version"],
+            registry=r,
+        )
         self.executions = Counter(
-            "attune_executions", "Executions this worker ran to an end, by terminal "
-            "status and runtime.", ["status", "runtime"], registry=r)
+            "attune_executions",
+            "Executions this worker ran to an end, by terminal status and runtime.",
+            ["status", "runtime"],
+            registry=r,
+        )
         self.run_seconds = Histogram(
-            "attune_execution_duration_seconds", "Wall time of one execution from the "
+            "attune_execution_duration_seconds",
+            "Wall time of one execution from the "
             "claim to the result (code resolution, sandbox, action, teardown).",
-            ["runtime"], buckets=RUN_BUCKETS, registry=r)
+            ["runtime"],
+            buckets=RUN_BUCKETS,
+            registry=r,
+        )
         self.overhead_seconds = Histogram(
-            "attune_sandbox_overhead_seconds", "Wall time of a sandboxed run outside the "
+            "attune_sandbox_overhead_seconds",
+            "Wall time of a sandboxed run outside the "
             "action's own measured duration: run directory, cgroup, seccomp fd, argv, "
-            "and teardown.", ["runtime"], buckets=OVERHEAD_BUCKETS, registry=r)
+            "and teardown.",
+            ["runtime"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
         self.heartbeats = Counter(
-            "attune_heartbeats", "Heartbeats by outcome: ok, failed (database "
-            "unavailable), lost (the worker row is gone).", ["outcome"], registry=r)
+            "attune_heartbeats",
+            "Heartbeats by outcome: ok, failed (database "
+            "unavailable), lost (the worker row is gone).",
+            ["outcome"],
+            registry=r,
+        )
         self.dead_lettered = Counter(
-            "attune_messages_dead_lettered", "Messages rejected without requeue (they go "
-            "to attune.dlx), by queue and reason.", ["queue", "reason"], registry=r)
+            "attune_messages_dead_lettered",
+            "Messages rejected without requeue (they go to attune.dlx), by queue and reason.",
+            ["queue", "reason"],
+            registry=r,
+        )
         self.truncated_bytes = Counter(
-            "attune_output_truncated_bytes", "Output bytes discarded past the per-stream "
-            "cap.", ["stream"], registry=r)
+            "attune_output_truncated_bytes",
+            "Output bytes discarded past the per-stream cap.",
+            ["stream"],
+            registry=r,
+        )
         self._live = _LiveValues()
         r.register(self._live)  # type: ignore[arg-type]
         for outcome in ("ok", "failed", "lost"):  # export zeros before the first event
@@ -128,20 +154,32 @@ class Metrics:
     ) -> None:
         """Attach the live sources once the worker has registered and built its context."""
         self.info.labels(worker, version).set(1)
-        self._live.sources.update({
-            "attune_executions_in_flight": ("gauge", "Executions running now.", in_flight),
-            "attune_capacity": ("gauge", "Executions this worker runs at once "
-                                "(max_concurrent_tasks).", capacity),
-            "attune_broker_reconnects": ("counter", "Times the RabbitMQ connection came "
-                                         "back after a loss.", reconnects),
-            "attune_outbox_pending": ("gauge", "Status messages waiting for the broker.",
-                                      outbox_pending),
-        })
+        self._live.sources.update(
+            {
+                "attune_executions_in_flight": ("gauge", "Executions running now.", in_flight),
+                "attune_capacity": (
+                    "gauge",
+                    "Executions this worker runs at once (max_concurrent_tasks).",
+                    capacity,
+                ),
+                "attune_broker_reconnects": (
+                    "counter",
+                    "Times the RabbitMQ connection came back after a loss.",
+                    reconnects,
+                ),
+                "attune_outbox_pending": (
+                    "gauge",
+                    "Status messages waiting for the broker.",
+                    outbox_pending,
+                ),
+            }
+        )
 
     # --- events -------------------------------------------------------------------------
 
-    def execution_finished(self, runtime: str, status: str, result: Mapping[str, Any],
-                           seconds: float) -> None:
+    def execution_finished(
+        self, runtime: str, status: str, result: Mapping[str, Any], seconds: float
+    ) -> None:
         """Count one finished execution; `seconds` is the worker's wall time for it."""
         self.executions.labels(status, runtime).inc()
         self.run_seconds.labels(runtime).observe(max(seconds, 0.0))
@@ -183,8 +221,9 @@ def http_response(request: bytes, render: Callable[[], bytes]) -> bytes:
         return _response(400, "text/plain; charset=utf-8", b"bad request\n")
     method, target, _ = parts
     if method not in ("GET", "HEAD"):
-        return _response(405, "text/plain; charset=utf-8", b"method not allowed\n",
-                         extra="Allow: GET, HEAD\r\n")
+        return _response(
+            405, "text/plain; charset=utf-8", b"method not allowed\n", extra="Allow: GET, HEAD\r\n"
+        )
     path = target.split("?", 1)[0]
     if path == "/metrics":
         try:
@@ -194,19 +233,31 @@ def http_response(request: bytes, render: Callable[[], bytes]) -> bytes:
             return _response(500, "text/plain; charset=utf-8", b"metrics unavailable\n")
         return _response(200, CONTENT_TYPE_LATEST, body, head=method == "HEAD")
     if path == "/":
-        return _response(200, "text/plain; charset=utf-8",
-                         b"attune worker: metrics at /metrics\n", head=method == "HEAD")
+        return _response(
+            200,
+            "text/plain; charset=utf-8",
+            b"attune worker: metrics at /metrics\n",
+            head=method == "HEAD",
+        )
     return _response(404, "text/plain; charset=utf-8", b"not found\n")
 
 
-_REASONS: Final = {200: "OK", 400: "Bad Request", 404: "Not Found",
-                   405: "Method Not Allowed", 500: "Internal Server Error"}
+_REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+}
 
 
-def _response(code: int, content_type: str, body: bytes, *, head: bool = False,
-              extra: str = "") -> bytes:
-    header = (f"HTTP/1.0 {code} {_REASONS[code]}\r\nContent-Type: {content_type}\r\n"
-              f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
+def _response(
+    code: int, content_type: str, body: bytes, *, head: bool = False, extra: str = ""
+) -> bytes:
+    header = (
+        f"HTTP/1.0 {code} {_REASONS[code]}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+    )
     return header.encode("latin-1") + (b"" if head else body)
 
 
@@ -220,9 +271,13 @@ async def _read_request(stream: trio.abc.Stream) -> bytes:
     return data
 
 
-async def serve_metrics(metrics: Metrics, port: int, *, host: str | None = None,
-                        task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
-                        ) -> None:
+async def serve_metrics(
+    metrics: Metrics,
+    port: int,
+    *,
+    host: str | None = None,
+    task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve `/metrics` on `port` (all interfaces unless `host`) until cancelled.
 
     Reports the bound port(s) through `task_status` (useful with port 0). A client that
@@ -231,8 +286,9 @@ async def serve_metrics(metrics: Metrics, port: int, *, host: str | None = None,
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
-        raise ConfigError(f"worker.metrics_port {port}: cannot listen: "
-                          f"{exc.strerror or exc}") from None
+        raise ConfigError(
+            f"worker.metrics_port {port}: cannot listen: {exc.strerror or exc}"
+        ) from None
     limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -253,8 +309,7 @@ async def serve_metrics(metrics: Metrics, port: int, *, host: str | None = None,
                 await stream.aclose()
 
     ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
-    log_event(log, "metrics_listening", port=ports[0] if ports else port,
-              host=host or "*")
+    log_event(log, "metrics_listening", port=ports[0] if ports else port, host=host or "*")
     task_status.started(ports)
     await trio.serve_listeners(handle, listeners)  # type: ignore[arg-type]
 

@@ -53,27 +53,36 @@ async def schedule(
     sealed: list[Any] = []
     if sealable_paths(params, action.param_schema):
         if not encryption_key:
-            raise InputError(f"action {action_ref} has secret parameters: set "
-                             "security.encryption_key (ATTUNE__SECURITY__ENCRYPTION_KEY) "
-                             "to submit them sealed")
+            raise InputError(
+                f"action {action_ref} has secret parameters: set "
+                "security.encryption_key (ATTUNE__SECURITY__ENCRYPTION_KEY) "
+                "to submit them sealed"
+            )
         params, sealed = seal_secret_params(params, action.param_schema, encryption_key)
     runtime = action.runtime_name or ""
     worker = await db.pick_worker(runtime)
     if worker is None:
         raise TransientError(f"no healthy worker runs {runtime!r} (start `attune run-worker`)")
-    execution_id = await db.create_execution(action, config=params, worker_id=worker.id,
-                                             timeout_seconds=timeout_seconds, env_vars=env_vars)
+    execution_id = await db.create_execution(
+        action,
+        config=params,
+        worker_id=worker.id,
+        timeout_seconds=timeout_seconds,
+        env_vars=env_vars,
+    )
     if sealed:
         await db.put_execution_secrets(execution_id, sealed)
-    request = ExecutionRequested(execution_id=execution_id, action_ref=action.ref,
-                                 worker_id=worker.id)
+    request = ExecutionRequested(
+        execution_id=execution_id, action_ref=action.ref, worker_id=worker.id
+    )
     message = encode_message("ExecutionRequested", request, source_service="executor")
     await broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker.id), message)
     return execution_id, worker
 
 
-async def wait_terminal(db: Database, execution_id: int, *, timeout: float,
-                        poll: float = 0.05) -> Execution:
+async def wait_terminal(
+    db: Database, execution_id: int, *, timeout: float, poll: float = 0.05
+) -> Execution:
     """Poll the source of truth until the execution is terminal."""
     with trio.move_on_after(timeout):
         while True:
@@ -103,8 +112,9 @@ class LogTail:
         chunks = []
         for stream in self.STREAMS:
             try:
-                fd = os.open(self.directory / f"{stream}.log",
-                             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(
+                    self.directory / f"{stream}.log", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                )
             except OSError:
                 continue  # not created yet, or not on this host
             try:

@@ -50,7 +50,7 @@ from attune.pipeline import (
     recover_orphans,
 )
 from attune.runner import host, process
-from attune.runner.profiles import load_profiles
+from attune.runner.profiles import Profile, load_profiles
 from attune.runner.sandbox import Sandbox
 
 log = logging.getLogger("attune.worker")
@@ -74,18 +74,24 @@ class Shutdown:
             self.drain.cancel()
 
 
-async def watch_signals(shutdown: Shutdown, *,
-                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def watch_signals(
+    shutdown: Shutdown, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         async for signum in signals:
-            log_event(log, "shutdown_requested", signal=signal.Signals(signum).name,
-                      second=shutdown.requested.is_set())
+            log_event(
+                log,
+                "shutdown_requested",
+                signal=signal.Signals(signum).name,
+                second=shutdown.requested.is_set(),
+            )
             shutdown.request()
 
 
-async def heartbeat(ctx: WorkerContext, *,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def heartbeat(
+    ctx: WorkerContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     task_status.started()
     while True:
         await trio.sleep(ctx.config.worker.heartbeat_interval)
@@ -93,36 +99,48 @@ async def heartbeat(ctx: WorkerContext, *,
             alive = await ctx.db.heartbeat(ctx.worker_id)
             ctx.metrics.heartbeat("ok" if alive else "lost")
             if not alive:
-                log_event(log, "heartbeat_lost", logging.WARNING,
-                          reason="worker row is gone; re-registering on restart")
+                log_event(
+                    log,
+                    "heartbeat_lost",
+                    logging.WARNING,
+                    reason="worker row is gone; re-registering on restart",
+                )
         except TransientError as exc:
             ctx.metrics.heartbeat("failed")
             log_event(log, "heartbeat_failed", logging.WARNING, reason=str(exc))
 
 
-async def retention(ctx: WorkerContext, *,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def retention(
+    ctx: WorkerContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     cfg = ctx.config.artifacts
     task_status.started()
     while True:
         removed = await trio.to_thread.run_sync(
-            lambda: ctx.artifacts.prune(max_age_seconds=cfg.retention_days * 86400,
-                                        max_count=cfg.max_count))
+            lambda: ctx.artifacts.prune(
+                max_age_seconds=cfg.retention_days * 86400, max_count=cfg.max_count
+            )
+        )
         if removed:
             log_event(log, "artifacts_pruned", count=removed)
         await trio.sleep(3600)
 
 
-async def consume_cancels(ctx: WorkerContext, *,
-                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def consume_cancels(
+    ctx: WorkerContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     async with ctx.broker.consume(cancel_queue(ctx.worker_id), prefetch=32) as deliveries:
         task_status.started()
         async for delivery in deliveries:
             await handle_cancel(ctx, delivery)
 
 
-async def consume_executions(ctx: WorkerContext, shutdown: Shutdown, *,
-                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def consume_executions(
+    ctx: WorkerContext,
+    shutdown: Shutdown,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Take dispatches under the capacity limiter until shutdown, then drain in-flight runs."""
     limiter = ctx.slots.limiter
 
@@ -139,8 +157,9 @@ async def consume_executions(ctx: WorkerContext, shutdown: Shutdown, *,
 
     async with trio.open_nursery() as executions:
         with shutdown.intake:
-            async with ctx.broker.consume(executions_queue(ctx.worker_id),
-                                          prefetch=int(limiter.total_tokens)) as deliveries:
+            async with ctx.broker.consume(
+                executions_queue(ctx.worker_id), prefetch=int(limiter.total_tokens)
+            ) as deliveries:
                 task_status.started()
                 async for delivery in deliveries:
                     try:
@@ -151,8 +170,9 @@ async def consume_executions(ctx: WorkerContext, shutdown: Shutdown, *,
                         raise
                     executions.start_soon(one, delivery)
         # Intake stopped: unread deliveries are back in the broker. Let runs finish.
-        log_event(log, "draining", in_flight=len(ctx.runs),
-                  timeout=ctx.config.worker.shutdown_timeout)
+        log_event(
+            log, "draining", in_flight=len(ctx.runs), timeout=ctx.config.worker.shutdown_timeout
+        )
         with shutdown.drain:
             while ctx.runs or limiter.borrowed_tokens:
                 await trio.sleep(0.05)
@@ -194,10 +214,15 @@ async def run_worker(config: Config) -> None:
         checks = doctor.preflight(config, facts)  # attune doctor's host checks
         for check in checks:
             if check.status != "OK":
-                log_event(log, "preflight_check",
-                          logging.ERROR if check.status == "FAIL" else logging.WARNING,
-                          check=check.name, status=check.status, detail=check.detail,
-                          fix=check.fix)
+                log_event(
+                    log,
+                    "preflight_check",
+                    logging.ERROR if check.status == "FAIL" else logging.WARNING,
+                    check=check.name,
+                    status=check.status,
+                    detail=check.detail,
+                    fix=check.fix,
+                )
         problems = doctor.refusal(checks)  # FAILs that make the sandbox unsafe
         if problems:
             if not config.sandbox.allow_unsafe:
@@ -206,44 +231,66 @@ async def run_worker(config: Config) -> None:
         process.become_subreaper()
         pin_malloc_thresholds()
         if facts.is_root:
-            leftovers = process.kill_uid_range(config.sandbox.slot_uid_base,
-                                               config.worker.max_concurrent_tasks)
+            leftovers = process.kill_uid_range(
+                config.sandbox.slot_uid_base, config.worker.max_concurrent_tasks
+            )
             if leftovers:
-                log_event(log, "leftover_sandboxes_killed", logging.WARNING,
-                          count=len(leftovers), pids=",".join(map(str, leftovers)))
+                log_event(
+                    log,
+                    "leftover_sandboxes_killed",
+                    logging.WARNING,
+                    count=len(leftovers),
+                    pids=",".join(map(str, leftovers)),
+                )
         profiles = load_profiles(config.sandbox.effective_profiles_dir())
-        sandbox = Sandbox(facts, Path(config.sandbox.run_dir),
-                          slot_uid_base=config.sandbox.slot_uid_base)
+        sandbox = Sandbox(
+            facts, Path(config.sandbox.run_dir), slot_uid_base=config.sandbox.slot_uid_base
+        )
         name = config.worker.effective_name()
-        async with Database.open_ctx(
-            config.database.url, min_size=config.database.pool_min,
-            max_size=config.database.pool_max,
-            connect_timeout=config.database.connect_timeout,
-        ) as db, open_broker(config.message_queue.url,
-                             reconnect_interval=config.message_queue.reconnect_interval) as broker:
+        async with (
+            Database.open_ctx(
+                config.database.url,
+                min_size=config.database.pool_min,
+                max_size=config.database.pool_max,
+                connect_timeout=config.database.connect_timeout,
+            ) as db,
+            open_broker(
+                config.message_queue.url, reconnect_interval=config.message_queue.reconnect_interval
+            ) as broker,
+        ):
             worker_id = await db.register_worker(
-                name, worker_type=config.worker.worker_type,
-                host=config.worker.host or socket.gethostname(), port=config.worker.port,
+                name,
+                worker_type=config.worker.worker_type,
+                host=config.worker.host or socket.gethostname(),
+                port=config.worker.port,
                 runtime_id=config.worker.runtime_id,
                 capabilities=capabilities(config, facts, sorted(profiles)),
             )
             await broker.declare_topology()
             await broker.declare_worker_queues(worker_id)
             ctx = _context(config, db, broker, sandbox, profiles, worker_id, name)
-            ctx.metrics.bind(worker=name, version=attune.__version__,
-                             in_flight=lambda: len(ctx.runs),
-                             capacity=lambda: ctx.slots.limiter.total_tokens,
-                             reconnects=lambda: broker.reconnects,
-                             outbox_pending=lambda: len(ctx.outbox.pending))
-            log_event(log, "worker_registered", worker=name, worker_id=worker_id,
-                      capacity=config.worker.max_concurrent_tasks, pid=os.getpid(),
-                      layers=",".join(layer.name for layer in facts.layers if layer.active))
+            ctx.metrics.bind(
+                worker=name,
+                version=attune.__version__,
+                in_flight=lambda: len(ctx.runs),
+                capacity=lambda: ctx.slots.limiter.total_tokens,
+                reconnects=lambda: broker.reconnects,
+                outbox_pending=lambda: len(ctx.outbox.pending),
+            )
+            log_event(
+                log,
+                "worker_registered",
+                worker=name,
+                worker_id=worker_id,
+                capacity=config.worker.max_concurrent_tasks,
+                pid=os.getpid(),
+                layers=",".join(layer.name for layer in facts.layers if layer.active),
+            )
             await recover_orphans(ctx)
             try:
                 async with trio.open_nursery() as services:
                     if config.worker.metrics_port is not None:
-                        await services.start(serve_metrics, ctx.metrics,
-                                             config.worker.metrics_port)
+                        await services.start(serve_metrics, ctx.metrics, config.worker.metrics_port)
                     await services.start(heartbeat, ctx)
                     await services.start(ctx.outbox.run)
                     await services.start(consume_cancels, ctx)
@@ -257,8 +304,13 @@ async def run_worker(config: Config) -> None:
         root.cancel_scope.cancel()
 
 
-async def serve(ctx: WorkerContext, shutdown: Shutdown, services: trio.CancelScope, *,
-                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    ctx: WorkerContext,
+    shutdown: Shutdown,
+    services: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """The consumer's life: serve until drained, flush the outbox, stop the services."""
     await consume_executions(ctx, shutdown, task_status=task_status)
     await _flush_outbox(ctx)
@@ -271,11 +323,24 @@ async def _flush_outbox(ctx: WorkerContext) -> None:
             await trio.sleep(0.05)
 
 
-def _context(config: Config, db: Database, broker: Broker, sandbox: Sandbox,
-             profiles: dict, worker_id: int, name: str) -> WorkerContext:  # type: ignore[type-arg]
+def _context(
+    config: Config,
+    db: Database,
+    broker: Broker,
+    sandbox: Sandbox,
+    profiles: dict[str, Profile],
+    worker_id: int,
+    name: str,
+) -> WorkerContext:
     return WorkerContext(
-        config=config, db=db, broker=broker, sandbox=sandbox, profiles=profiles,
+        config=config,
+        db=db,
+        broker=broker,
+        sandbox=sandbox,
+        profiles=profiles,
         artifacts=ArtifactStore(Path(config.artifacts_dir), name),
-        outbox=Outbox(broker), slots=SlotPool(config.worker.max_concurrent_tasks),
-        worker_id=worker_id, worker_name=name,
+        outbox=Outbox(broker),
+        slots=SlotPool(config.worker.max_concurrent_tasks),
+        worker_id=worker_id,
+        worker_name=name,
     )

@@ -31,6 +31,5 @@ def attune_secret(name: str) -> str:
     """One secret by key name; KeyError (naming the key, never a value) if absent."""
     secrets = attune_secrets()
     if name not in secrets:
-        raise KeyError(f"no secret named {name!r} for this action "
-                       f"(set it with `attune key set`)")
+        raise KeyError(f"no secret named {name!r} for this action (set it with `attune key set`)")
     return secrets[name]

@@ -24,7 +24,7 @@ class _DecodeContext:
     object_pairs_hook = None
     parse_float = float
     parse_int = int
-    memo: dict = {}
+    memo: dict = {}  # noqa: RUF012  (read by _json.make_scanner as a plain attribute)
 
     @staticmethod
     def parse_constant(name):
@@ -44,8 +44,9 @@ def _json_codec():
         return json.loads, lambda v: json.dumps(v, ensure_ascii=False, allow_nan=False)
     scan = _json.make_scanner(_DecodeContext())
     # markers {} keep the circular-reference check; allow_nan=False refuses NaN/inf.
-    encode = _json.make_encoder({}, _not_serialisable, _json.encode_basestring, None,
-                                ":", ",", False, False, False)
+    encode = _json.make_encoder(
+        {}, _not_serialisable, _json.encode_basestring, None, ":", ",", False, False, False
+    )
     blank = " \t\n\r"
 
     def loads(text):
@@ -74,7 +75,7 @@ def _write_report(report):
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 
@@ -122,7 +123,7 @@ def parse_dotenv(text):
                 end = text.find("'", i + 1)
                 if end < 0:
                     raise ValueError(f"unterminated quote in the value of {key!r}")
-                value.append(text[i + 1:end])
+                value.append(text[i + 1 : end])
                 i = end + 1
             elif text.startswith("\\'", i):
                 value.append("'")

@@ -123,8 +123,13 @@ async def run_file(
         "ATTUNE_PACK_REF": str(meta.get("ref", "")).partition(".")[0] or "local",
     }
     spec = RunSpec(
-        profile=profile, code=code, code_name=code_path.name, params=params, env=env,
-        parameter_delivery=delivery, parameter_format=param_format,
+        profile=profile,
+        code=code,
+        code_name=code_path.name,
+        params=params,
+        env=env,
+        parameter_delivery=delivery,
+        parameter_format=param_format,
         output_format=fmt,  # type: ignore[arg-type]
         secrets=dict(secrets or {}),
     )
@@ -143,28 +148,55 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attune exec",
         description="Run one action locally in the sandbox and print its result JSON. "
-                    "Exit codes: 0 succeeded, 1 the action failed, 2 usage or input error, "
-                    "3 timed out, 4 cancelled (Ctrl-C).")
-    parser.add_argument("file", nargs="?", type=Path,
-                        help="the action file (.py, .sh, or a script with a shebang)")
-    parser.add_argument("-p", "--params", action="append", default=[], metavar="K=V",
-                        help="a parameter; V is JSON when it parses, else a string (repeatable)")
+        "Exit codes: 0 succeeded, 1 the action failed, 2 usage or input error, "
+        "3 timed out, 4 cancelled (Ctrl-C).",
+    )
+    parser.add_argument(
+        "file", nargs="?", type=Path, help="the action file (.py, .sh, or a script with a shebang)"
+    )
+    parser.add_argument(
+        "-p",
+        "--params",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a parameter; V is JSON when it parses, else a string (repeatable)",
+    )
     parser.add_argument("--params-json", metavar="JSON", help="all parameters as one object")
-    parser.add_argument("--params-file", type=Path, metavar="FILE",
-                        help="parameters from a JSON or YAML file")
+    parser.add_argument(
+        "--params-file", type=Path, metavar="FILE", help="parameters from a JSON or YAML file"
+    )
     parser.add_argument("-r", "--runtime", help="python or shell (default: extension, shebang)")
     parser.add_argument("--profile", help="a profile name or a path to a profile TOML file")
     parser.add_argument("-t", "--timeout", type=float, help="wall-clock limit in seconds")
-    parser.add_argument("--output-format", choices=OUTPUT_FORMATS,
-                        help="how stdout of a script is parsed (default json)")
-    parser.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE",
-                        help="a secret for the action (attune_secrets(), $ATTUNE_SECRETS_FILE)")
-    parser.add_argument("--secrets-file", type=Path, metavar="FILE",
-                        help="secrets from a JSON or YAML object of names to strings")
-    parser.add_argument("--with-status", action="store_true",
-                        help="print {status, result} instead of the result alone")
-    parser.add_argument("--explain", action="store_true",
-                        help="print which isolation layers this host provides, then exit")
+    parser.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        help="how stdout of a script is parsed (default json)",
+    )
+    parser.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a secret for the action (attune_secrets(), $ATTUNE_SECRETS_FILE)",
+    )
+    parser.add_argument(
+        "--secrets-file",
+        type=Path,
+        metavar="FILE",
+        help="secrets from a JSON or YAML object of names to strings",
+    )
+    parser.add_argument(
+        "--with-status",
+        action="store_true",
+        help="print {status, result} instead of the result alone",
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="print which isolation layers this host provides, then exit",
+    )
     return parser
 
 
@@ -191,8 +223,10 @@ def main(argv: list[str]) -> int:
     if args.explain:
         return explain()
     if args.file is None:
-        print("attune: error: missing the action FILE argument (see attune exec --help)",
-              file=sys.stderr)
+        print(
+            "attune: error: missing the action FILE argument (see attune exec --help)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.timeout is not None and args.timeout <= 0:
         print("attune: error: --timeout must be positive", file=sys.stderr)
@@ -202,9 +236,17 @@ def main(argv: list[str]) -> int:
     try:
         params = _collect_params(args.params, args.params_json, args.params_file)
         secrets = _collect_secrets(args.secret, args.secrets_file)
-        outcome = trio.run(lambda: run_file(
-            args.file, params=params, runtime=args.runtime, profile_name=args.profile,
-            timeout=args.timeout, output_format=args.output_format, secrets=secrets))
+        outcome = trio.run(
+            lambda: run_file(
+                args.file,
+                params=params,
+                runtime=args.runtime,
+                profile_name=args.profile,
+                timeout=args.timeout,
+                output_format=args.output_format,
+                secrets=secrets,
+            )
+        )
     except AttuneError as exc:
         print(f"attune: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -227,5 +269,8 @@ def register(app: typer.Typer) -> None:
     # Real objects, not strings: typer evaluates annotations in this module's globals,
     # where typer is deliberately not imported.
     exec_command.__annotations__ = {"ctx": typer.Context, "return": None}
-    app.command("exec", add_help_option=False, context_settings={
-        "allow_extra_args": True, "ignore_unknown_options": True})(exec_command)
+    app.command(
+        "exec",
+        add_help_option=False,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(exec_command)

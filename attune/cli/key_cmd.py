@@ -19,10 +19,6 @@ if TYPE_CHECKING:
     from attune.secrets import KeyRecord
 
 
-
-
-
-
 def _owner(pack: str | None, action: str | None, system: bool) -> tuple[str, str | None]:
     chosen = [o for o in (pack and "pack", action and "action", system and "system") if o]
     if len(chosen) > 1:
@@ -44,7 +40,9 @@ def _read_value(value: str, as_json: bool) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"--json: VALUE is not valid JSON ({exc.msg} at position {exc.pos})") from None
+        raise InputError(
+            f"--json: VALUE is not valid JSON ({exc.msg} at position {exc.pos})"
+        ) from None
 
 
 def _is_weak(value: Any) -> bool:
@@ -62,8 +60,12 @@ def _weak_flag(key: KeyRecord, encryption_key: str | None) -> str:
     from attune.secrets import decrypt_value
 
     try:
-        value = decrypt_value(encryption_key or "", key.value,
-                              key_hash=key.encryption_key_hash, what=f"key {key.ref!r}")
+        value = decrypt_value(
+            encryption_key or "",
+            key.value,
+            key_hash=key.encryption_key_hash,
+            what=f"key {key.ref!r}",
+        )
     except AttuneError:
         return "?"
     return "yes" if _is_weak(value) else "no"
@@ -78,19 +80,48 @@ def _owner_text(key: KeyRecord) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    key_app = typer.Typer(help="Keystore: secrets and values delivered to actions.",
-                          no_args_is_help=True)
+    key_app = typer.Typer(
+        help="Keystore: secrets and values delivered to actions.", no_args_is_help=True
+    )
     app.add_typer(key_app, name="key")
 
     @key_app.command("set")
     def key_set(
-        ref: Annotated[str, typer.Argument(help="Key ref, e.g. demo.api_token; its name is the part after the last dot.")],
-        value: Annotated[str, typer.Argument(help="The value, or - to read it from stdin (recommended for secrets).")],
-        owner_pack: Annotated[Optional[str], typer.Option("--owner-pack", help="Owned by this pack: visible to its actions.")] = None,
-        owner_action: Annotated[Optional[str], typer.Option("--owner-action", help="Owned by this action only.")] = None,
-        system: Annotated[bool, typer.Option("--system", help="Owned by the system: visible to every action (the default).")] = False,
-        encrypt: Annotated[bool, typer.Option("--encrypt", help="Store AES-256-GCM encrypted with security.encryption_key.")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="VALUE is JSON (an object, a number...) rather than a string.")] = False,
+        ref: Annotated[
+            str,
+            typer.Argument(
+                help="Key ref, e.g. demo.api_token; its name is the part after the last dot."
+            ),
+        ],
+        value: Annotated[
+            str,
+            typer.Argument(help="The value, or - to read it from stdin (recommended for secrets)."),
+        ],
+        owner_pack: Annotated[
+            Optional[str],
+            typer.Option("--owner-pack", help="Owned by this pack: visible to its actions."),
+        ] = None,
+        owner_action: Annotated[
+            Optional[str], typer.Option("--owner-action", help="Owned by this action only.")
+        ] = None,
+        system: Annotated[
+            bool,
+            typer.Option(
+                "--system", help="Owned by the system: visible to every action (the default)."
+            ),
+        ] = False,
+        encrypt: Annotated[
+            bool,
+            typer.Option(
+                "--encrypt", help="Store AES-256-GCM encrypted with security.encryption_key."
+            ),
+        ] = False,
+        as_json: Annotated[
+            bool,
+            typer.Option(
+                "--json", help="VALUE is JSON (an object, a number...) rather than a string."
+            ),
+        ] = False,
         config: ConfigOpt = None,
     ) -> None:
         """Create or replace a key. Exit 2 on bad input or a missing/short encryption key."""
@@ -98,7 +129,9 @@ def register(app: typer.Typer) -> None:
         name = ref.rsplit(".", 1)[-1]
         try:
             if not ref.strip() or not name or any(c.isspace() for c in ref):
-                raise InputError(f"invalid key ref {ref!r}: no spaces, and a name after the last dot")
+                raise InputError(
+                    f"invalid key ref {ref!r}: no spaces, and a name after the last dot"
+                )
             owner_type, owner_ref = _owner(owner_pack, owner_action, system)
             stored = _read_value(value, as_json)
             key_hash: str | None = None
@@ -113,21 +146,32 @@ def register(app: typer.Typer) -> None:
         except AttuneError as exc:
             raise fail(str(exc)) from None
         if _is_weak(plain):
-            typer.echo(f"attune: warning: the value of {ref} is shorter than 4 characters: "
-                       "too short to be masked in action output and logs", err=True)
+            typer.echo(
+                f"attune: warning: the value of {ref} is shorter than 4 characters: "
+                "too short to be masked in action output and logs",
+                err=True,
+            )
 
         async def main() -> tuple[int, bool]:
             from attune.db import Database
 
             async with Database.open_ctx(cfg.database.url) as db:
-                return await db.set_key(ref, name=name, owner_type=owner_type,
-                                        owner_ref=owner_ref, value=stored, encrypted=encrypt,
-                                        encryption_key_hash=key_hash)
+                return await db.set_key(
+                    ref,
+                    name=name,
+                    owner_type=owner_type,
+                    owner_ref=owner_ref,
+                    value=stored,
+                    encrypted=encrypt,
+                    encryption_key_hash=key_hash,
+                )
 
         key_id, created = run(main)
         owner = owner_type if owner_ref is None else f"{owner_type}:{owner_ref}"
-        typer.echo(f"key {ref} {'created' if created else 'replaced'} (id {key_id}, name "
-                   f"{name}, owner {owner}, {'encrypted' if encrypt else 'NOT encrypted'})")
+        typer.echo(
+            f"key {ref} {'created' if created else 'replaced'} (id {key_id}, name "
+            f"{name}, owner {owner}, {'encrypted' if encrypt else 'NOT encrypted'})"
+        )
 
     @key_app.command("list")
     def key_list(
@@ -148,15 +192,25 @@ def register(app: typer.Typer) -> None:
                 return await db.list_keys()
 
         keys = run(main)
-        rows = [{"ref": k.ref, "name": k.name, "owner": _owner_text(k), "encrypted": k.encrypted,
-                 "weak": _weak_flag(k, cfg.security.encryption_key)} for k in keys]
+        rows = [
+            {
+                "ref": k.ref,
+                "name": k.name,
+                "owner": _owner_text(k),
+                "encrypted": k.encrypted,
+                "weak": _weak_flag(k, cfg.security.encryption_key),
+            }
+            for k in keys
+        ]
         if as_json:
             typer.echo(json.dumps(rows))
             return
         typer.echo(f"{'REF':<32} {'NAME':<20} {'OWNER':<28} {'ENCRYPTED':<9}  WEAK")
         for r in rows:
-            typer.echo(f"{r['ref']:<32} {r['name']:<20} {r['owner']:<28} "
-                       f"{'yes' if r['encrypted'] else 'no':<9}  {r['weak']}")
+            typer.echo(
+                f"{r['ref']:<32} {r['name']:<20} {r['owner']:<28} "
+                f"{'yes' if r['encrypted'] else 'no':<9}  {r['weak']}"
+            )
 
     @key_app.command("delete")
     def key_delete(

@@ -60,16 +60,14 @@ def configuration_doc() -> str:
     from attune.config import config_reference_markdown
 
     return CONFIG_DOC_HEADER + "".join(
-        _escape_angles(line) for line in config_reference_markdown().splitlines(keepends=True))
+        _escape_angles(line) for line in config_reference_markdown().splitlines(keepends=True)
+    )
 
 
 def _escape_angles(line: str) -> str:
     """`<hostname>` outside code spans would be eaten as an HTML tag by Markdown."""
     parts = line.split("`")
     return "`".join(p.replace("<", "\\<") if i % 2 == 0 else p for i, p in enumerate(parts))
-
-
-
 
 
 def _echo_json(data: Any) -> None:
@@ -98,11 +96,15 @@ def worker_view(w: Worker, now: datetime) -> dict[str, Any]:
     age = (now - w.last_heartbeat).total_seconds() if w.last_heartbeat else None
     capacity = caps.get("max_concurrent_executions")
     return {
-        "id": w.id, "name": w.name, "worker_type": w.worker_type, "status": w.status,
+        "id": w.id,
+        "name": w.name,
+        "worker_type": w.worker_type,
+        "status": w.status,
         "last_heartbeat": w.last_heartbeat.isoformat() if w.last_heartbeat else None,
         "heartbeat_age_seconds": None if age is None else round(max(age, 0.0), 1),
         "stale": age is None or age > STALE_AFTER,
-        "running": w.running, "capacity": capacity,
+        "running": w.running,
+        "capacity": capacity,
         "runtimes": list(caps.get("runtimes") or []),
         "version": caps.get("worker_version"),
         "sandbox": caps.get("sandbox"),
@@ -112,12 +114,14 @@ def worker_view(w: Worker, now: datetime) -> dict[str, Any]:
 def render_table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
     """A plain aligned table: no colours, no box drawing, so it greps and pipes well."""
     right = right or set()
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
 
     def line(cells: list[str]) -> str:
-        out = [c.rjust(widths[i]) if i in right else c.ljust(widths[i])
-               for i, c in enumerate(cells)]
+        out = [
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ]
         return "  ".join(out).rstrip()
 
     return "\n".join([line(headers), *(line(r) for r in rows)]) + "\n"
@@ -130,10 +134,20 @@ def workers_table(views: list[dict[str, Any]]) -> str:
         if v["stale"] and v["status"] == "active":
             beat += " (stale)"
         cap = "?" if v["capacity"] is None else str(v["capacity"])
-        rows.append([str(v["id"]), v["name"], v["status"], beat, f"{v['running']}/{cap}",
-                     ",".join(v["runtimes"]) or "-", v["version"] or "-"])
-    return render_table(["ID", "NAME", "STATUS", "HEARTBEAT", "RUNNING", "RUNTIMES", "VERSION"],
-                        rows, right={0})
+        rows.append(
+            [
+                str(v["id"]),
+                v["name"],
+                v["status"],
+                beat,
+                f"{v['running']}/{cap}",
+                ",".join(v["runtimes"]) or "-",
+                v["version"] or "-",
+            ]
+        )
+    return render_table(
+        ["ID", "NAME", "STATUS", "HEARTBEAT", "RUNNING", "RUNTIMES", "VERSION"], rows, right={0}
+    )
 
 
 def _ts(value: datetime | None) -> str:
@@ -150,8 +164,11 @@ def _duration(result: Any) -> str:
 def execution_view(e: Execution, names: dict[int, str]) -> dict[str, Any]:
     """One execution as scripts see it; env var values are left out (they may be tokens)."""
     return {
-        "id": e.id, "action_ref": e.action_ref, "status": e.status,
-        "worker_id": e.worker, "worker": names.get(e.worker) if e.worker is not None else None,
+        "id": e.id,
+        "action_ref": e.action_ref,
+        "status": e.status,
+        "worker_id": e.worker,
+        "worker": names.get(e.worker) if e.worker is not None else None,
         "created": e.created.isoformat(),
         "started_at": e.started_at.isoformat() if e.started_at else None,
         "timeout_seconds": e.timeout_seconds,
@@ -162,9 +179,17 @@ def execution_view(e: Execution, names: dict[int, str]) -> dict[str, Any]:
 def executions_table(rows: list[Execution], names: dict[int, str]) -> str:
     return render_table(
         ["ID", "STATUS", "ACTION", "WORKER", "CREATED", "DURATION"],
-        [[str(e.id), e.status, e.action_ref,
-          names.get(e.worker, str(e.worker)) if e.worker is not None else "-",
-          _ts(e.created), _duration(e.result)] for e in rows],
+        [
+            [
+                str(e.id),
+                e.status,
+                e.action_ref,
+                names.get(e.worker, str(e.worker)) if e.worker is not None else "-",
+                _ts(e.created),
+                _duration(e.result),
+            ]
+            for e in rows
+        ],
         right={0, 5},
     )
 
@@ -225,14 +250,21 @@ class LiveView:
         self.out.flush()
 
 
-async def follow_live(db: Database, config: Config, execution_id: int, *,
-                      timeout: float) -> Execution:
+async def follow_live(
+    db: Database, config: Config, execution_id: int, *, timeout: float
+) -> Execution:
     """What `attune submit --wait` does on a terminal: output and elapsed time on stderr."""
     from attune.submit import follow_execution
 
     view = LiveView(sys.stderr.buffer, label=f"execution {execution_id}")
-    row = await follow_execution(db, execution_id, Path(config.artifacts_dir), view.output,
-                                 timeout=timeout, on_poll=lambda r: view.tick(r.status))
+    row = await follow_execution(
+        db,
+        execution_id,
+        Path(config.artifacts_dir),
+        view.output,
+        timeout=timeout,
+        on_poll=lambda r: view.tick(r.status),
+    )
     view.done(row.status)
     return row
 
@@ -246,8 +278,9 @@ async def _worker_names(db: Database) -> dict[int, str]:
 
 def register(app: typer.Typer) -> None:
     executions_app = typer.Typer(help="Executions: list (default), show, logs.")
-    config_app = typer.Typer(help="The configuration: reference and effective values.",
-                             no_args_is_help=True)
+    config_app = typer.Typer(
+        help="The configuration: reference and effective values.", no_args_is_help=True
+    )
     app.add_typer(executions_app, name="executions")
     app.add_typer(config_app, name="config")
 
@@ -285,8 +318,13 @@ def register(app: typer.Typer) -> None:
     @executions_app.callback(invoke_without_command=True)
     def executions_cmd(
         ctx: typer.Context,
-        status: Annotated[Optional[str], typer.Option("--status", "-s", help="Only this status (e.g. failed, running).")] = None,
-        worker: Annotated[Optional[str], typer.Option("--worker", "-w", help="Only this worker (name or id).")] = None,
+        status: Annotated[
+            Optional[str],
+            typer.Option("--status", "-s", help="Only this status (e.g. failed, running)."),
+        ] = None,
+        worker: Annotated[
+            Optional[str], typer.Option("--worker", "-w", help="Only this worker (name or id).")
+        ] = None,
         limit: Annotated[int, typer.Option("--limit", "-n", help="Newest N.")] = 20,
         as_json: JsonOpt = False,
         config: ConfigOpt = None,
@@ -347,21 +385,31 @@ def register(app: typer.Typer) -> None:
         data["config"] = row.config
         data["env_var_names"] = sorted(row.env_vars or {})
         data["result"] = row.result
-        data["artifacts"] = (artifact_paths(execution_dir(Path(cfg.artifacts_dir), name, row.id))
-                             if name else None)
+        data["artifacts"] = (
+            artifact_paths(execution_dir(Path(cfg.artifacts_dir), name, row.id)) if name else None
+        )
         if as_json:
             _echo_json(data)
             return
-        for key in ("id", "action_ref", "status", "worker", "created", "started_at",
-                    "timeout_seconds", "duration_ms"):
+        for key in (
+            "id",
+            "action_ref",
+            "status",
+            "worker",
+            "created",
+            "started_at",
+            "timeout_seconds",
+            "duration_ms",
+        ):
             typer.echo(f"{key + ':':<17}{'-' if data[key] is None else data[key]}")
         typer.echo(f"{'parameters:':<17}{json.dumps(row.config or {}, ensure_ascii=False)}")
         if data["env_var_names"]:
             typer.echo(f"{'env vars:':<17}{', '.join(data['env_var_names'])}")
         artifacts = data["artifacts"]
         if artifacts:
-            where = artifacts["dir"] + ("" if artifacts["present"] else
-                                        "  (not on this host, or pruned)")
+            where = artifacts["dir"] + (
+                "" if artifacts["present"] else "  (not on this host, or pruned)"
+            )
             typer.echo(f"{'artifacts:':<17}{where}")
         typer.echo("result:")
         typer.echo(json.dumps(row.result, ensure_ascii=False, indent=2))
@@ -369,8 +417,12 @@ def register(app: typer.Typer) -> None:
     @executions_app.command("logs")
     def logs_cmd(
         execution_id: Annotated[int, typer.Argument(help="Execution id.")],
-        follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the execution ends.")] = False,
-        wait_timeout: Annotated[float, typer.Option("--wait-timeout", help="Give up following after S seconds.")] = 3600.0,
+        follow: Annotated[
+            bool, typer.Option("--follow", "-f", help="Keep printing until the execution ends.")
+        ] = False,
+        wait_timeout: Annotated[
+            float, typer.Option("--wait-timeout", help="Give up following after S seconds.")
+        ] = 3600.0,
         config: ConfigOpt = None,
     ) -> None:
         """The action's stdout (to stdout) and stderr (to stderr), from the worker's artifacts."""
@@ -388,8 +440,9 @@ def register(app: typer.Typer) -> None:
 
             async with Database.open_ctx(cfg.database.url) as db:
                 if follow:
-                    await follow_execution(db, execution_id, Path(cfg.artifacts_dir), emit,
-                                           timeout=wait_timeout)
+                    await follow_execution(
+                        db, execution_id, Path(cfg.artifacts_dir), emit, timeout=wait_timeout
+                    )
                     return
                 row = await db.get_execution(execution_id)
                 if row is None:
@@ -399,8 +452,10 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"execution {execution_id} has no worker yet ({row.status})")
             directory = execution_dir(Path(cfg.artifacts_dir), name, execution_id)
             if not directory.is_dir():
-                raise InputError(f"no logs at {directory} (the worker keeps them on its own "
-                                 "host, and prunes them after artifacts.retention_days)")
+                raise InputError(
+                    f"no logs at {directory} (the worker keeps them on its own "
+                    "host, and prunes them after artifacts.retention_days)"
+                )
             for stream, chunk in LogTail(directory).drain():
                 emit(stream, chunk)
 

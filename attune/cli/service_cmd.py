@@ -17,10 +17,6 @@ if TYPE_CHECKING:
     pass
 
 
-
-
-
-
 def register(app: typer.Typer) -> None:
     db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
     pack_app = typer.Typer(help="Packs of actions.", no_args_is_help=True)
@@ -39,7 +35,10 @@ def register(app: typer.Typer) -> None:
                 return await db.migrate()
 
         applied = run(main)
-        typer.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "; schema up to date"))
+        typer.echo(
+            f"applied {len(applied)} migration(s)"
+            + (f": {', '.join(applied)}" if applied else "; schema up to date")
+        )
 
     @pack_app.command("load")
     def pack_load(
@@ -60,17 +59,26 @@ def register(app: typer.Typer) -> None:
             return spec.ref, installed, ids
 
         ref, installed, ids = run(main)
-        typer.echo(f"pack {ref} installed at {installed}; actions: "
-                   + ", ".join(f"{r} (id {i})" for r, i in sorted(ids.items())))
+        typer.echo(
+            f"pack {ref} installed at {installed}; actions: "
+            + ", ".join(f"{r} (id {i})" for r, i in sorted(ids.items()))
+        )
 
     @app.command("run-worker")
     def run_worker_cmd(
         config: ConfigOpt = None,
-        name: Annotated[Optional[str], typer.Option("--name", help="Worker name (default worker-<hostname>).")] = None,
-        capacity: Annotated[Optional[int], typer.Option("--max-concurrent-tasks", help="Concurrent executions.")] = None,
+        name: Annotated[
+            Optional[str], typer.Option("--name", help="Worker name (default worker-<hostname>).")
+        ] = None,
+        capacity: Annotated[
+            Optional[int], typer.Option("--max-concurrent-tasks", help="Concurrent executions.")
+        ] = None,
         log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
         log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
-        metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.")] = None,
+        metrics_port: Annotated[
+            Optional[int],
+            typer.Option("--metrics-port", help="Serve Prometheus metrics on this port."),
+        ] = None,
     ) -> None:
         """Register, heartbeat, consume worker.{id}.executions and run them in sandboxes."""
         from attune.log import configure_logging
@@ -96,7 +104,9 @@ def register(app: typer.Typer) -> None:
         action_ref: Annotated[str, typer.Argument(help="pack.action")],
         params: Annotated[list[str], typer.Option("--params", "-p", help="k=v, repeatable.")] = [],
         params_json: Annotated[Optional[str], typer.Option("--params-json")] = None,
-        timeout: Annotated[Optional[int], typer.Option("--timeout", help="Execution timeout (s).")] = None,
+        timeout: Annotated[
+            Optional[int], typer.Option("--timeout", help="Execution timeout (s).")
+        ] = None,
         wait: Annotated[bool, typer.Option("--wait", help="Wait and print the result.")] = False,
         wait_timeout: Annotated[float, typer.Option("--wait-timeout")] = 600.0,
         config: ConfigOpt = None,
@@ -117,10 +127,17 @@ def register(app: typer.Typer) -> None:
                 collected.update(parse_kv_params(params, schema))
                 async with open_broker(cfg.message_queue.url) as broker:
                     execution_id, worker = await schedule(
-                        db, broker, action_ref, collected, timeout_seconds=timeout,
-                        encryption_key=cfg.security.encryption_key)
-                typer.echo(f"execution {execution_id} scheduled on {worker.name} (id {worker.id})",
-                           err=True)
+                        db,
+                        broker,
+                        action_ref,
+                        collected,
+                        timeout_seconds=timeout,
+                        encryption_key=cfg.security.encryption_key,
+                    )
+                typer.echo(
+                    f"execution {execution_id} scheduled on {worker.name} (id {worker.id})",
+                    err=True,
+                )
                 if not wait:
                     return execution_id, None
                 if sys.stderr.isatty():  # live output and elapsed time for a person

@@ -166,8 +166,9 @@ class Database:
         self._closed = True
         await trio.to_thread.run_sync(self._pool.close)
 
-    async def _run(self, fn: Callable[[psycopg.Connection[Any]], _T], *,
-                   retire: bool = False) -> _T:
+    async def _run(
+        self, fn: Callable[[psycopg.Connection[Any]], _T], *, retire: bool = False
+    ) -> _T:
         """Run `fn` in one transaction on one pooled connection, in one thread hop.
 
         `retire` closes the connection afterwards so the pool replaces it: libpq keeps
@@ -327,9 +328,7 @@ class Database:
         self, execution_id: int, action_id: int
     ) -> tuple[list[StoredSecret], list[KeyRecord]]:
         """Secret parameters of the execution and the keys its action sees, in one read."""
-        return await self._run(
-            lambda c: secret_queries.run_secret_rows(c, execution_id, action_id)
-        )
+        return await self._run(lambda c: secret_queries.run_secret_rows(c, execution_id, action_id))
 
     async def put_execution_secrets(self, execution_id: int, rows: list[StoredSecret]) -> None:
         """Store sealed secret parameters (the API's job; for `submit` and tests)."""

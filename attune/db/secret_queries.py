@@ -74,8 +74,13 @@ def put_execution_secrets(conn: Conn, execution_id: int, rows: Sequence[StoredSe
                 encrypted_value = EXCLUDED.encrypted_value,
                 encryption_key_hash = EXCLUDED.encryption_key_hash
             """,
-            (ENTITY_EXECUTION_CONFIG, execution_id, row.json_path, Jsonb(row.encrypted_value),
-             row.encryption_key_hash),
+            (
+                ENTITY_EXECUTION_CONFIG,
+                execution_id,
+                row.json_path,
+                Jsonb(row.encrypted_value),
+                row.encryption_key_hash,
+            ),
         )
 
 

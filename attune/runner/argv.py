@@ -88,8 +88,12 @@ def rlimit_prefix(profile: Profile) -> list[str]:
 
 def action_command(profile: Profile, layout: RunLayout) -> list[str]:
     wrapper = [f"{ATTUNE_DIR}/{layout.wrapper}"] if layout.wrapper else []
-    return [*rlimit_prefix(profile), *profile.command, *wrapper,
-            f"{ACTION_DIR}/{layout.action_file}"]
+    return [
+        *rlimit_prefix(profile),
+        *profile.command,
+        *wrapper,
+        f"{ACTION_DIR}/{layout.action_file}",
+    ]
 
 
 def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
@@ -99,12 +103,22 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
     cannot travel there; it holds no secret (parameters go through stdin or a file).
     """
     args: list[str] = [
-        "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
-        "--unshare-cgroup-try", "--disable-userns",
-        "--die-with-parent", "--new-session",
-        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
-        "--hostname", "sandbox",
-        "--cap-drop", "ALL",
+        "--unshare-user",
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--uid",
+        str(SANDBOX_UID),
+        "--gid",
+        str(SANDBOX_GID),
+        "--hostname",
+        "sandbox",
+        "--cap-drop",
+        "ALL",
     ]
     if not profile.network:
         args.append("--unshare-net")
@@ -115,31 +129,53 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
     for link, target in sorted(profile.mounts.symlinks.items()):
         args += ["--symlink", target, link]
     args += [
-        "--proc", "/proc",
-        "--ro-bind", "/proc/sys", "/proc/sys",
+        "--proc",
+        "/proc",
+        "--ro-bind",
+        "/proc/sys",
+        "/proc/sys",
         # bwrap's /dev is a writable tmpfs of half the RAM: give /dev/shm (POSIX shm,
         # multiprocessing's semaphores) its own capped tmpfs and make /dev read-only.
-        "--dev", "/dev",
-        "--size", str(profile.limits.tmpfs_mb * MiB), "--tmpfs", "/dev/shm",
-        "--remount-ro", "/dev",
-        "--size", str(profile.limits.tmpfs_mb * MiB), "--tmpfs", "/tmp",
-        "--perms", "0700", "--size", str(profile.limits.work_dir_mb * MiB),
-        "--tmpfs", WORK_DIR,
-        "--dir", "/etc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(profile.limits.tmpfs_mb * MiB),
+        "--tmpfs",
+        "/dev/shm",
+        "--remount-ro",
+        "/dev",
+        "--size",
+        str(profile.limits.tmpfs_mb * MiB),
+        "--tmpfs",
+        "/tmp",
+        "--perms",
+        "0700",
+        "--size",
+        str(profile.limits.work_dir_mb * MiB),
+        "--tmpfs",
+        WORK_DIR,
+        "--dir",
+        "/etc",
     ]
     for name in ("passwd", "group", "hosts", "nsswitch.conf"):
         args += ["--ro-bind", f"{layout.etc_dir}/{name}", f"/etc/{name}"]
     args += [
-        "--ro-bind", layout.code_dir, ATTUNE_DIR,
-        "--bind", layout.result_file, RESULT_FILE,
+        "--ro-bind",
+        layout.code_dir,
+        ATTUNE_DIR,
+        "--bind",
+        layout.result_file,
+        RESULT_FILE,
     ]
     if layout.params_file is not None:
         args += ["--ro-bind", layout.params_file, PARAMS_FILE]
     if layout.secrets_file is not None:
         args += ["--ro-bind", layout.secrets_file, SECRETS_FILE]
     args += [
-        "--chdir", WORK_DIR,
-        "--remount-ro", "/",
+        "--chdir",
+        WORK_DIR,
+        "--remount-ro",
+        "/",
         "--clearenv",
     ]
     for key, value in sorted(sandbox_env(profile, layout.env).items()):

@@ -38,8 +38,11 @@ class HostFacts:
         return all(layer.active for layer in self.layers if layer.required)
 
     def problems(self) -> list[str]:
-        return [f"{layer.name}: {layer.detail}" for layer in self.layers
-                if layer.required and not layer.active]
+        return [
+            f"{layer.name}: {layer.detail}"
+            for layer in self.layers
+            if layer.required and not layer.active
+        ]
 
     def capabilities(self) -> dict[str, object]:
         """The `sandbox` part of the worker's registered capabilities."""
@@ -112,20 +115,32 @@ def detect(bwrap: str | None = None, *, probe_version: bool = True) -> HostFacts
     seccomp_ok, seccomp_detail = _seccomp_detail()
     cg = cgroups.detect() if is_root else cgroups.CgroupSupport(0, None, None, "not root")
     layers = [
-        Layer("bubblewrap", version is not None,
-              f"bubblewrap {version} at {path}" if version else
-              "bwrap not found (apt-get install bubblewrap, or run scripts/setup)"),
+        Layer(
+            "bubblewrap",
+            version is not None,
+            f"bubblewrap {version} at {path}"
+            if version
+            else "bwrap not found (apt-get install bubblewrap, or run scripts/setup)",
+        ),
         Layer("user_namespaces", userns_ok, userns_detail),
         Layer("seccomp", seccomp_ok, seccomp_detail),
-        Layer("interpreter", os.path.exists(SANDBOX_PYTHON),
-              f"{SANDBOX_PYTHON} present" if os.path.exists(SANDBOX_PYTHON)
-              else f"{SANDBOX_PYTHON} missing (apt-get install python3)"),
+        Layer(
+            "interpreter",
+            os.path.exists(SANDBOX_PYTHON),
+            f"{SANDBOX_PYTHON} present"
+            if os.path.exists(SANDBOX_PYTHON)
+            else f"{SANDBOX_PYTHON} missing (apt-get install python3)",
+        ),
         Layer("network_isolation", True, "network namespace without interfaces but lo"),
         Layer("rlimits", True, "cpu, address space, files, file size, processes, core 0"),
-        Layer("per_slot_uids", is_root,
-              "each concurrency slot runs as its own unprivileged host uid" if is_root
-              else "not root: sandboxes share the worker's uid (RLIMIT_NPROC is shared)",
-              required=False),
+        Layer(
+            "per_slot_uids",
+            is_root,
+            "each concurrency slot runs as its own unprivileged host uid"
+            if is_root
+            else "not root: sandboxes share the worker's uid (RLIMIT_NPROC is shared)",
+            required=False,
+        ),
         Layer("cgroups", cg.version != 0, cg.detail, required=False),
     ]
     return HostFacts(path if version else None, version, is_root, cg, layers)

@@ -144,28 +144,41 @@ def build_result(report: RunReport) -> tuple[Status, dict[str, Any]]:
     """Status and `execution.result` for one run (protocol.md §7 table)."""
     stdout = report.stdout.text("stdout")
     stderr = report.stderr.text("stderr")
-    result: dict[str, Any] = {"succeeded": False, "exit_code": report.exit_code,
-                              "duration_ms": report.duration_ms}
+    result: dict[str, Any] = {
+        "succeeded": False,
+        "exit_code": report.exit_code,
+        "duration_ms": report.duration_ms,
+    }
     status: Status
     if report.timed_out:
         status = "timeout"
         seconds = report.timeout_seconds
         shown = int(seconds) if float(seconds).is_integer() else seconds
-        result.update(succeeded=False, timed_out=True, exit_code=-1,
-                      error=f"Execution timed out after {shown} seconds")
+        result.update(
+            succeeded=False,
+            timed_out=True,
+            exit_code=-1,
+            error=f"Execution timed out after {shown} seconds",
+        )
     elif report.cancelled:
         status = "cancelled"
         result.update(succeeded=False, cancelled=True, error=report.cancel_reason)
     elif report.output_exceeded is not None:
         status = "failed"
         buf = report.stdout if report.output_exceeded == "stdout" else report.stderr
-        result.update(succeeded=False, output_limit_exceeded=report.output_exceeded,
-                      error=f"Execution killed: {report.output_exceeded} exceeded "
-                            f"{OUTPUT_KILL_FACTOR}x its {buf.limit} byte output limit")
+        result.update(
+            succeeded=False,
+            output_limit_exceeded=report.output_exceeded,
+            error=f"Execution killed: {report.output_exceeded} exceeded "
+            f"{OUTPUT_KILL_FACTOR}x its {buf.limit} byte output limit",
+        )
     elif report.oom_killed:
         status = "failed"
-        result.update(succeeded=False, oom_killed=True,
-                      error="Execution killed: out of memory (memory limit reached)")
+        result.update(
+            succeeded=False,
+            oom_killed=True,
+            error="Execution killed: out of memory (memory limit reached)",
+        )
     elif report.exit_code != 0:
         status = "failed"
         error = None
@@ -174,8 +187,7 @@ def build_result(report: RunReport) -> tuple[Status, dict[str, Any]]:
         if not error and report.signal is not None:
             error = signal_error(report.signal)
         if not error:
-            error = (report.stderr.last_line()
-                     or f"Command exited with code {report.exit_code}")
+            error = report.stderr.last_line() or f"Command exited with code {report.exit_code}"
         result.update(succeeded=False, error=error)
     elif report.wrapper_problem is not None:
         status = "failed"

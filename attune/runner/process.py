@@ -81,7 +81,7 @@ def _parent_pid(pid: int) -> int:
     except OSError:
         return -1
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-    fields = data[data.rfind(b")") + 2:].split()
+    fields = data[data.rfind(b")") + 2 :].split()
     return int(fields[1]) if len(fields) > 1 else -1
 
 
@@ -112,9 +112,11 @@ def open_child_pidfd(pid: int, parent: int, *, namespace_init: bool = False) -> 
         pidfd = os.pidfd_open(pid)
     except OSError:
         return None
-    if (_parent_pid(pid) == parent
-            and (not namespace_init or _is_namespace_init(pid))
-            and _pidfd_pid(pidfd) == pid):
+    if (
+        _parent_pid(pid) == parent
+        and (not namespace_init or _is_namespace_init(pid))
+        and _pidfd_pid(pidfd) == pid
+    ):
         return pidfd
     os.close(pidfd)
     return None
@@ -182,8 +184,9 @@ class SandboxProcess:
                 self.init_pid = int(json.loads(bytes(self._info_buf))["child-pid"])
             except (ValueError, KeyError, TypeError):
                 return
-        self._init_pidfd = open_child_pidfd(self.init_pid, parent,
-                                            namespace_init=parent != self.pid)
+        self._init_pidfd = open_child_pidfd(
+            self.init_pid, parent, namespace_init=parent != self.pid
+        )
 
     async def wait(self) -> int:
         """Wait for exit; a cancel kills the whole sandbox before it propagates."""
@@ -278,8 +281,7 @@ def _become(uid: int | None, gid: int | None) -> list[str]:
     """
     prefix = [SETPRIV, "--pdeathsig", "SIGKILL"]
     if uid is not None:
-        prefix += [f"--reuid={uid}", f"--regid={gid if gid is not None else uid}",
-                   "--clear-groups"]
+        prefix += [f"--reuid={uid}", f"--regid={gid if gid is not None else uid}", "--clear-groups"]
     return [*prefix, "--"]
 
 
@@ -338,11 +340,23 @@ async def spawn(
     parent_ends = (args_w, info_r, in_w, out_r, err_r)
     try:
         popen = subprocess.Popen(
-            [*_become(uid, gid),
-             bwrap, "--args", str(args_r), "--info-fd", str(info_w), "--", *command],
-            stdin=in_r, stdout=out_w, stderr=err_w,
-            pass_fds=(args_r, info_w, *pass_fds), close_fds=True,
-            env={}, cwd="/",
+            [
+                *_become(uid, gid),
+                bwrap,
+                "--args",
+                str(args_r),
+                "--info-fd",
+                str(info_w),
+                "--",
+                *command,
+            ],
+            stdin=in_r,
+            stdout=out_w,
+            stderr=err_w,
+            pass_fds=(args_r, info_w, *pass_fds),
+            close_fds=True,
+            env={},
+            cwd="/",
         )
     except OSError as exc:
         for fd in (*child_ends, *parent_ends):
@@ -357,7 +371,7 @@ async def spawn(
         pidfd = os.pidfd_open(popen.pid)
         view = memoryview(args)
         while view:  # bwrap reads all of it before doing anything else
-            view = view[os.write(args_w, view):]
+            view = view[os.write(args_w, view) :]
     except BaseException:
         popen.kill()  # still waiting for its options: nothing was created yet
         popen.wait()

@@ -37,9 +37,15 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     work_dir_mb: int = 256
 
 
-POSITIVE_LIMITS = frozenset({
-    "tmpfs_mb", "work_dir_mb", "max_stdout_bytes", "max_stderr_bytes", "max_result_bytes",
-})
+POSITIVE_LIMITS = frozenset(
+    {
+        "tmpfs_mb",
+        "work_dir_mb",
+        "max_stdout_bytes",
+        "max_stderr_bytes",
+        "max_result_bytes",
+    }
+)
 
 
 class Seccomp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

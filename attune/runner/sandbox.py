@@ -141,7 +141,8 @@ class Sandbox:
             raise SandboxUnavailable(
                 f"run_dir {self.run_dir} is unreachable for the sandbox uids: "
                 f"{blocked[0]} is not searchable by others (chmod o+x {blocked[0]}, "
-                "or choose another sandbox.run_dir)")
+                "or choose another sandbox.run_dir)"
+            )
         etc = self.run_dir / ".etc"
         etc.mkdir(exist_ok=True)
         os.chmod(etc, 0o755)
@@ -178,8 +179,9 @@ class Sandbox:
         action.write_bytes(spec.code)
         os.chmod(action, 0o644)
         if spec.profile.function_wrapper:
-            shutil.copyfile(SANDBOX_ASSETS / spec.profile.function_wrapper,
-                            code / spec.profile.function_wrapper)
+            shutil.copyfile(
+                SANDBOX_ASSETS / spec.profile.function_wrapper, code / spec.profile.function_wrapper
+            )
             os.chmod(code / spec.profile.function_wrapper, 0o644)
         shutil.copyfile(SANDBOX_ASSETS / "attune_secrets.py", code / "attune_secrets.py")
         os.chmod(code / "attune_secrets.py", 0o644)
@@ -216,8 +218,9 @@ class Sandbox:
             stdin_data = payload
             params_file: str | None = None
             if spec.parameter_delivery == "file":
-                fd = os.open(rd.params_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                             0o400)
+                fd = os.open(
+                    rd.params_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400
+                )
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(payload)
                 if uid is not None:
@@ -240,23 +243,41 @@ class Sandbox:
             seccomp_fd = bpf_fd(self._bpf)
             try:
                 layout = argv_mod.RunLayout(
-                    code_dir=str(rd.code), result_file=str(rd.result_file),
-                    params_file=params_file, etc_dir=str(self._etc),
-                    action_file=spec.code_name, wrapper=wrapper, seccomp_fd=seccomp_fd,
-                    env=env, secrets_file=secrets_file,
+                    code_dir=str(rd.code),
+                    result_file=str(rd.result_file),
+                    params_file=params_file,
+                    etc_dir=str(self._etc),
+                    action_file=spec.code_name,
+                    wrapper=wrapper,
+                    seccomp_fd=seccomp_fd,
+                    env=env,
+                    secrets_file=secrets_file,
                 )
                 args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
                 started = trio.current_time()
                 proc = await process.spawn(
-                    self.bwrap, args, argv_mod.action_command(profile, layout),
-                    pass_fds=(seccomp_fd,), uid=uid, gid=uid,
+                    self.bwrap,
+                    args,
+                    argv_mod.action_command(profile, layout),
+                    pass_fds=(seccomp_fd,),
+                    uid=uid,
+                    gid=uid,
                     cgroup_procs=cgroup.procs_files if cgroup else (),
                 )
             finally:
                 os.close(seccomp_fd)
             try:
-                report = await self._supervise(proc, spec, stdin_data, timeout, control,
-                                               on_output, started, wrapper is not None, rd)
+                report = await self._supervise(
+                    proc,
+                    spec,
+                    stdin_data,
+                    timeout,
+                    control,
+                    on_output,
+                    started,
+                    wrapper is not None,
+                    rd,
+                )
             finally:
                 with trio.CancelScope(shield=True):
                     await proc.reap_init()
@@ -274,8 +295,12 @@ class Sandbox:
         if self.facts.cgroups.version == 0:
             return None
         try:
-            return RunCgroup(self.facts.cgroups, name, profile.limits.memory_mb * 1024 * 1024,
-                             profile.limits.processes)
+            return RunCgroup(
+                self.facts.cgroups,
+                name,
+                profile.limits.memory_mb * 1024 * 1024,
+                profile.limits.processes,
+            )
         except OSError:
             return None
 
@@ -345,19 +370,30 @@ class Sandbox:
             exit_code = proc.returncode
         # bwrap reports the action's death by signal N as 128 + N; a negative code is
         # bwrap itself killed by a signal (the OOM killer, an operator).
-        signal_no = (exit_code - 128 if 128 < exit_code < 128 + 65
-                     else -exit_code if exit_code < -1 else None)
+        signal_no = (
+            exit_code - 128
+            if 128 < exit_code < 128 + 65
+            else -exit_code
+            if exit_code < -1
+            else None
+        )
         wrapper_report, problem = (None, None)
         if wrapped and not (timed_out or cancelled or exceeded):
             wrapper_report, problem = read_wrapper_report(rd.out, limits.max_result_bytes)
         return RunReport(
             exit_code=exit_code if not cancelled else (proc.returncode or -1),
-            duration_ms=duration_ms, stdout=stdout, stderr=stderr,
-            timed_out=timed_out, timeout_seconds=timeout,
+            duration_ms=duration_ms,
+            stdout=stdout,
+            stderr=stderr,
+            timed_out=timed_out,
+            timeout_seconds=timeout,
             cancelled=cancelled,
-            cancel_reason=(control.reason if control and control.reason else
-                           "Execution cancelled by user"),
-            signal=signal_no, wrapper=wrapper_report, wrapper_problem=problem,
+            cancel_reason=(
+                control.reason if control and control.reason else "Execution cancelled by user"
+            ),
+            signal=signal_no,
+            wrapper=wrapper_report,
+            wrapper_problem=problem,
             output_exceeded=exceeded[0] if exceeded else None,
             output_format=spec.output_format or spec.profile.default_output_format,
         )
@@ -411,8 +447,11 @@ def read_wrapper_report(out_dir: Path, max_bytes: int) -> tuple[dict[str, Any] |
         return None, f"cannot open the result directory: {exc.strerror}"
     try:
         try:
-            fd = os.open("result.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         dir_fd=dir_fd)
+            fd = os.open(
+                "result.json",
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                dir_fd=dir_fd,
+            )
         except FileNotFoundError:
             return None, "the action ended without reporting a return value"
         except OSError as exc:

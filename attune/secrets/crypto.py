@@ -87,8 +87,9 @@ def encrypt_value(key: str, value: Any, *, nonce: bytes | None = None) -> str:
     return base64.b64encode(nonce + sealed).decode("ascii")
 
 
-def decrypt_value(key: str, token: Any, *, key_hash: str | None = None,
-                  what: str = "secret") -> Any:
+def decrypt_value(
+    key: str, token: Any, *, key_hash: str | None = None, what: str = "secret"
+) -> Any:
     """Decrypt a token back to its JSON value; SecretDecryptError names `what` only.
 
     `key_hash` is the stored `encryption_key_hash`: when given and it differs from the
@@ -101,8 +102,9 @@ def decrypt_value(key: str, token: Any, *, key_hash: str | None = None,
             f"the configured {KEY_SETTING} is not the one the API used)"
         )
     if not isinstance(token, str):
-        raise SecretDecryptError(f"{what}: stored value is not an encrypted token "
-                                 f"(expected a base64 JSON string)")
+        raise SecretDecryptError(
+            f"{what}: stored value is not an encrypted token (expected a base64 JSON string)"
+        )
     try:
         raw = base64.b64decode(token.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):

@@ -94,8 +94,9 @@ class Masker:
         self.secrets: frozenset[str] = frozenset(s for s in secrets if len(s) >= MIN_MASK_CHARS)
         # Longest first: at one position the regex takes the first alternative that
         # matches, so a secret that contains another is masked whole.
-        patterns = sorted({f for s in self.secrets for f in encodings(s)},
-                          key=lambda p: (-len(p.encode()), p))
+        patterns = sorted(
+            {f for s in self.secrets for f in encodings(s)}, key=lambda p: (-len(p.encode()), p)
+        )
         self._text = re.compile("|".join(map(re.escape, patterns))) if patterns else None
         raw = [p.encode("utf-8") for p in patterns]
         self._bytes = re.compile(b"|".join(map(re.escape, raw))) if raw else None
@@ -159,7 +160,7 @@ class StreamMasker:
                 break
             # A match starting before `safe` is final: any longer alternative starting
             # at the same place would end inside `buf` and would have been preferred.
-            out += [buf[pos:match.start()], MASK.encode()]
+            out += [buf[pos : match.start()], MASK.encode()]
             pos = match.end()
         cut = max(safe, pos)
         out.append(buf[pos:cut])
@@ -174,8 +175,9 @@ class StreamMasker:
 # --- results -------------------------------------------------------------------------
 
 
-def redact_result(result: dict[str, Any], masker: Masker,
-                  out_schema: Any) -> tuple[dict[str, Any], Masker]:
+def redact_result(
+    result: dict[str, Any], masker: Masker, out_schema: Any
+) -> tuple[dict[str, Any], Masker]:
     """Mask a run's result; paths marked `secret: true` in the output schema are hidden.
 
     Values found at those paths become secrets of the run too (returned in the new
@@ -205,8 +207,7 @@ def mask_file(path: Path, masker: Masker) -> None:
     if masked == data:
         return
     tmp = path.with_name(path.name + ".masking")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o640)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     with os.fdopen(fd, "wb") as handle:
         handle.write(masked)
     os.replace(tmp, path)
@@ -273,8 +274,9 @@ class OutputGuard:
     the output schema revealed secrets the live masking could not know yet.
     """
 
-    def __init__(self, masker: Masker, sink: OutputSink, out_schema: Any,
-                 log_dir: Path | None = None) -> None:
+    def __init__(
+        self, masker: Masker, sink: OutputSink, out_schema: Any, log_dir: Path | None = None
+    ) -> None:
         self.masker = masker
         self._sink = sink
         self._out_schema = out_schema

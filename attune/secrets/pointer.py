@@ -91,9 +91,11 @@ def set_at(document: Any, pointer: str, value: Any) -> Any:
                 if child is None or is_marker(child):  # a missing or redacted parent
                     child = node[token] = {}
                 elif not isinstance(child, dict | list):
-                    raise ExecutionError(f"secret path {pointer}: /"
-                                         + "/".join(escape_token(t) for t in tokens[:depth + 1])
-                                         + " is not an object or array")
+                    raise ExecutionError(
+                        f"secret path {pointer}: /"
+                        + "/".join(escape_token(t) for t in tokens[: depth + 1])
+                        + " is not an object or array"
+                    )
                 node = child
         elif isinstance(node, list):
             index = _index(token, len(node), pointer, append=last)
@@ -135,8 +137,10 @@ def schema_secret_paths(schema: Any) -> list[str]:
         if isinstance(items, Mapping):
             walk(items, join(path, "*"))
 
-    if "properties" in schema or isinstance(schema.get("type"), str) or (
-        schema.get("secret") is True
+    if (
+        "properties" in schema
+        or isinstance(schema.get("type"), str)
+        or (schema.get("secret") is True)
     ):
         walk(schema, "")
     else:  # flat form: every value is a property

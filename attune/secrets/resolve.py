@@ -52,8 +52,9 @@ class RunSecrets:
     too_short: tuple[str, ...] = ()
 
 
-def restore_params(config: Mapping[str, Any] | None, stored: Sequence[StoredSecret],
-                   encryption_key: str | None) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+def restore_params(
+    config: Mapping[str, Any] | None, stored: Sequence[StoredSecret], encryption_key: str | None
+) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """Config with the stored secrets put back; also (path, value) for each of them.
 
     Parents before children (`/db` then `/db/password`), so a nested secret is not
@@ -66,13 +67,16 @@ def restore_params(config: Mapping[str, Any] | None, stored: Sequence[StoredSecr
         path = secret.json_path or "/"
         what = f"the secret parameter at {path}"
         key = check_key(encryption_key, purpose=f"decrypt {what}")
-        value = decrypt_value(key, secret.encrypted_value,
-                              key_hash=secret.encryption_key_hash, what=what)
+        value = decrypt_value(
+            key, secret.encrypted_value, key_hash=secret.encryption_key_hash, what=what
+        )
         params = set_at(params, secret.json_path, value)
         restored.append((path, value))
     if not isinstance(params, dict):
-        raise ExecutionError("the secret parameters replace the whole config with a "
-                             "non-object; parameters must be a JSON object")
+        raise ExecutionError(
+            "the secret parameters replace the whole config with a "
+            "non-object; parameters must be a JSON object"
+        )
     missing = marker_paths(params)
     if missing:
         raise ExecutionError(
@@ -83,13 +87,16 @@ def restore_params(config: Mapping[str, Any] | None, stored: Sequence[StoredSecr
     return params, restored
 
 
-def keystore_values(keys: Sequence[KeyRecord], encryption_key: str | None
-                    ) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+def keystore_values(
+    keys: Sequence[KeyRecord], encryption_key: str | None
+) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """name -> value by owner precedence; also (ref, value) of each encrypted key used."""
     order = {owner: rank for rank, owner in enumerate(OWNER_TYPES)}
     chosen: dict[str, KeyRecord] = {}
-    for key in sorted((k for k in keys if k.owner_type in order),
-                      key=lambda k: (order[k.owner_type], k.name, k.id)):
+    for key in sorted(
+        (k for k in keys if k.owner_type in order),
+        key=lambda k: (order[k.owner_type], k.name, k.id),
+    ):
         chosen[key.name] = key
     values: dict[str, Any] = {}
     secret: list[tuple[str, Any]] = []
@@ -97,8 +104,9 @@ def keystore_values(keys: Sequence[KeyRecord], encryption_key: str | None
         if key.encrypted:
             what = f"the keystore secret {key.ref!r}"
             enc = check_key(encryption_key, purpose=f"decrypt {what}")
-            values[name] = decrypt_value(enc, key.value, key_hash=key.encryption_key_hash,
-                                         what=what)
+            values[name] = decrypt_value(
+                enc, key.value, key_hash=key.encryption_key_hash, what=what
+            )
             secret.append((key.ref, values[name]))
         else:
             values[name] = key.value
@@ -146,12 +154,18 @@ def resolve_run_secrets(
     )
 
 
-async def load_run_secrets(db: Database, execution: Execution, action: Action,
-                           encryption_key: str | None) -> RunSecrets:
+async def load_run_secrets(
+    db: Database, execution: Execution, action: Action, encryption_key: str | None
+) -> RunSecrets:
     """The I/O step: one DB read of the rows, then `resolve_run_secrets`."""
     stored, keys = await db.run_secret_rows(execution.id, action.id)
-    return resolve_run_secrets(execution.config, stored, keys, encryption_key=encryption_key,
-                               param_schema=action.param_schema)
+    return resolve_run_secrets(
+        execution.config,
+        stored,
+        keys,
+        encryption_key=encryption_key,
+        param_schema=action.param_schema,
+    )
 
 
 # --- the API's side, for `attune submit` and tests ------------------------------------
@@ -162,12 +176,16 @@ def sealable_paths(params: Mapping[str, Any], param_schema: Any) -> list[str]:
 
     Items of a list (`/keys/*`) are sealed with the list, if the list itself is secret.
     """
-    return [path for path in schema_secret_paths(param_schema)
-            if "*" not in split(path) and values_at(params, [path])]
+    return [
+        path
+        for path in schema_secret_paths(param_schema)
+        if "*" not in split(path) and values_at(params, [path])
+    ]
 
 
-def seal_secret_params(params: Mapping[str, Any], param_schema: Any,
-                       encryption_key: str) -> tuple[dict[str, Any], list[StoredSecret]]:
+def seal_secret_params(
+    params: Mapping[str, Any], param_schema: Any, encryption_key: str
+) -> tuple[dict[str, Any], list[StoredSecret]]:
     """Do what the API does before it stores an execution: markers in, values sealed.
 
     Returns the config to store (secret values replaced by markers) and the rows for
@@ -179,7 +197,12 @@ def seal_secret_params(params: Mapping[str, Any], param_schema: Any,
     rows: list[StoredSecret] = []
     for path in sealable_paths(params, param_schema):
         for value in values_at(config, [path]):
-            rows.append(StoredSecret(json_path=path, encrypted_value=encrypt_value(key, value),
-                                     encryption_key_hash=digest))
+            rows.append(
+                StoredSecret(
+                    json_path=path,
+                    encrypted_value=encrypt_value(key, value),
+                    encryption_key_hash=digest,
+                )
+            )
             config = replace_paths(config, [path], redaction_marker())
     return config, rows

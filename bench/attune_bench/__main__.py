@@ -107,8 +107,9 @@ def machine() -> dict[str, Any]:
     bwrap = shutil.which("bwrap")
     version = None
     if bwrap:
-        version = subprocess.run([bwrap, "--version"], capture_output=True, text=True,
-                                 check=False).stdout.strip()
+        version = subprocess.run(
+            [bwrap, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     return {
         "nproc": os.cpu_count(),
         "cpu_model": _first("/proc/cpuinfo", "model name"),
@@ -176,12 +177,14 @@ async def floor_rate(env: local.LocalEnv, concurrency: int, count: int, into: Fl
     into.seconds += time.perf_counter() - started
     after = os.times()
     into.spawner_cpu += (after.user + after.system) - (before.user + before.system)
-    into.sandbox_cpu += ((after.children_user + after.children_system)
-                         - (before.children_user + before.children_system))
+    into.sandbox_cpu += (after.children_user + after.children_system) - (
+        before.children_user + before.children_system
+    )
 
 
-async def run_e2e(env: local.LocalEnv, plan: Plan, results: Results, root: Path,
-                  cleanup: Cleanup) -> None:
+async def run_e2e(
+    env: local.LocalEnv, plan: Plan, results: Results, root: Path, cleanup: Cleanup
+) -> None:
     progress("end to end: database, vhost, packs")
     async with e2e.open_stack(root, cleanup) as stack:
         for capacity in CAPACITIES:
@@ -203,19 +206,25 @@ async def run_e2e(env: local.LocalEnv, plan: Plan, results: Results, root: Path,
             memory["peak"] = max(run.rss_samples, default=None)
             memory["after"] = worker.rss()
             results.floor_rates[capacity] = {
-                "count": plan.throughput_n, "seconds": floor.seconds,
+                "count": plan.throughput_n,
+                "seconds": floor.seconds,
                 "per_second": rate(plan.throughput_n, floor.seconds),
                 "spawner_cpu_ms_per_run": floor.spawner_cpu * 1000 / plan.throughput_n,
-                "sandbox_cpu_ms_per_run": floor.sandbox_cpu * 1000 / plan.throughput_n}
+                "sandbox_cpu_ms_per_run": floor.sandbox_cpu * 1000 / plan.throughput_n,
+            }
             results.throughput[capacity] = {
-                "count": run.count, "seconds": run.seconds, "failed": run.failed,
+                "count": run.count,
+                "seconds": run.seconds,
+                "failed": run.failed,
                 "per_second": rate(run.count, run.seconds),
                 "steady_per_second": steady_rate(run.finish_times),
                 "worker_cpu_ms_per_execution": run.worker_cpu_ms,
-                "sandbox_cpu_ms_per_execution": run.sandbox_cpu_ms}
+                "sandbox_cpu_ms_per_execution": run.sandbox_cpu_ms,
+            }
             await worker.stop()
-            results.workers.append(e2e.summary_of_worker(worker) | {
-                "exit_code": worker.proc.returncode})
+            results.workers.append(
+                e2e.summary_of_worker(worker) | {"exit_code": worker.proc.returncode}
+            )
 
 
 async def latency(stack: e2e.Stack, plan: Plan, results: Results) -> None:
@@ -224,10 +233,14 @@ async def latency(stack: e2e.Stack, plan: Plan, results: Results) -> None:
     results.labels |= {
         "e2e_python": ("end to end (publish -> ExecutionCompleted)", "bench.noop_py"),
         "e2e_shell": ("end to end (publish -> ExecutionCompleted)", "bench.noop_sh"),
-        "e2e_python_outside": ("end to end (publish -> ExecutionCompleted)",
-                               "bench.noop_py minus its in-sandbox duration_ms"),
-        "e2e_shell_outside": ("end to end (publish -> ExecutionCompleted)",
-                              "bench.noop_sh minus its in-sandbox duration_ms"),
+        "e2e_python_outside": (
+            "end to end (publish -> ExecutionCompleted)",
+            "bench.noop_py minus its in-sandbox duration_ms",
+        ),
+        "e2e_shell_outside": (
+            "end to end (publish -> ExecutionCompleted)",
+            "bench.noop_sh minus its in-sandbox duration_ms",
+        ),
     }
     order = round_robin(list(names), plan.latency_runs, warmup=2, seed=plan.seed)
     for index, name in order:
@@ -292,33 +305,64 @@ def report(results: Results, targets: Sequence[Any]) -> str:
             floor_run = results.floor_rates.get(capacity, {})
             floor = floor_run.get("per_second")
             steady = run["steady_per_second"]
-            rows.append([str(capacity), str(run["count"]), f"{run['seconds']:.2f} s",
-                         f"{run['per_second']:.1f}/s",
-                         f"{steady:.1f}/s" if steady else "-",
-                         f"{floor:.1f}/s" if floor else "-",
-                         f"{run['per_second'] / floor:.0%}" if floor else "-",
-                         f"{_ms(run['worker_cpu_ms_per_execution'])} / "
-                         f"{_ms(floor_run.get('spawner_cpu_ms_per_run'))}",
-                         f"{_ms(run['sandbox_cpu_ms_per_execution'])} / "
-                         f"{_ms(floor_run.get('sandbox_cpu_ms_per_run'))}",
-                         str(run["failed"])])
-        parts.append(format_table(
-            ["capacity", "N", "wall", "executions/s", "steady", "floor (python3 -c pass)",
-             "of floor", "CPU/run worker / floor spawner", "sandbox CPU/run worker / floor",
-             "failed"], rows, frozenset(range(1, 10))))
+            rows.append(
+                [
+                    str(capacity),
+                    str(run["count"]),
+                    f"{run['seconds']:.2f} s",
+                    f"{run['per_second']:.1f}/s",
+                    f"{steady:.1f}/s" if steady else "-",
+                    f"{floor:.1f}/s" if floor else "-",
+                    f"{run['per_second'] / floor:.0%}" if floor else "-",
+                    f"{_ms(run['worker_cpu_ms_per_execution'])} / "
+                    f"{_ms(floor_run.get('spawner_cpu_ms_per_run'))}",
+                    f"{_ms(run['sandbox_cpu_ms_per_execution'])} / "
+                    f"{_ms(floor_run.get('sandbox_cpu_ms_per_run'))}",
+                    str(run["failed"]),
+                ]
+            )
+        parts.append(
+            format_table(
+                [
+                    "capacity",
+                    "N",
+                    "wall",
+                    "executions/s",
+                    "steady",
+                    "floor (python3 -c pass)",
+                    "of floor",
+                    "CPU/run worker / floor spawner",
+                    "sandbox CPU/run worker / floor",
+                    "failed",
+                ],
+                rows,
+                frozenset(range(1, 10)),
+            )
+        )
     if results.memory:
         ready = {w["capacity"]: w["ready_seconds"] for w in results.workers}
         rows = []
         for capacity, mem in sorted(results.memory.items()):
             idle, after = mem.get("idle"), mem.get("after")
-            rows.append([str(capacity), f"{ready[capacity]:.2f} s" if capacity in ready else "-"]
-                        + [f"{v:.1f} MiB" if v is not None else "-" for v in (
-                            idle, mem.get("peak"), after)]
-                        + [f"{after - idle:+.1f} MiB"
-                           if idle is not None and after is not None else "-"])
-        parts.append(format_table(["worker at capacity", "start -> ready", "RSS idle",
-                                   "peak (throughput)", "after", "growth"], rows,
-                                  frozenset(range(1, 6))))
+            rows.append(
+                [str(capacity), f"{ready[capacity]:.2f} s" if capacity in ready else "-"]
+                + [f"{v:.1f} MiB" if v is not None else "-" for v in (idle, mem.get("peak"), after)]
+                + [f"{after - idle:+.1f} MiB" if idle is not None and after is not None else "-"]
+            )
+        parts.append(
+            format_table(
+                [
+                    "worker at capacity",
+                    "start -> ready",
+                    "RSS idle",
+                    "peak (throughput)",
+                    "after",
+                    "growth",
+                ],
+                rows,
+                frozenset(range(1, 6)),
+            )
+        )
     parts.append(format_targets(targets))
     if results.errors:
         parts.append("errors:\n" + "\n".join(f"  {k}: {v}" for k, v in results.errors.items()))
@@ -329,8 +373,9 @@ def _ms(value: float | None) -> str:
     return f"{value:.1f} ms" if value is not None else "-"
 
 
-def to_json(plan: Plan, info: dict[str, Any], results: Results, targets: Sequence[Any],
-            started: datetime) -> dict[str, Any]:
+def to_json(
+    plan: Plan, info: dict[str, Any], results: Results, targets: Sequence[Any], started: datetime
+) -> dict[str, Any]:
     summaries = results.summaries()
     return {
         "format": 1,
@@ -340,10 +385,13 @@ def to_json(plan: Plan, info: dict[str, Any], results: Results, targets: Sequenc
         "machine": info | {"loadavg_end": os.getloadavg()},
         "interrupted": results.interrupted,
         "cases": {
-            name: {"section": section, "label": label,
-                   **(summaries[name].as_dict() if name in summaries else {}),
-                   "samples_ms": [round(v, 3) for v in results.samples.get(name, [])],
-                   "error": results.errors.get(name)}
+            name: {
+                "section": section,
+                "label": label,
+                **(summaries[name].as_dict() if name in summaries else {}),
+                "samples_ms": [round(v, 3) for v in results.samples.get(name, [])],
+                "error": results.errors.get(name),
+            }
             for name, (section, label) in results.labels.items()
         },
         "throughput": {str(c): r for c, r in results.throughput.items()},
@@ -361,13 +409,23 @@ def default_json_path(now: datetime) -> Path:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer runs (30 rounds, 100 queued executions): a few minutes")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="where to write the results (default bench-results/bench-<time>.json)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer runs (30 rounds, 100 queued executions): a few minutes",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="where to write the results (default bench-results/bench-<time>.json)",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="rounds of the local cases")
-    parser.add_argument("--no-e2e", action="store_true",
-                        help="skip the RabbitMQ + PostgreSQL part (no services needed)")
+    parser.add_argument(
+        "--no-e2e",
+        action="store_true",
+        help="skip the RabbitMQ + PostgreSQL part (no services needed)",
+    )
     parser.add_argument("--seed", type=int, default=6, help="shuffle seed of the round-robin")
     return parser.parse_args(argv)
 
@@ -397,8 +455,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress("cleaning up")
         failures = cleanup.run_all()
     targets = build_targets(results.summaries(), results.rates(), results.memory)
-    print(f"machine: {info['nproc']} x {info['cpu_model']}, kernel {info['kernel']}, "
-          f"{info['bwrap']}, load {info['loadavg_start'][0]:.2f} at start")
+    print(
+        f"machine: {info['nproc']} x {info['cpu_model']}, kernel {info['kernel']}, "
+        f"{info['bwrap']}, load {info['loadavg_start'][0]:.2f} at start"
+    )
     print(report(results, targets))
     path = args.json or default_json_path(started)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,19 +43,21 @@ from .cleanup import Cleanup
 from .local import ATTUNE, REPO, CaseError
 from .stats import parse_cpu_ticks, parse_vmrss_kib
 
-PG_ADMIN_URL = os.environ.get("ATTUNE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "ATTUNE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 AMQP_BASE_URL = os.environ.get("ATTUNE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 DEMO_PACK = REPO / "examples" / "packs" / "demo"
 BENCH_PACK = {
     "pack.yaml": "ref: bench\nlabel: Bench\ndescription: Trivial actions for scripts/bench\n"
-                 "version: 1.0.0\n",
+    "version: 1.0.0\n",
     "actions/noop_py.yaml": "ref: bench.noop_py\nlabel: Noop (python)\n"
-                            "description: def run() returning 1\nrunner_type: python\n"
-                            "entry_point: noop_py.py\n",
+    "description: def run() returning 1\nrunner_type: python\n"
+    "entry_point: noop_py.py\n",
     "actions/noop_py.py": "def run():\n    return 1\n",
     "actions/noop_sh.yaml": "ref: bench.noop_sh\nlabel: Noop (shell)\n"
-                            "description: the shell no-op\nrunner_type: shell\n"
-                            "entry_point: noop_sh.sh\n",
+    "description: the shell no-op\nrunner_type: shell\n"
+    "entry_point: noop_sh.sh\n",
     "actions/noop_sh.sh": ":\n",
 }
 ACTIONS = {"python": "bench.noop_py", "shell": "bench.noop_sh"}
@@ -63,8 +65,9 @@ WORKER_READY_TIMEOUT = 60.0
 
 
 def _rabbitmqctl(*args: str) -> None:
-    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=False
+    )
     if done.returncode != 0:
         raise CaseError(f"rabbitmqctl {args[0]}: {done.stderr.strip()[:300]}")
 
@@ -79,8 +82,9 @@ def create_database(cleanup: Cleanup) -> str:
 
     def drop() -> None:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                         .format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
     cleanup.push(f"database {name}", drop)
     parts = urlsplit(PG_ADMIN_URL)
@@ -154,8 +158,9 @@ class Completions:
             with trio.move_on_after(timeout):
                 await self._done.wait()
         if self._want:
-            raise CaseError(f"{len(self._want)} of {len(ids)} executions did not complete "
-                            f"within {timeout:g}s")
+            raise CaseError(
+                f"{len(self._want)} of {len(ids)} executions did not complete within {timeout:g}s"
+            )
 
 
 @dataclass
@@ -213,14 +218,16 @@ class Stack:
 
     def worker_env(self, capacity: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE")}
-        env.update({
-            "ATTUNE__DATABASE__URL": self.db_url,
-            "ATTUNE__MESSAGE_QUEUE__URL": self.amqp_url,
-            "ATTUNE__PACKS_BASE_DIR": str(self.root / "packs"),
-            "ATTUNE__ARTIFACTS_DIR": str(self.root / "artifacts"),
-            "ATTUNE__SANDBOX__RUN_DIR": str(self.root / "worker-runs"),
-            "ATTUNE__WORKER__MAX_CONCURRENT_TASKS": str(capacity),
-        })
+        env.update(
+            {
+                "ATTUNE__DATABASE__URL": self.db_url,
+                "ATTUNE__MESSAGE_QUEUE__URL": self.amqp_url,
+                "ATTUNE__PACKS_BASE_DIR": str(self.root / "packs"),
+                "ATTUNE__ARTIFACTS_DIR": str(self.root / "artifacts"),
+                "ATTUNE__SANDBOX__RUN_DIR": str(self.root / "worker-runs"),
+                "ATTUNE__WORKER__MAX_CONCURRENT_TASKS": str(capacity),
+            }
+        )
         return env
 
     async def start_worker(self, capacity: int) -> WorkerProc:
@@ -230,9 +237,14 @@ class Stack:
             started = time.perf_counter()
             # Own session: a Ctrl-C in the terminal reaches the bench, which stops the
             # worker itself (SIGTERM, then SIGKILL) during cleanup.
-            proc = subprocess.Popen([ATTUNE, "run-worker", "--name", self.worker_name],
-                                    env=self.worker_env(capacity), stdout=log,
-                                    stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+            proc = subprocess.Popen(
+                [ATTUNE, "run-worker", "--name", self.worker_name],
+                env=self.worker_env(capacity),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
+            )
         self.cleanup.process(f"worker pid {proc.pid}", proc)
         worker = WorkerProc(proc, log_path, capacity, started)
         await worker.wait_ready()
@@ -247,20 +259,28 @@ class Stack:
     async def create(self, interp: str, count: int) -> list[int]:
         assert self.worker_id is not None
         action = self.actions[interp]
-        return [await self.db.create_execution(action, config={}, worker_id=self.worker_id)
-                for _ in range(count)]
+        return [
+            await self.db.create_execution(action, config={}, worker_id=self.worker_id)
+            for _ in range(count)
+        ]
 
     async def dispatch(self, execution_id: int, interp: str) -> None:
         assert self.worker_id is not None
-        request = ExecutionRequested(execution_id=execution_id, action_ref=ACTIONS[interp],
-                                     worker_id=self.worker_id)
+        request = ExecutionRequested(
+            execution_id=execution_id, action_ref=ACTIONS[interp], worker_id=self.worker_id
+        )
         message = encode_message("ExecutionRequested", request, source_service="executor")
-        await self.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(self.worker_id),
-                                  message)
+        await self.broker.publish(
+            EXCHANGE_EXECUTIONS, dispatch_routing_key(self.worker_id), message
+        )
 
 
-async def _collect(broker: Broker, completions: Completions, *,
-                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _collect(
+    broker: Broker,
+    completions: Completions,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     queue = f"bench.completed.{secrets.token_hex(4)}"
     await broker.declare_queue(queue, durable=False, exclusive=True, auto_delete=True)
     await broker.bind_queue(queue, EXCHANGE_EXECUTIONS, ROUTING_COMPLETED)
@@ -270,8 +290,9 @@ async def _collect(broker: Broker, completions: Completions, *,
             at = time.perf_counter()
             _, done = decode_completed(delivery.body)
             result = done.result if isinstance(done.result, dict) else {}
-            completions.record(done.execution_id,
-                               Completion(at, done.status, result.get("duration_ms")))
+            completions.record(
+                done.execution_id, Completion(at, done.status, result.get("duration_ms"))
+            )
             await delivery.ack()
 
 
@@ -299,8 +320,16 @@ async def open_stack(root: Path, cleanup: Cleanup) -> AsyncIterator[Stack]:
             completions = Completions()
             async with trio.open_nursery() as nursery:
                 await nursery.start(_collect, broker, completions)
-                yield Stack(db=db, broker=broker, root=root, db_url=db_url, amqp_url=amqp_url,
-                            cleanup=cleanup, completions=completions, actions=actions)
+                yield Stack(
+                    db=db,
+                    broker=broker,
+                    root=root,
+                    db_url=db_url,
+                    amqp_url=amqp_url,
+                    cleanup=cleanup,
+                    completions=completions,
+                    actions=actions,
+                )
                 nursery.cancel_scope.cancel()
 
 
@@ -356,13 +385,20 @@ async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput
     done = [stack.completions.seen[i] for i in ids]
     last = max(d.at for d in done)
     return Throughput(
-        capacity=worker.capacity, count=count, seconds=last - started,
+        capacity=worker.capacity,
+        count=count,
+        seconds=last - started,
         finish_times=[d.at - started for d in done],
-        failed=sum(d.status != "Completed" for d in done), rss_samples=samples,
-        worker_cpu_ms=own, sandbox_cpu_ms=children,
+        failed=sum(d.status != "Completed" for d in done),
+        rss_samples=samples,
+        worker_cpu_ms=own,
+        sandbox_cpu_ms=children,
     )
 
 
 def summary_of_worker(worker: WorkerProc) -> dict[str, Any]:
-    return {"capacity": worker.capacity, "ready_seconds": round(worker.ready_seconds, 3),
-            "log": worker.log_path.name}
+    return {
+        "capacity": worker.capacity,
+        "ready_seconds": round(worker.ready_seconds, 3),
+        "log": worker.log_path.name,
+    }

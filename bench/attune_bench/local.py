@@ -87,8 +87,9 @@ async def run_plain(argv: Sequence[str], env: dict[str, str]) -> tuple[float, by
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out_w,
-                                 stderr=err_w, env=env, cwd="/")
+        popen = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=env, cwd="/"
+        )
     except BaseException:
         os.close(out_r)
         os.close(err_r)
@@ -145,8 +146,9 @@ class LocalEnv:
 
     def layout(self, slot: int) -> FloorLayout:
         if slot not in self.layouts:
-            self.layouts[slot] = _make_layout(self.root / "floor" / f"slot-{slot}",
-                                              self.sandbox.slot_uid(slot))
+            self.layouts[slot] = _make_layout(
+                self.root / "floor" / f"slot-{slot}", self.sandbox.slot_uid(slot)
+            )
         return self.layouts[slot]
 
 
@@ -163,8 +165,7 @@ def _make_layout(root: Path, uid: int | None) -> FloorLayout:
     os.chmod(root.parent, 0o711)  # the slot uids traverse it, never list it
     for path in (root, code, code / "action", code / "out"):
         os.chmod(path, 0o755)
-    for path in (code / "action" / PY_NAME, code / "action" / SH_NAME,
-                 code / "python_wrapper.py"):
+    for path in (code / "action" / PY_NAME, code / "action" / SH_NAME, code / "python_wrapper.py"):
         os.chmod(path, 0o644)
     out.mkdir(mode=0o700)
     result = out / "result.json"
@@ -187,8 +188,15 @@ def make_env(root: Path) -> LocalEnv:
     (actions / SH_NAME).write_bytes(SH_ACTION)
     exec_env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE")}
     exec_env["ATTUNE__SANDBOX__RUN_DIR"] = str(root / "exec-runs")
-    return LocalEnv(root=root, facts=facts, sandbox=sandbox, profiles=load_profiles(),
-                    bpf=seccomp.default_bpf(), exec_env=exec_env, actions_dir=actions)
+    return LocalEnv(
+        root=root,
+        facts=facts,
+        sandbox=sandbox,
+        profiles=load_profiles(),
+        bpf=seccomp.default_bpf(),
+        exec_env=exec_env,
+        actions_dir=actions,
+    )
 
 
 async def _supervise(proc: process.SandboxProcess) -> tuple[int, bytes]:
@@ -210,9 +218,15 @@ async def _supervise(proc: process.SandboxProcess) -> tuple[int, bytes]:
     return code, b"".join(err)
 
 
-async def run_sandboxed(env: LocalEnv, profile: Profile, command: Sequence[str] | None, *,
-                        slot: int = 0, wrapper: str | None = None,
-                        action_file: str = PY_NAME) -> float:
+async def run_sandboxed(
+    env: LocalEnv,
+    profile: Profile,
+    command: Sequence[str] | None,
+    *,
+    slot: int = 0,
+    wrapper: str | None = None,
+    action_file: str = PY_NAME,
+) -> float:
     """One floor run: the worker's bwrap argv and seccomp, `command` inside; seconds.
 
     `command=None` runs what the runner would: `argv.action_command` (prlimit, the
@@ -224,9 +238,14 @@ async def run_sandboxed(env: LocalEnv, profile: Profile, command: Sequence[str] 
     fd = seccomp.bpf_fd(env.bpf)
     try:
         run_layout = argv_mod.RunLayout(
-            code_dir=str(layout.code_dir), result_file=str(layout.result_file),
-            params_file=None, etc_dir=str(env.etc_dir), action_file=action_file,
-            wrapper=wrapper, seccomp_fd=fd, env={},
+            code_dir=str(layout.code_dir),
+            result_file=str(layout.result_file),
+            params_file=None,
+            etc_dir=str(env.etc_dir),
+            action_file=action_file,
+            wrapper=wrapper,
+            seccomp_fd=fd,
+            env={},
         )
         args = argv_mod.encode_args(argv_mod.bwrap_args(profile, run_layout))
         if command is None:
@@ -276,33 +295,83 @@ def cases(env: LocalEnv) -> list[Case]:
     found = [
         Case("plain_python", "python3 -c pass", floors, lambda: plain(SYSTEM_PYTHON, "-c", "pass")),
         Case("plain_bash", "bash -c :", floors, lambda: plain(BASH, "-c", ":")),
-        Case("bwrap_python", "bwrap+seccomp python3 -c pass", floors,
-             lambda: run_sandboxed(env, py, [SYSTEM_PYTHON, "-c", "pass"])),
-        Case("bwrap_bash", "bwrap+seccomp bash -c :", floors,
-             lambda: run_sandboxed(env, sh, [BASH, "-c", ":"])),
-        Case("runner_python", "Sandbox.run python def run(): return 1", "runner (in-process)",
-             lambda: run_runner(env, py_spec)),
-        Case("runner_shell", "Sandbox.run shell ':'", "runner (in-process)",
-             lambda: run_runner(env, sh_spec)),
-        Case("exec_python", "attune exec noop.py", "attune exec (whole process)",
-             lambda: exec_cli(py_file)),
-        Case("exec_shell", "attune exec noop.sh", "attune exec (whole process)",
-             lambda: exec_cli(sh_file)),
-        Case("import_trio", ".venv python -c 'import trio'", "attune exec (whole process)",
-             lambda: venv("import trio")),
+        Case(
+            "bwrap_python",
+            "bwrap+seccomp python3 -c pass",
+            floors,
+            lambda: run_sandboxed(env, py, [SYSTEM_PYTHON, "-c", "pass"]),
+        ),
+        Case(
+            "bwrap_bash",
+            "bwrap+seccomp bash -c :",
+            floors,
+            lambda: run_sandboxed(env, sh, [BASH, "-c", ":"]),
+        ),
+        Case(
+            "runner_python",
+            "Sandbox.run python def run(): return 1",
+            "runner (in-process)",
+            lambda: run_runner(env, py_spec),
+        ),
+        Case(
+            "runner_shell",
+            "Sandbox.run shell ':'",
+            "runner (in-process)",
+            lambda: run_runner(env, sh_spec),
+        ),
+        Case(
+            "exec_python",
+            "attune exec noop.py",
+            "attune exec (whole process)",
+            lambda: exec_cli(py_file),
+        ),
+        Case(
+            "exec_shell",
+            "attune exec noop.sh",
+            "attune exec (whole process)",
+            lambda: exec_cli(sh_file),
+        ),
+        Case(
+            "import_trio",
+            ".venv python -c 'import trio'",
+            "attune exec (whole process)",
+            lambda: venv("import trio"),
+        ),
         Case("diag_venv_python", ".venv python -c pass", diag, lambda: venv("pass")),
-        Case("diag_prlimit_python", "+ prlimit + python3 -u -B -I -X utf8 -c pass", diag,
-             lambda: run_sandboxed(env, py, prlimit_py)),
-        Case("diag_wrapper_python", "+ python_wrapper.py noop.py (no host-side runner work)",
-             diag, lambda: run_sandboxed(env, py, None, wrapper="python_wrapper.py")),
-        Case("diag_prlimit_shell", "+ prlimit + bash noop.sh", diag,
-             lambda: run_sandboxed(env, sh, None, action_file=SH_NAME)),
-        Case("diag_host_detect", "host.detect() in-process, seccomp cache cleared", diag,
-             lambda: _host_detect()),
+        Case(
+            "diag_prlimit_python",
+            "+ prlimit + python3 -u -B -I -X utf8 -c pass",
+            diag,
+            lambda: run_sandboxed(env, py, prlimit_py),
+        ),
+        Case(
+            "diag_wrapper_python",
+            "+ python_wrapper.py noop.py (no host-side runner work)",
+            diag,
+            lambda: run_sandboxed(env, py, None, wrapper="python_wrapper.py"),
+        ),
+        Case(
+            "diag_prlimit_shell",
+            "+ prlimit + bash noop.sh",
+            diag,
+            lambda: run_sandboxed(env, sh, None, action_file=SH_NAME),
+        ),
+        Case(
+            "diag_host_detect",
+            "host.detect() in-process, seccomp cache cleared",
+            diag,
+            lambda: _host_detect(),
+        ),
     ]
     if env.facts.cgroups.version:
-        found.append(Case("diag_cgroup", "RunCgroup create + remove, no process", diag,
-                          lambda: _cgroup(env, py)))
+        found.append(
+            Case(
+                "diag_cgroup",
+                "RunCgroup create + remove, no process",
+                diag,
+                lambda: _cgroup(env, py),
+            )
+        )
     return found
 
 
@@ -318,7 +387,11 @@ _cgroup_names = itertools.count()
 
 async def _cgroup(env: LocalEnv, profile: Profile) -> float:
     started = time.perf_counter()
-    cgroup = RunCgroup(env.facts.cgroups, f"bench-{os.getpid()}-{next(_cgroup_names)}",
-                       profile.limits.memory_mb * 1024 * 1024, profile.limits.processes)
+    cgroup = RunCgroup(
+        env.facts.cgroups,
+        f"bench-{os.getpid()}-{next(_cgroup_names)}",
+        profile.limits.memory_mb * 1024 * 1024,
+        profile.limits.processes,
+    )
     cgroup.remove()
     return time.perf_counter() - started

@@ -112,7 +112,7 @@ def parse_cpu_ticks(stat_text: str) -> tuple[int, int] | None:
     children: for the worker, every bwrap and so every sandbox of the runs it finished.
     """
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-    fields = stat_text[stat_text.rfind(")") + 2:].split()
+    fields = stat_text[stat_text.rfind(")") + 2 :].split()
     if len(fields) < 15:
         return None
     utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
@@ -189,42 +189,75 @@ def build_targets(
     targets: list[Target] = []
     for interp, floor in (("python", "bwrap_python"), ("shell", "bwrap_bash")):
         runner, floor_ms = _median(cases, f"runner_{interp}"), _median(cases, floor)
-        targets.append(Target(
-            f"runner overhead, {interp} (median over bwrap+seccomp floor)",
-            _diff(runner, floor_ms), RUNNER_OVERHEAD_MS, "ms",
-            detail=f"runner_{interp} - {floor}",
-        ))
+        targets.append(
+            Target(
+                f"runner overhead, {interp} (median over bwrap+seccomp floor)",
+                _diff(runner, floor_ms),
+                RUNNER_OVERHEAD_MS,
+                "ms",
+                detail=f"runner_{interp} - {floor}",
+            )
+        )
     for interp in ("python", "shell"):
         name = f"e2e_{interp}"
-        targets.append(Target(f"end-to-end latency, {interp} (median)",
-                              _median(cases, name), E2E_LATENCY_MS, "ms",
-                              detail="publish dispatch -> ExecutionCompleted received"))
+        targets.append(
+            Target(
+                f"end-to-end latency, {interp} (median)",
+                _median(cases, name),
+                E2E_LATENCY_MS,
+                "ms",
+                detail="publish dispatch -> ExecutionCompleted received",
+            )
+        )
     worker = rates.get(f"worker_c{THROUGHPUT_CAPACITY}")
     floor_rate = rates.get(f"floor_python_c{THROUGHPUT_CAPACITY}")
     fraction = f" ({worker / floor_rate:.0%} of floor)" if worker and floor_rate else ""
-    targets.append(Target(
-        f"throughput at capacity {THROUGHPUT_CAPACITY} (>= {THROUGHPUT_FRACTION:.0%} of the "
-        "sandboxed python3 -c pass rate)",
-        worker, floor_rate * THROUGHPUT_FRACTION if floor_rate else None, "/s", at_most=False,
-        detail=f"floor {floor_rate:.1f}/s at concurrency {THROUGHPUT_CAPACITY}{fraction}"
-        if floor_rate else "",
-    ))
+    targets.append(
+        Target(
+            f"throughput at capacity {THROUGHPUT_CAPACITY} (>= {THROUGHPUT_FRACTION:.0%} of the "
+            "sandboxed python3 -c pass rate)",
+            worker,
+            floor_rate * THROUGHPUT_FRACTION if floor_rate else None,
+            "/s",
+            at_most=False,
+            detail=f"floor {floor_rate:.1f}/s at concurrency {THROUGHPUT_CAPACITY}{fraction}"
+            if floor_rate
+            else "",
+        )
+    )
     trio_ms = _median(cases, "import_trio")
     for interp, floor in (("python", "bwrap_python"), ("shell", "bwrap_bash")):
         limit = _sum(trio_ms, _median(cases, floor), EXEC_SLACK_MS)
-        targets.append(Target(
-            f"attune exec wall, {interp} (median)", _median(cases, f"exec_{interp}"), limit,
-            "ms", detail=f"import_trio + {floor} + {EXEC_SLACK_MS:g} ms",
-        ))
+        targets.append(
+            Target(
+                f"attune exec wall, {interp} (median)",
+                _median(cases, f"exec_{interp}"),
+                limit,
+                "ms",
+                detail=f"import_trio + {floor} + {EXEC_SLACK_MS:g} ms",
+            )
+        )
     idle = [m.get("idle") for m in memory.values()]
     idle_known = [v for v in idle if v is not None]
-    targets.append(Target("worker RSS idle after start (max over starts)",
-                          max(idle_known) if idle_known else None, RSS_IDLE_MIB, "MiB"))
+    targets.append(
+        Target(
+            "worker RSS idle after start (max over starts)",
+            max(idle_known) if idle_known else None,
+            RSS_IDLE_MIB,
+            "MiB",
+        )
+    )
     growth = [_diff(m.get("after"), m.get("idle")) for m in memory.values()]
     growth_known = [g for g in growth if g is not None]
-    targets.append(Target("worker RSS growth over the throughput runs (max over capacities)",
-                          max(growth_known) if growth_known else None, RSS_GROWTH_MIB, "MiB",
-                          detail="after - idle, per worker start"))
+    targets.append(
+        Target(
+            "worker RSS growth over the throughput runs (max over capacities)",
+            max(growth_known) if growth_known else None,
+            RSS_GROWTH_MIB,
+            "MiB",
+            detail="after - idle, per worker start",
+        )
+    )
     return targets
 
 
@@ -253,8 +286,7 @@ def _columns(rows: Iterable[Sequence[str]], right: frozenset[int]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for r in rows:
-        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i])
-                 for i, c in enumerate(r)]
+        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)]
         out.append("  ".join(cells).rstrip())
     return out
 
@@ -271,8 +303,17 @@ def format_cases(sections: Sequence[tuple[str, Sequence[Row]]]) -> str:
             if s is None:
                 grid.append([row.label, "0", "-", "-", "-", "-", row.note or "failed"])
             else:
-                grid.append([row.label, str(s.n), _fmt(s.median, "ms"), _fmt(s.p95, "ms"),
-                             _fmt(s.min, "ms"), _fmt(s.max, "ms"), row.note])
+                grid.append(
+                    [
+                        row.label,
+                        str(s.n),
+                        _fmt(s.median, "ms"),
+                        _fmt(s.p95, "ms"),
+                        _fmt(s.min, "ms"),
+                        _fmt(s.max, "ms"),
+                        row.note,
+                    ]
+                )
     lines = _columns(grid, frozenset({1, 2, 3, 4, 5}))
     out = [lines[0], "-" * len(lines[0])]
     for index, line in enumerate(lines[1:], start=1):
@@ -282,8 +323,9 @@ def format_cases(sections: Sequence[tuple[str, Sequence[Row]]]) -> str:
     return "\n".join(out)
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]],
-                 right: frozenset[int] = frozenset()) -> str:
+def format_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()
+) -> str:
     lines = _columns([header, *rows], right)
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
@@ -293,7 +335,16 @@ def format_targets(targets: Sequence[Target]) -> str:
     for t in targets:
         op = "<=" if t.at_most else ">="
         ratio = f"{t.ratio:.2f}" if t.ratio is not None else "-"
-        rows.append([t.name, _fmt(t.measured, t.unit), f"{op} {_fmt(t.limit, t.unit)}",
-                     ratio, t.verdict, t.detail])
-    return format_table(["target", "measured", "target", "ratio", "result", ""], rows,
-                        frozenset({1, 2, 3}))
+        rows.append(
+            [
+                t.name,
+                _fmt(t.measured, t.unit),
+                f"{op} {_fmt(t.limit, t.unit)}",
+                ratio,
+                t.verdict,
+                t.detail,
+            ]
+        )
+    return format_table(
+        ["target", "measured", "target", "ratio", "result", ""], rows, frozenset({1, 2, 3})
+    )

@@ -27,9 +27,11 @@ Pg = psycopg.Connection[tuple[Any, ...]]
 
 
 async def _dispatch(stack: Stack, worker_id: int, execution_id: int, ref: str) -> None:
-    message = encode_message("ExecutionRequested", ExecutionRequested(
-        execution_id=execution_id, action_ref=ref, worker_id=worker_id),
-        source_service="executor")
+    message = encode_message(
+        "ExecutionRequested",
+        ExecutionRequested(execution_id=execution_id, action_ref=ref, worker_id=worker_id),
+        source_service="executor",
+    )
     await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), message)
 
 
@@ -43,12 +45,14 @@ async def test_ten_megabyte_body_is_dead_lettered_and_the_worker_keeps_serving(
 ) -> None:
     worker = await stack.start_worker()
     worker_id = await stack.worker_id(worker.name)
-    body = (b'{"message_type": "ExecutionRequested", "payload": {"pad": "'
-            + b"x" * (10 << 20) + b'"}}')
+    body = (
+        b'{"message_type": "ExecutionRequested", "payload": {"pad": "' + b"x" * (10 << 20) + b'"}}'
+    )
     async with collect(stack.broker, EXCHANGE_DLX, dispatch_routing_key(worker_id)) as dead:
         msg = OutgoingMessage(body=body, message_id=str(uuid.uuid4()), correlation_id="c")
-        await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), msg,
-                                   timeout=30)
+        await stack.broker.publish(
+            EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), msg, timeout=30
+        )
         assert len((await dead.next(timeout=15)).body) == len(body)
     assert "dispatch_rejected" in worker.log()
     await _still_serving(stack)
@@ -69,8 +73,10 @@ def _escape_by_symlink(pg: Pg, stack: Stack) -> None:
 
 def _unknown_runtime(pg: Pg, stack: Stack) -> None:
     pg.execute("INSERT INTO runtime (ref, pack_ref, name) VALUES ('core.ruby', 'core', 'ruby')")
-    pg.execute("UPDATE action SET runtime = (SELECT id FROM runtime WHERE ref = 'core.ruby') "
-               "WHERE ref = 'demo.add'")
+    pg.execute(
+        "UPDATE action SET runtime = (SELECT id FROM runtime WHERE ref = 'core.ruby') "
+        "WHERE ref = 'demo.add'"
+    )
 
 
 def _secret_marker_without_rows(pg: Pg, stack: Stack) -> None:
@@ -94,14 +100,19 @@ CASES: list[tuple[str, Callable[[Pg, Stack], None], str]] = [
 
 @pytest.mark.parametrize(("case", "damage", "needle"), CASES, ids=[c[0] for c in CASES])
 async def test_broken_execution_fails_with_a_precise_error_and_the_worker_keeps_serving(
-    stack: Stack, pg: Pg, case: str, damage: Callable[[Pg, Stack], None], needle: str,
+    stack: Stack,
+    pg: Pg,
+    case: str,
+    damage: Callable[[Pg, Stack], None],
+    needle: str,
 ) -> None:
     worker = await stack.start_worker()
     worker_id = await stack.worker_id(worker.name)
     action = await stack.db.get_action("demo.add")
     assert action is not None
-    execution_id = await stack.db.create_execution(action, config={"x": 1, "y": 2},
-                                                   worker_id=worker_id)
+    execution_id = await stack.db.create_execution(
+        action, config={"x": 1, "y": 2}, worker_id=worker_id
+    )
     damage(pg, stack)
     await _dispatch(stack, worker_id, execution_id, "demo.add")
     row = await stack.wait(execution_id)
@@ -110,7 +121,9 @@ async def test_broken_execution_fails_with_a_precise_error_and_the_worker_keeps_
     assert row.result["succeeded"] is False
     if case in {"action deleted", "unknown runtime", "escape by ..", "escape by symlink"}:
         # Put the action back in working order, then prove the worker still serves.
-        pg.execute("UPDATE action SET entrypoint = 'add.py', runtime = (SELECT id FROM runtime "
-                   "WHERE ref = 'core.python') WHERE ref = 'demo.add'")
+        pg.execute(
+            "UPDATE action SET entrypoint = 'add.py', runtime = (SELECT id FROM runtime "
+            "WHERE ref = 'core.python') WHERE ref = 'demo.add'"
+        )
     if case not in {"action deleted", "missing code file"}:
         await _still_serving(stack)

@@ -27,8 +27,12 @@ def _run(*cmd: str) -> None:
 
 
 def _rabbit_up() -> bool:
-    return subprocess.run(["rabbitmqctl", "-q", "await_startup"], capture_output=True,
-                          timeout=60).returncode == 0
+    return (
+        subprocess.run(
+            ["rabbitmqctl", "-q", "await_startup"], capture_output=True, timeout=60
+        ).returncode
+        == 0
+    )
 
 
 def _pg_cluster() -> str:
@@ -67,8 +71,10 @@ async def test_rabbitmq_restart_under_load_every_execution_once_and_announced(
     assert [i for i in ids if runs[i] != 1] == []
     seen = await _completions(stack.broker, "chaos.completions", set(ids), 120)
     assert set(ids) <= seen
-    print(f"chaos rabbitmq: {len(ids)} executions, all terminal, 0 duplicates, "
-          f"drained {recovery:.1f}s after the stop")
+    print(
+        f"chaos rabbitmq: {len(ids)} executions, all terminal, 0 duplicates, "
+        f"drained {recovery:.1f}s after the stop"
+    )
 
 
 async def test_postgresql_restart_under_load_results_written_once_back(stack: Stack) -> None:
@@ -78,8 +84,9 @@ async def test_postgresql_restart_under_load_results_written_once_back(stack: St
     await trio.sleep(1.0)
     cluster = _pg_cluster()
     started = time.monotonic()
-    await trio.to_thread.run_sync(_run, "pg_ctlcluster", "--skip-systemctl-redirect", cluster,
-                                  "main", "restart")
+    await trio.to_thread.run_sync(
+        _run, "pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart"
+    )
     statuses = await stack.wait_all(ids, 240)
     recovery = time.monotonic() - started
     assert Counter(statuses.values()) == Counter({"completed": len(ids)})
@@ -87,5 +94,7 @@ async def test_postgresql_restart_under_load_results_written_once_back(stack: St
     assert [i for i in ids if runs[i] != 1] == []
     running = [i for i in ids if (await stack.db.get_execution(i)).status == "running"]  # type: ignore[union-attr]
     assert running == []
-    print(f"chaos postgresql: {len(ids)} executions, all terminal, 0 duplicates, "
-          f"drained {recovery:.1f}s after the restart")
+    print(
+        f"chaos postgresql: {len(ids)} executions, all terminal, 0 duplicates, "
+        f"drained {recovery:.1f}s after the restart"
+    )

@@ -24,6 +24,7 @@ from tests.integration.worker_kit import Stack, host_processes_of_uids
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 
+
 async def test_sigkill_mid_run_leaves_no_sandbox_and_restart_abandons_each_once(
     stack: Stack,
 ) -> None:
@@ -42,8 +43,7 @@ async def test_sigkill_mid_run_leaves_no_sandbox_and_restart_abandons_each_once(
         while host_processes_of_uids(base, base + 3):
             await trio.sleep(0.05)
     assert host_processes_of_uids(base, base + 3) == []
-    await stack.start_worker(capacity=3, name=worker.name,
-                             ATTUNE__SANDBOX__SLOT_UID_BASE=str(base))
+    await stack.start_worker(capacity=3, name=worker.name, ATTUNE__SANDBOX__SLOT_UID_BASE=str(base))
     statuses = await stack.wait_all(ids, 20)
     assert set(statuses.values()) == {"abandoned"}
     assert stack.runs_started() == Counter({i: 1 for i in ids})
@@ -55,8 +55,7 @@ async def _durable_completions(broker: Broker, name: str) -> None:
     await broker.bind_queue(name, EXCHANGE_EXECUTIONS, "execution.completed")
 
 
-async def _drain_completions(broker: Broker, name: str, want: int,
-                             timeout: float) -> Counter[int]:
+async def _drain_completions(broker: Broker, name: str, want: int, timeout: float) -> Counter[int]:
     import json
 
     seen: Counter[int] = Counter()
@@ -78,10 +77,12 @@ async def test_forced_broker_disconnects_under_load_lose_and_duplicate_nothing(
     vhost = unquote(urlsplit(stack.amqp_url).path.lstrip("/"))
     ids: list[int] = []
     async with trio.open_nursery() as nursery:
+
         async def faults() -> None:
             for _ in range(2):
                 await trio.sleep(1.5)
                 await close_connections(vhost)
+
         nursery.start_soon(faults)
         for i in range(150):
             ids.append(await stack.submit("demo.add", {"x": i, "y": 1}))
@@ -98,11 +99,17 @@ async def test_forced_broker_disconnects_under_load_lose_and_duplicate_nothing(
 
 def _block_database(name: str, allow: bool) -> None:
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
-            sql.Identifier(name), sql.SQL("true" if allow else "false")))
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.SQL("true" if allow else "false")
+            )
+        )
         if not allow:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
 
 
 async def test_database_outage_under_load_writes_every_result_after_recovery(
@@ -123,7 +130,9 @@ async def test_database_outage_under_load_writes_every_result_after_recovery(
     started = stack.runs_started()
     assert {i: started[i] for i in ids} == {i: 1 for i in ids}
     # The outage was seen (the pool's reconnect attempts or our retries), and survived.
-    assert any(mark in worker.log() for mark in
-               ("not currently accepting connections", "db_retry", "claim_deferred"))
+    assert any(
+        mark in worker.log()
+        for mark in ("not currently accepting connections", "db_retry", "claim_deferred")
+    )
     worker.signal(signal.SIGTERM)
     assert await worker.wait_exit() == 0

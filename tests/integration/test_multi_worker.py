@@ -17,9 +17,12 @@ async def test_workers_share_the_load_evenly_and_each_capacity_holds(
     stack: Stack, workers: int
 ) -> None:
     capacity = 2
-    started = [await stack.start_worker(capacity=capacity,
-                                        ATTUNE__SANDBOX__SLOT_UID_BASE=str(250000 + 100 * i))
-               for i in range(workers)]
+    started = [
+        await stack.start_worker(
+            capacity=capacity, ATTUNE__SANDBOX__SLOT_UID_BASE=str(250000 + 100 * i)
+        )
+        for i in range(workers)
+    ]
     names = {await stack.worker_id(w.name): w.name for w in started}
     total = 12 * workers
     ids = [await stack.submit("demo.sleep", {"seconds": 0.5}) for _ in range(total)]

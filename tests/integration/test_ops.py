@@ -31,13 +31,13 @@ pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 # A pack of our own: output that arrives over time, and output past the 10 MiB cap.
 OPS_PACK = {
     "pack.yaml": "ref: ops\nlabel: Ops\ndescription: actions for the operator tests\n"
-                 "version: 1.0.0\n",
+    "version: 1.0.0\n",
     "actions/ticker.yaml": "ref: ops.ticker\nlabel: Ticker\ndescription: output over time\n"
-                           "runner_type: shell\nentry_point: ticker.sh\ntimeout: 30\n",
+    "runner_type: shell\nentry_point: ticker.sh\ntimeout: 30\n",
     "actions/ticker.sh": "echo 'tick 1'\nsleep 2\necho 'tick 2'\necho warn >&2\n",
     "actions/big.yaml": "ref: ops.big\nlabel: Big\ndescription: 11 MiB of stdout\n"
-                        "runner_type: python\nentry_point: big.py\ntimeout: 30\n"
-                        "output_format: text\n",
+    "runner_type: python\nentry_point: big.py\ntimeout: 30\n"
+    "output_format: text\n",
     "actions/big.py": "import sys\nsys.stdout.write('x' * (11 * 1024 * 1024))\n",
 }
 CAP = 10 * 1024 * 1024
@@ -59,8 +59,14 @@ def _free_port() -> int:
 
 
 async def _cli(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
-    return await trio.run_process([ATTUNE, *args], env=stack.env(**env), cwd=REPO,
-                                  capture_stdout=True, capture_stderr=True, check=False)
+    return await trio.run_process(
+        [ATTUNE, *args],
+        env=stack.env(**env),
+        cwd=REPO,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
 
 
 async def _cli_json(stack: Stack, *args: str) -> Any:
@@ -78,14 +84,16 @@ def _http_get(url: str) -> tuple[int, str]:
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 async def _garbage_dispatch(stack: Stack, worker_name: str) -> None:
     worker_id = await stack.worker_id(worker_name)
-    msg = OutgoingMessage(body=b"not json at all", message_id=str(uuid.uuid4()),
-                          correlation_id="c")
+    msg = OutgoingMessage(body=b"not json at all", message_id=str(uuid.uuid4()), correlation_id="c")
     await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), msg)
 
 
@@ -115,22 +123,35 @@ async def test_metrics_endpoint_counts_executions_heartbeats_dead_letters_and_tr
     code, text = await trio.to_thread.run_sync(_http_get, url + "/metrics")
     assert code == 200
     s = _samples(text)
-    assert s[("attune_executions_total",
-              frozenset({("status", "completed"), ("runtime", "python")}))] == 2
-    assert s[("attune_executions_total",
-              frozenset({("status", "failed"), ("runtime", "python")}))] == 1
-    assert s[("attune_execution_duration_seconds_count",
-              frozenset({("runtime", "python")}))] == 3
+    assert (
+        s[("attune_executions_total", frozenset({("status", "completed"), ("runtime", "python")}))]
+        == 2
+    )
+    assert (
+        s[("attune_executions_total", frozenset({("status", "failed"), ("runtime", "python")}))]
+        == 1
+    )
+    assert s[("attune_execution_duration_seconds_count", frozenset({("runtime", "python")}))] == 3
     assert s[("attune_sandbox_overhead_seconds_count", frozenset({("runtime", "python")}))] == 3
-    assert s[("attune_output_truncated_bytes_total", frozenset({("stream", "stdout")}))] == \
-        11 * 1024 * 1024 - CAP
+    assert (
+        s[("attune_output_truncated_bytes_total", frozenset({("stream", "stdout")}))]
+        == 11 * 1024 * 1024 - CAP
+    )
     assert s[("attune_heartbeats_total", frozenset({("outcome", "ok")}))] >= 1
-    assert s[("attune_messages_dead_lettered_total",
-              frozenset({("queue", "executions"), ("reason", "undecodable")}))] == 1
+    assert (
+        s[
+            (
+                "attune_messages_dead_lettered_total",
+                frozenset({("queue", "executions"), ("reason", "undecodable")}),
+            )
+        ]
+        == 1
+    )
     assert s[("attune_executions_in_flight", frozenset())] == 0
     assert s[("attune_broker_reconnects_total", frozenset())] == 0
-    assert s[("attune_worker_info", frozenset({("worker", worker.name),
-                                                ("version", "0.1.0")}))] == 1
+    assert (
+        s[("attune_worker_info", frozenset({("worker", worker.name), ("version", "0.1.0")}))] == 1
+    )
     assert (await trio.to_thread.run_sync(_http_get, url + "/nope"))[0] == 404
 
     worker.signal(signal.SIGTERM)  # the server is a task of the tree: it stops with it
@@ -144,9 +165,11 @@ async def test_a_metrics_port_in_use_stops_start_up_with_a_clear_error(stack: St
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        worker = WorkerProcess(name=f"w-{uuid.uuid4().hex[:8]}",
-                               env=stack.env(ATTUNE__WORKER__METRICS_PORT=str(port)),
-                               log_path=stack.root / "busy-port.log")
+        worker = WorkerProcess(
+            name=f"w-{uuid.uuid4().hex[:8]}",
+            env=stack.env(ATTUNE__WORKER__METRICS_PORT=str(port)),
+            log_path=stack.root / "busy-port.log",
+        )
         stack.workers.append(worker)
         worker.start()
         assert await worker.wait_exit(timeout=30) != 0
@@ -167,8 +190,16 @@ async def test_doctor_checks_host_and_services_and_exits_by_the_worst_status(
     assert checks["broker"]["status"] == "OK", checks["broker"]
     assert checks["bubblewrap"]["status"] == "OK"
     assert checks["sandbox_run"]["status"] == "OK", checks["sandbox_run"]  # a real run
-    assert {"user_namespaces", "seccomp", "cgroups", "interpreter", "per_slot_uids",
-            "umask", "disk_run_dir", "disk_artifacts_dir"} <= set(checks)
+    assert {
+        "user_namespaces",
+        "seccomp",
+        "cgroups",
+        "interpreter",
+        "per_slot_uids",
+        "umask",
+        "disk_run_dir",
+        "disk_artifacts_dir",
+    } <= set(checks)
     assert done.returncode == (0 if report["ok"] else 1)
 
     down = await _cli(stack, "doctor", ATTUNE__MESSAGE_QUEUE__URL="amqp://guest:guest@127.0.0.1:1/")
@@ -184,10 +215,14 @@ async def test_doctor_fails_an_unmigrated_database_and_names_the_command(
     db_url: str, amqp_url: str, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE")}
-    env |= {"ATTUNE__DATABASE__URL": db_url, "ATTUNE__MESSAGE_QUEUE__URL": amqp_url,
-            "ATTUNE__ARTIFACTS_DIR": str(tmp_path)}
-    done = await trio.run_process([ATTUNE, "doctor", "--json"], env=env, capture_stdout=True,
-                                  capture_stderr=True, check=False)
+    env |= {
+        "ATTUNE__DATABASE__URL": db_url,
+        "ATTUNE__MESSAGE_QUEUE__URL": amqp_url,
+        "ATTUNE__ARTIFACTS_DIR": str(tmp_path),
+    }
+    done = await trio.run_process(
+        [ATTUNE, "doctor", "--json"], env=env, capture_stdout=True, capture_stderr=True, check=False
+    )
     assert done.returncode == 1
     database = next(c for c in json.loads(done.stdout)["checks"] if c["name"] == "database")
     assert database["status"] == "FAIL" and "not migrated" in database["detail"]
@@ -199,10 +234,13 @@ async def test_the_worker_refuses_slot_uids_of_an_existing_account_unless_told_u
     stack: Stack,
 ) -> None:
     account = pwd.getpwnam("nobody")
-    env = {"ATTUNE__SANDBOX__SLOT_UID_BASE": str(account.pw_uid),
-           "ATTUNE__WORKER__MAX_CONCURRENT_TASKS": "1"}
-    refused = WorkerProcess(name=f"w-{uuid.uuid4().hex[:8]}", env=stack.env(**env),
-                            log_path=stack.root / "refused.log")
+    env = {
+        "ATTUNE__SANDBOX__SLOT_UID_BASE": str(account.pw_uid),
+        "ATTUNE__WORKER__MAX_CONCURRENT_TASKS": "1",
+    }
+    refused = WorkerProcess(
+        name=f"w-{uuid.uuid4().hex[:8]}", env=stack.env(**env), log_path=stack.root / "refused.log"
+    )
     stack.workers.append(refused)
     refused.start()
     assert await refused.wait_exit(timeout=30) != 0
@@ -211,8 +249,11 @@ async def test_the_worker_refuses_slot_uids_of_an_existing_account_unless_told_u
     assert "Traceback" not in log  # one clear error line, not a stack
     assert await stack.db.list_workers() == []  # it never registered
 
-    forced = await stack.start_worker(capacity=1, ATTUNE__SANDBOX__SLOT_UID_BASE=str(
-        account.pw_uid), ATTUNE__SANDBOX__ALLOW_UNSAFE="true")
+    forced = await stack.start_worker(
+        capacity=1,
+        ATTUNE__SANDBOX__SLOT_UID_BASE=str(account.pw_uid),
+        ATTUNE__SANDBOX__ALLOW_UNSAFE="true",
+    )
     assert "event=UNSAFE_SANDBOX_OVERRIDE" in forced.log()
     assert "CRITICAL" in forced.log()
 
@@ -271,8 +312,12 @@ async def test_logs_follow_prints_output_while_the_execution_runs(stack: Stack) 
     await stack.start_worker()
     execution_id = await stack.submit("ops.ticker")
     proc = await trio.lowlevel.open_process(
-        [ATTUNE, "executions", "logs", str(execution_id), "--follow"], env=stack.env(),
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        [ATTUNE, "executions", "logs", str(execution_id), "--follow"],
+        env=stack.env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     assert proc.stdout is not None
     seen = b""
     with trio.fail_after(20):
@@ -304,8 +349,9 @@ async def test_submit_wait_keeps_stdout_to_the_result_when_not_on_a_terminal(
 def _run_with_terminal_stderr(argv: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
     """Run argv with stderr on a pseudo-terminal; returns (rc, stdout, terminal bytes)."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=slave,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL
+    )
     os.close(slave)
     seen = b""
     while True:
@@ -328,8 +374,7 @@ async def test_submit_wait_on_a_terminal_shows_live_output_and_elapsed_time(
     await _load_ops_pack(stack)
     await stack.start_worker()
     argv = [ATTUNE, "submit", "ops.ticker", "--wait"]
-    rc, out, terminal = await trio.to_thread.run_sync(_run_with_terminal_stderr, argv,
-                                                      stack.env())
+    rc, out, terminal = await trio.to_thread.run_sync(_run_with_terminal_stderr, argv, stack.env())
     assert rc == 0
     assert json.loads(out)["succeeded"] is True
     text = terminal.decode().replace("\r\n", "\n")
@@ -346,8 +391,12 @@ async def test_submit_wait_on_a_terminal_shows_live_output_and_elapsed_time(
 async def test_json_logs_are_one_object_per_line_with_the_execution_fields(
     stack: Stack,
 ) -> None:
-    worker = WorkerProcess(name=f"w-{uuid.uuid4().hex[:8]}", env=stack.env(),
-                           log_path=stack.root / "json.log", extra_args=["--log-format", "json"])
+    worker = WorkerProcess(
+        name=f"w-{uuid.uuid4().hex[:8]}",
+        env=stack.env(),
+        log_path=stack.root / "json.log",
+        extra_args=["--log-format", "json"],
+    )
     stack.workers.append(worker)
     worker.start()
     with trio.fail_after(20):

@@ -45,40 +45,55 @@ RUN_DIR = Path("/var/lib/attune/runs")
 # --- helpers: play the API and the executor ------------------------------------------
 
 
-async def submit_sealed(stack: Stack, worker: WorkerProcess, ref: str,
-                        params: dict[str, Any]) -> int:
+async def submit_sealed(
+    stack: Stack, worker: WorkerProcess, ref: str, params: dict[str, Any]
+) -> int:
     """Create the execution as the API would (secrets sealed), then dispatch it."""
     action = await stack.db.get_action(ref)
     assert action is not None, ref
-    config, rows = seal_secret_params(apply_schema(action.param_schema, params),
-                                      action.param_schema, KEY)
+    config, rows = seal_secret_params(
+        apply_schema(action.param_schema, params), action.param_schema, KEY
+    )
     worker_id = await stack.worker_id(worker.name)
     execution_id = await stack.db.create_execution(action, config=config, worker_id=worker_id)
     await stack.db.put_execution_secrets(execution_id, rows)
-    message = encode_message("ExecutionRequested", ExecutionRequested(
-        execution_id=execution_id, action_ref=ref, worker_id=worker_id),
-        source_service="executor")
+    message = encode_message(
+        "ExecutionRequested",
+        ExecutionRequested(execution_id=execution_id, action_ref=ref, worker_id=worker_id),
+        source_service="executor",
+    )
     await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), message)
     return execution_id
 
 
-async def set_encrypted_key(stack: Stack, ref: str, value: Any, *, owner_type: str,
-                            owner_ref: str | None) -> None:
-    await stack.db.set_key(ref, name=ref.rsplit(".", 1)[-1], owner_type=owner_type,
-                           owner_ref=owner_ref, value=encrypt_value(KEY, value), encrypted=True,
-                           encryption_key_hash=key_hash(KEY))
+async def set_encrypted_key(
+    stack: Stack, ref: str, value: Any, *, owner_type: str, owner_ref: str | None
+) -> None:
+    await stack.db.set_key(
+        ref,
+        name=ref.rsplit(".", 1)[-1],
+        owner_type=owner_type,
+        owner_ref=owner_ref,
+        value=encrypt_value(KEY, value),
+        encrypted=True,
+        encryption_key_hash=key_hash(KEY),
+    )
 
 
 async def load_probe_pack(stack: Stack, root: Path, actions: dict[str, tuple[str, str]]) -> None:
     """Install and register a pack `probe` made of {name: (yaml, code)}."""
     pack = root / "probe-pack"
     (pack / "actions").mkdir(parents=True)
-    (pack / "pack.yaml").write_text("ref: probe\nlabel: Probe\ndescription: leak probes\n"
-                                    "version: 1.0.0\n")
+    (pack / "pack.yaml").write_text(
+        "ref: probe\nlabel: Probe\ndescription: leak probes\nversion: 1.0.0\n"
+    )
     for name, (meta, code) in actions.items():
         (pack / "actions" / f"{name}.yaml").write_text(textwrap.dedent(meta))
-        entry = next(line.split(":", 1)[1].strip() for line in meta.splitlines()
-                     if line.strip().startswith("entry_point:"))
+        entry = next(
+            line.split(":", 1)[1].strip()
+            for line in meta.splitlines()
+            if line.strip().startswith("entry_point:")
+        )
         (pack / "actions" / entry).write_text(textwrap.dedent(code))
     spec = load_pack(pack)
     install_pack(spec, stack.packs_dir)
@@ -117,8 +132,12 @@ def db_dump(db_url: str) -> dict[str, bytes]:
     """Every row of every table in the attune schema, as text."""
     out: dict[str, bytes] = {}
     with psycopg.connect(db_url, autocommit=True) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'attune'")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'attune'"
+            )
+        ]
         for table in tables:
             rows = conn.execute(f'SELECT t::text FROM attune."{table}" t').fetchall()
             out[f"table {table}"] = "\n".join(r[0] for r in rows).encode()
@@ -284,8 +303,12 @@ PEEK_YAML = """
         password: {type: string, secret: true}
 """
 
-PROBES = {"leak": (LEAK_YAML, LEAK_CODE), "leak_script": (LEAK_SCRIPT_YAML, LEAK_SCRIPT_CODE),
-          "leak_sh": (LEAK_SH_YAML, LEAK_SH_CODE), "peek": (PEEK_YAML, PEEK_CODE)}
+PROBES = {
+    "leak": (LEAK_YAML, LEAK_CODE),
+    "leak_script": (LEAK_SCRIPT_YAML, LEAK_SCRIPT_CODE),
+    "leak_sh": (LEAK_SH_YAML, LEAK_SH_CODE),
+    "peek": (PEEK_YAML, PEEK_CODE),
+}
 
 
 def peeked(stack: Stack, worker: WorkerProcess, execution_id: int) -> bytes:
@@ -305,8 +328,9 @@ def unique(prefix: str) -> str:
 
 async def test_secret_parameter_and_keystore_secret_reach_secret_hash(stack: Stack) -> None:
     password, token = unique("pw"), unique("token")
-    await set_encrypted_key(stack, "api_token", "system-wide, overridden", owner_type="system",
-                            owner_ref=None)
+    await set_encrypted_key(
+        stack, "api_token", "system-wide, overridden", owner_type="system", owner_ref=None
+    )
     await set_encrypted_key(stack, "demo.api_token", token, owner_type="pack", owner_ref="demo")
     worker = await stack.start_worker(ATTUNE__SECURITY__ENCRYPTION_KEY=KEY)
     execution_id = await submit_sealed(stack, worker, "demo.secret_hash", {"password": password})
@@ -322,15 +346,14 @@ async def test_leak_hunt_finds_no_secret_in_db_artifacts_logs_or_messages(
     await load_probe_pack(stack, tmp_path, PROBES)
     password, token = unique("param-secret"), unique("key-secret")
     generated = hashlib.sha256(password.encode()).hexdigest()[:24]
-    await set_encrypted_key(stack, "probe.api_token", token, owner_type="pack",
-                            owner_ref="probe")
+    await set_encrypted_key(stack, "probe.api_token", token, owner_type="pack", owner_ref="probe")
     worker = await stack.start_worker(ATTUNE__SECURITY__ENCRYPTION_KEY=KEY)
     ids = {
         "leak": await submit_sealed(stack, worker, "probe.leak", {"password": password}),
-        "raise": await submit_sealed(stack, worker, "probe.leak",
-                                     {"password": password, "mode": "raise"}),
-        "script": await submit_sealed(stack, worker, "probe.leak_script",
-                                      {"password": password}),
+        "raise": await submit_sealed(
+            stack, worker, "probe.leak", {"password": password, "mode": "raise"}
+        ),
+        "script": await submit_sealed(stack, worker, "probe.leak_script", {"password": password}),
         "shell": await submit_sealed(stack, worker, "probe.leak_sh", {"password": password}),
     }
     rows = {name: await stack.wait(i) for name, i in ids.items()}
@@ -354,12 +377,14 @@ async def test_leak_hunt_finds_no_secret_in_db_artifacts_logs_or_messages(
     haystacks: dict[str, bytes] = {}
     haystacks |= db_dump(stack.db_url)
     haystacks |= files_under(stack.artifacts_dir, "artifact")
-    haystacks |= {f"worker log {w.log_path.name}": w.log_path.read_bytes()
-                  for w in stack.workers}
+    haystacks |= {f"worker log {w.log_path.name}": w.log_path.read_bytes() for w in stack.workers}
     haystacks |= await drain(execution_events, 3 * len(ids))
-    haystacks |= {name: data for run_dir in RUN_DIR.glob("execution-*")
-                  if any(run_dir.name.startswith(f"execution-{i}-") for i in ids.values())
-                  for name, data in files_under(run_dir, "run dir").items()}
+    haystacks |= {
+        name: data
+        for run_dir in RUN_DIR.glob("execution-*")
+        if any(run_dir.name.startswith(f"execution-{i}-") for i in ids.values())
+        for name, data in files_under(run_dir, "run dir").items()
+    }
     assert any(name.startswith("table execution") for name in haystacks)
     assert sum(name.startswith("message") for name in haystacks) == 12
     # The keystore secret is searched for whether or not the runner delivers it yet.
@@ -369,8 +394,7 @@ async def test_leak_hunt_finds_no_secret_in_db_artifacts_logs_or_messages(
     assert "table execution_secret_value" in haystacks and "table key" in haystacks
 
 
-async def test_worker_credentials_are_invisible_to_actions(stack: Stack,
-                                                           tmp_path: Path) -> None:
+async def test_worker_credentials_are_invisible_to_actions(stack: Stack, tmp_path: Path) -> None:
     await load_probe_pack(stack, tmp_path, PROBES)
     worker = await stack.start_worker(ATTUNE__SECURITY__ENCRYPTION_KEY=KEY)
     execution_id = await submit_sealed(stack, worker, "probe.peek", {"password": "peek-pw-1"})
@@ -380,16 +404,31 @@ async def test_worker_credentials_are_invisible_to_actions(stack: Stack,
     assert b"/proc/1/environ=" in seen and b"/proc/1/cmdline=" in seen
     assert b"ATTUNE_EXEC_ID" in seen and b"peek-pw-1" in seen  # the probe works
     db, amqp = urlsplit(stack.db_url), urlsplit(stack.amqp_url)
-    needles = [stack.db_url, stack.amqp_url, KEY, db.path.strip("/"), amqp.path.strip("/"),
-               "ATTUNE__", "guest:guest", str(stack.packs_dir), str(stack.artifacts_dir)]
+    needles = [
+        stack.db_url,
+        stack.amqp_url,
+        KEY,
+        db.path.strip("/"),
+        amqp.path.strip("/"),
+        "ATTUNE__",
+        "guest:guest",
+        str(stack.packs_dir),
+        str(stack.artifacts_dir),
+    ]
     assert [n for n in needles if n.encode() in seen] == []
 
 
-async def test_concurrent_runs_cannot_read_each_others_secrets(stack: Stack,
-                                                               tmp_path: Path) -> None:
+async def test_concurrent_runs_cannot_read_each_others_secrets(
+    stack: Stack, tmp_path: Path
+) -> None:
     await load_probe_pack(stack, tmp_path, PROBES)
-    await set_encrypted_key(stack, "probe.peek.own_token", unique("action-key"),
-                            owner_type="action", owner_ref="probe.peek")
+    await set_encrypted_key(
+        stack,
+        "probe.peek.own_token",
+        unique("action-key"),
+        owner_type="action",
+        owner_ref="probe.peek",
+    )
     worker = await stack.start_worker(capacity=2, ATTUNE__SECURITY__ENCRYPTION_KEY=KEY)
     action = await stack.db.get_action("probe.peek")
     assert action is not None
@@ -399,15 +438,21 @@ async def test_concurrent_runs_cannot_read_each_others_secrets(stack: Stack,
     for secret in (first, second):
         config, rows = seal_secret_params({"password": secret}, action.param_schema, KEY)
         execution_id = await stack.db.create_execution(
-            action, config=config, worker_id=worker_id,
-            env_vars={"PEEK_DELAY": "1", "PEEK_AFTER": "1"})
+            action,
+            config=config,
+            worker_id=worker_id,
+            env_vars={"PEEK_DELAY": "1", "PEEK_AFTER": "1"},
+        )
         await stack.db.put_execution_secrets(execution_id, rows)
         ids.append(execution_id)
     for execution_id in ids:
-        message = encode_message("ExecutionRequested", ExecutionRequested(
-            execution_id=execution_id, action_ref="probe.peek", worker_id=worker_id))
-        await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id),
-                                   message)
+        message = encode_message(
+            "ExecutionRequested",
+            ExecutionRequested(
+                execution_id=execution_id, action_ref="probe.peek", worker_id=worker_id
+            ),
+        )
+        await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), message)
     runs = [await stack.wait(i) for i in ids]
     assert [r.status for r in runs] == ["completed", "completed"], [r.result for r in runs]
     assert runs[0].started_at and runs[1].started_at
@@ -416,7 +461,8 @@ async def test_concurrent_runs_cannot_read_each_others_secrets(stack: Stack,
     assert hunt({"first run": seen_first}, {"own": first}) != []  # the probe sees its own
     assert hunt({"second run": seen_second}, {"own": second}) != []
     leaks = hunt({"first run": seen_first}, {"other": second}) + hunt(
-        {"second run": seen_second}, {"other": first})
+        {"second run": seen_second}, {"other": first}
+    )
     assert leaks == [], leaks
 
 
@@ -441,13 +487,22 @@ async def test_a_wrong_key_or_a_missing_value_fails_naming_the_parameter_path(
     action = await stack.db.get_action("demo.secret_hash")
     assert action is not None
     orphan = await stack.db.create_execution(
-        action, config={"password": {"$attune_secret": True, "redacted": True}},
-        worker_id=await stack.worker_id(worker.name))
-    await stack.broker.publish(EXCHANGE_EXECUTIONS,
-                               dispatch_routing_key(await stack.worker_id(worker.name)),
-                               encode_message("ExecutionRequested", ExecutionRequested(
-                                   execution_id=orphan, action_ref=action.ref,
-                                   worker_id=await stack.worker_id(worker.name))))
+        action,
+        config={"password": {"$attune_secret": True, "redacted": True}},
+        worker_id=await stack.worker_id(worker.name),
+    )
+    await stack.broker.publish(
+        EXCHANGE_EXECUTIONS,
+        dispatch_routing_key(await stack.worker_id(worker.name)),
+        encode_message(
+            "ExecutionRequested",
+            ExecutionRequested(
+                execution_id=orphan,
+                action_ref=action.ref,
+                worker_id=await stack.worker_id(worker.name),
+            ),
+        ),
+    )
     first, second = await stack.wait(wrong_key), await stack.wait(orphan)
     assert first.status == second.status == "failed"
     assert "/password" in first.result["error"] and "different key" in first.result["error"]
@@ -458,38 +513,67 @@ async def test_a_wrong_key_or_a_missing_value_fails_naming_the_parameter_path(
 # --- attune key ----------------------------------------------------------------------
 
 
-def attune_key(stack: Stack, *args: str, stdin: str | None = None,
-               **env: str) -> subprocess.CompletedProcess[str]:
+def attune_key(
+    stack: Stack, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE")}
     environment["ATTUNE__DATABASE__URL"] = stack.db_url
     environment.update(env)
-    return subprocess.run([ATTUNE, "key", *args], input=stdin, capture_output=True, text=True,
-                          env=environment, timeout=60)
+    return subprocess.run(
+        [ATTUNE, "key", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+    )
 
 
 async def test_key_cli_sets_lists_and_deletes_without_ever_printing_values(
     stack: Stack,
 ) -> None:
     secret = unique("cli-secret")
-    done = await trio.to_thread.run_sync(lambda: attune_key(
-        stack, "set", "demo.api_token", "-", "--owner-pack", "demo", "--encrypt",
-        stdin=secret + "\n", **KEY_ENV))
+    done = await trio.to_thread.run_sync(
+        lambda: attune_key(
+            stack,
+            "set",
+            "demo.api_token",
+            "-",
+            "--owner-pack",
+            "demo",
+            "--encrypt",
+            stdin=secret + "\n",
+            **KEY_ENV,
+        )
+    )
     assert done.returncode == 0, done.stderr
     assert "created" in done.stdout and secret not in done.stdout + done.stderr
-    short = await trio.to_thread.run_sync(lambda: attune_key(
-        stack, "set", "pin", "123", "--system"))
+    short = await trio.to_thread.run_sync(
+        lambda: attune_key(stack, "set", "pin", "123", "--system")
+    )
     assert short.returncode == 0, short.stderr
     assert "too short to be masked" in short.stderr
-    await trio.to_thread.run_sync(lambda: attune_key(
-        stack, "set", "demo.secret_hash.note", "a plain note", "--owner-action",
-        "demo.secret_hash"))
-    listed = await trio.to_thread.run_sync(lambda: attune_key(stack, "list", "--json",
-                                                              **KEY_ENV))
+    await trio.to_thread.run_sync(
+        lambda: attune_key(
+            stack,
+            "set",
+            "demo.secret_hash.note",
+            "a plain note",
+            "--owner-action",
+            "demo.secret_hash",
+        )
+    )
+    listed = await trio.to_thread.run_sync(lambda: attune_key(stack, "list", "--json", **KEY_ENV))
     assert listed.returncode == 0, listed.stderr
     assert secret not in listed.stdout and "123" not in listed.stdout
     rows = {r["ref"]: r for r in json.loads(listed.stdout)}
-    assert rows["demo.api_token"] == {"ref": "demo.api_token", "name": "api_token",
-                                      "owner": "pack:demo", "encrypted": True, "weak": "no"}
+    assert rows["demo.api_token"] == {
+        "ref": "demo.api_token",
+        "name": "api_token",
+        "owner": "pack:demo",
+        "encrypted": True,
+        "weak": "no",
+    }
     assert rows["pin"]["weak"] == "yes" and rows["pin"]["owner"] == "system"
     assert rows["demo.secret_hash.note"]["owner"] == "action:demo.secret_hash"
     table = await trio.to_thread.run_sync(lambda: attune_key(stack, "list"))
@@ -506,26 +590,32 @@ async def test_key_cli_sets_lists_and_deletes_without_ever_printing_values(
     assert again.returncode == 1 and "no key 'pin'" in again.stderr
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({}, "ATTUNE__SECURITY__ENCRYPTION_KEY) is not set"),
-    ({"ATTUNE__SECURITY__ENCRYPTION_KEY": "too-short"}, "too short (9 characters"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "ATTUNE__SECURITY__ENCRYPTION_KEY) is not set"),
+        ({"ATTUNE__SECURITY__ENCRYPTION_KEY": "too-short"}, "too short (9 characters"),
+    ],
+)
 async def test_key_set_encrypt_without_a_usable_key_exits_2(
     stack: Stack, env: dict[str, str], message: str
 ) -> None:
-    done = await trio.to_thread.run_sync(lambda: attune_key(
-        stack, "set", "k", "some-value", "--encrypt", **env))
+    done = await trio.to_thread.run_sync(
+        lambda: attune_key(stack, "set", "k", "some-value", "--encrypt", **env)
+    )
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "some-value" not in done.stderr
     assert await stack.db.list_keys() == []
 
 
 async def test_key_set_refuses_two_owners_and_unknown_packs(stack: Stack) -> None:
-    both = await trio.to_thread.run_sync(lambda: attune_key(
-        stack, "set", "k", "v1234", "--system", "--owner-pack", "demo"))
+    both = await trio.to_thread.run_sync(
+        lambda: attune_key(stack, "set", "k", "v1234", "--system", "--owner-pack", "demo")
+    )
     assert both.returncode == 2 and "choose one owner" in both.stderr
-    missing = await trio.to_thread.run_sync(lambda: attune_key(
-        stack, "set", "k", "v1234", "--owner-pack", "nope"))
+    missing = await trio.to_thread.run_sync(
+        lambda: attune_key(stack, "set", "k", "v1234", "--owner-pack", "nope")
+    )
     assert missing.returncode == 2 and "no pack 'nope'" in missing.stderr
 
 
@@ -538,15 +628,18 @@ async def test_schedule_seals_secret_parameters_like_the_api(stack: Stack, pg: A
     await stack.start_worker(ATTUNE__SECURITY__ENCRYPTION_KEY=KEY)
     with pytest.raises(InputError, match="encryption_key"):
         await schedule(stack.db, stack.broker, "demo.secret_hash", {"password": password})
-    execution_id, _ = await schedule(stack.db, stack.broker, "demo.secret_hash",
-                                     {"password": password}, encryption_key=KEY)
+    execution_id, _ = await schedule(
+        stack.db, stack.broker, "demo.secret_hash", {"password": password}, encryption_key=KEY
+    )
     row = await stack.wait(execution_id)
     assert row.status == "completed", row.result
     expected = hashlib.sha256(f"{password}:{token}".encode()).hexdigest()
     assert row.result["data"] == {"sha256": expected}
-    stored = pg.execute("SELECT config::text FROM execution WHERE id = %s",
-                        (execution_id,)).fetchone()[0]
+    stored = pg.execute(
+        "SELECT config::text FROM execution WHERE id = %s", (execution_id,)
+    ).fetchone()[0]
     assert password not in stored and "$attune_secret" in stored
-    sealed = pg.execute("SELECT json_path FROM execution_secret_value WHERE entity_id = %s",
-                        (execution_id,)).fetchall()
+    sealed = pg.execute(
+        "SELECT json_path FROM execution_secret_value WHERE entity_id = %s", (execution_id,)
+    ).fetchall()
     assert sealed == [("/password",)]

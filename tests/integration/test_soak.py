@@ -83,8 +83,10 @@ async def test_two_thousand_executions_one_in_fifty_hostile_all_terminal_exactly
     assert sum(hostile.values()) == expected_hostile
     await trio.sleep(1.0)
     rss_end = rss_kib(pid)
-    print(f"soak: {len(ids)} executions, hostile {dict(hostile)}, RSS after 100 "
-          f"{rss_after_100} KiB, at end {rss_end} KiB; (done, KiB): {samples[::10]}")
+    print(
+        f"soak: {len(ids)} executions, hostile {dict(hostile)}, RSS after 100 "
+        f"{rss_after_100} KiB, at end {rss_end} KiB; (done, KiB): {samples[::10]}"
+    )
     assert rss_end - rss_after_100 < 20 * 1024
     assert host_processes_of_uids(UID_BASE, UID_BASE + 4) == []
     with trio.move_on_after(5):

@@ -31,15 +31,18 @@ def _body(delivery: Any) -> dict[str, Any]:
     return json.loads(delivery.body)
 
 
-async def _messages_for(events: Collector, execution_id: int, count: int,
-                        timeout: float = 15) -> list[dict[str, Any]]:
+async def _messages_for(
+    events: Collector, execution_id: int, count: int, timeout: float = 15
+) -> list[dict[str, Any]]:
     """The next `count` messages the worker published about one execution, in order."""
     found: list[dict[str, Any]] = []
     with trio.move_on_after(timeout):
         while len(found) < count:
             body = _body(await events.next(timeout=timeout))
-            if (body["payload"].get("execution_id") == execution_id
-                    and body["headers"].get("source_service") == "worker"):
+            if (
+                body["payload"].get("execution_id") == execution_id
+                and body["headers"].get("source_service") == "worker"
+            ):
                 found.append(body)
         return found
     pytest.fail(f"only {len(found)} of {count} messages for execution {execution_id}")
@@ -48,8 +51,12 @@ async def _messages_for(events: Collector, execution_id: int, count: int,
 DEMO_CASES = [
     ("demo.add", {"x": 1, "y": 2}, "completed", lambda r: r["data"] == 3),
     ("demo.hello", {"name": "World"}, "completed", lambda r: r["stdout"] == "Hello, World!\n"),
-    ("demo.greet_script", {"name": "Ann"}, "completed",
-     lambda r: r["data"] == {"greeting": "Hello, Ann!"}),
+    (
+        "demo.greet_script",
+        {"name": "Ann"},
+        "completed",
+        lambda r: r["data"] == {"greeting": "Hello, Ann!"},
+    ),
     ("demo.shell_json", {"name": "Bo"}, "completed", lambda r: r["data"]["params"]["name"] == "Bo"),
     ("demo.fail", {"message": "boom"}, "failed", lambda r: r["error"] == "RuntimeError: boom"),
 ]
@@ -78,14 +85,21 @@ async def test_every_demo_action_runs_end_to_end_with_row_artifacts_and_messages
         assert terminal["payload"]["previous_status"] == "running"
         assert terminal["payload"]["new_status"] == status
         assert completed["message_type"] == "ExecutionCompleted"
-        assert set(completed["payload"]) == {"execution_id", "action_id", "action_ref", "status",
-                                             "result", "completed_at"}
+        assert set(completed["payload"]) == {
+            "execution_id",
+            "action_id",
+            "action_ref",
+            "status",
+            "result",
+            "completed_at",
+        }
         assert completed["payload"]["status"] == status.capitalize()
         assert completed["payload"]["action_ref"] == ref
         assert completed["payload"]["result"] == row.result
         # A reply keeps the dispatch's correlation id; all three share it.
-        assert running["correlation_id"] == terminal["correlation_id"] == completed[
-            "correlation_id"]
+        assert (
+            running["correlation_id"] == terminal["correlation_id"] == completed["correlation_id"]
+        )
         assert completed["headers"]["source_service"] == "worker"
     assert (stack.artifacts_dir / worker.name).is_dir()
     hello = await stack.submit("demo.hello", {"name": "Logs"})
@@ -99,16 +113,26 @@ async def test_raw_reference_format_dispatch_is_handled(stack: Stack) -> None:
     worker_id = await stack.worker_id(worker.name)
     action = await stack.db.get_action("demo.add")
     assert action is not None
-    execution_id = await stack.db.create_execution(action, config={"x": 20, "y": 22},
-                                                   worker_id=worker_id)
-    raw = json.dumps({
-        "message_id": str(uuid.uuid4()), "correlation_id": str(uuid.uuid4()),
-        "message_type": "ExecutionRequested", "version": "1.0",
-        "timestamp": "2026-09-03T12:34:56.789012345Z",
-        "headers": {"retry_count": 0, "source_service": "executor"},
-        "payload": {"execution_id": execution_id, "action_ref": "demo.add",
-                    "worker_id": worker_id, "release_id": None, "extra_field": 1},
-    }).encode()
+    execution_id = await stack.db.create_execution(
+        action, config={"x": 20, "y": 22}, worker_id=worker_id
+    )
+    raw = json.dumps(
+        {
+            "message_id": str(uuid.uuid4()),
+            "correlation_id": str(uuid.uuid4()),
+            "message_type": "ExecutionRequested",
+            "version": "1.0",
+            "timestamp": "2026-09-03T12:34:56.789012345Z",
+            "headers": {"retry_count": 0, "source_service": "executor"},
+            "payload": {
+                "execution_id": execution_id,
+                "action_ref": "demo.add",
+                "worker_id": worker_id,
+                "release_id": None,
+                "extra_field": 1,
+            },
+        }
+    ).encode()
     msg = OutgoingMessage(body=raw, message_id=str(uuid.uuid4()), correlation_id="c")
     await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), msg)
     row = await stack.wait(execution_id)
@@ -139,9 +163,11 @@ async def test_duplicate_dispatch_runs_once(stack: Stack, execution_events: Coll
     # The same dispatch again (a redelivery or a duplicate publish): acked, not run.
     from attune.messages import ExecutionRequested
 
-    again = encode_message("ExecutionRequested", ExecutionRequested(
-        execution_id=execution_id, action_ref="demo.add", worker_id=worker_id),
-        source_service="executor")
+    again = encode_message(
+        "ExecutionRequested",
+        ExecutionRequested(execution_id=execution_id, action_ref="demo.add", worker_id=worker_id),
+        source_service="executor",
+    )
     await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), again)
     await _messages_for(execution_events, execution_id, 3)
     # Nothing more from the worker: the duplicate was acknowledged and not run.
@@ -159,9 +185,10 @@ async def test_cancel_kills_the_run_and_records_cancelled(stack: Stack) -> None:
     execution_id = await stack.submit("demo.sleep", {"seconds": 60})
     await stack.wait_status(execution_id, "running")
     await trio.sleep(0.5)
-    cancel = encode_message("ExecutionCancelRequested",
-                            ExecutionCancelRequested(execution_id=execution_id,
-                                                     worker_id=worker_id))
+    cancel = encode_message(
+        "ExecutionCancelRequested",
+        ExecutionCancelRequested(execution_id=execution_id, worker_id=worker_id),
+    )
     await stack.broker.publish(EXCHANGE_EXECUTIONS, cancel_routing_key(worker_id), cancel)
     row = await stack.wait(execution_id, timeout=10)
     assert row.status == "cancelled"
@@ -174,17 +201,21 @@ async def test_cancel_before_dispatch_is_applied_when_it_arrives(stack: Stack) -
     worker_id = await stack.worker_id(worker.name)
     action = await stack.db.get_action("demo.sleep")
     assert action is not None
-    execution_id = await stack.db.create_execution(action, config={"seconds": 60},
-                                                   worker_id=worker_id)
-    cancel = encode_message("ExecutionCancelRequested",
-                            ExecutionCancelRequested(execution_id=execution_id,
-                                                     worker_id=worker_id))
+    execution_id = await stack.db.create_execution(
+        action, config={"seconds": 60}, worker_id=worker_id
+    )
+    cancel = encode_message(
+        "ExecutionCancelRequested",
+        ExecutionCancelRequested(execution_id=execution_id, worker_id=worker_id),
+    )
     await stack.broker.publish(EXCHANGE_EXECUTIONS, cancel_routing_key(worker_id), cancel)
     await trio.sleep(0.5)
     from attune.messages import ExecutionRequested
 
-    dispatch = encode_message("ExecutionRequested", ExecutionRequested(
-        execution_id=execution_id, action_ref="demo.sleep", worker_id=worker_id))
+    dispatch = encode_message(
+        "ExecutionRequested",
+        ExecutionRequested(execution_id=execution_id, action_ref="demo.sleep", worker_id=worker_id),
+    )
     await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), dispatch)
     row = await stack.wait(execution_id, timeout=10)
     assert row.status == "cancelled"
@@ -251,16 +282,19 @@ async def test_restart_recovers_orphaned_running_execution_as_abandoned(
     assert completed["payload"]["status"] == "Abandoned"
 
 
-@pytest.mark.parametrize("body", [
-    b"not json at all",
-    b'{"just": "an object"}',
-    b'{"message_type": "SomethingElse", "payload": {}}',
-    b'{"message_type": "ExecutionRequested", "payload": {"action_ref": "demo.add"}}',
-    b'{"message_type": "ExecutionRequested", "payload": {"execution_id": "x", '
-    b'"action_ref": 1, "worker_id": 1}}',
-    b'{"message_type": "ExecutionRequested", "payload": {"execution_id": 987654, '
-    b'"action_ref": "demo.add", "worker_id": 1}}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json at all",
+        b'{"just": "an object"}',
+        b'{"message_type": "SomethingElse", "payload": {}}',
+        b'{"message_type": "ExecutionRequested", "payload": {"action_ref": "demo.add"}}',
+        b'{"message_type": "ExecutionRequested", "payload": {"execution_id": "x", '
+        b'"action_ref": 1, "worker_id": 1}}',
+        b'{"message_type": "ExecutionRequested", "payload": {"execution_id": 987654, '
+        b'"action_ref": "demo.add", "worker_id": 1}}',
+    ],
+)
 async def test_malformed_dispatch_dead_letters_and_the_worker_keeps_serving(
     stack: Stack, body: bytes
 ) -> None:

@@ -43,7 +43,10 @@ class WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [ATTUNE, "run-worker", "--name", self.name, *self.extra_args],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
 
     def log(self) -> str:
@@ -101,20 +104,23 @@ class Stack:
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE")}
-        env.update({
-            "ATTUNE__DATABASE__URL": self.db_url,
-            "ATTUNE__MESSAGE_QUEUE__URL": self.amqp_url,
-            "ATTUNE__MESSAGE_QUEUE__RECONNECT_INTERVAL": "0.5",
-            "ATTUNE__PACKS_BASE_DIR": str(self.packs_dir),
-            "ATTUNE__ARTIFACTS_DIR": str(self.artifacts_dir),
-            "ATTUNE__WORKER__HEARTBEAT_INTERVAL": "1",
-            "ATTUNE__WORKER__SHUTDOWN_TIMEOUT": "10",
-        })
+        env.update(
+            {
+                "ATTUNE__DATABASE__URL": self.db_url,
+                "ATTUNE__MESSAGE_QUEUE__URL": self.amqp_url,
+                "ATTUNE__MESSAGE_QUEUE__RECONNECT_INTERVAL": "0.5",
+                "ATTUNE__PACKS_BASE_DIR": str(self.packs_dir),
+                "ATTUNE__ARTIFACTS_DIR": str(self.artifacts_dir),
+                "ATTUNE__WORKER__HEARTBEAT_INTERVAL": "1",
+                "ATTUNE__WORKER__SHUTDOWN_TIMEOUT": "10",
+            }
+        )
         env.update(overrides)
         return env
 
-    async def start_worker(self, *, capacity: int = 4, name: str | None = None,
-                           **env: str) -> WorkerProcess:
+    async def start_worker(
+        self, *, capacity: int = 4, name: str | None = None, **env: str
+    ) -> WorkerProcess:
         worker = WorkerProcess(
             name=name or f"w-{uuid.uuid4().hex[:8]}",
             env=self.env(ATTUNE__WORKER__MAX_CONCURRENT_TASKS=str(capacity), **env),
@@ -161,8 +167,10 @@ class Stack:
                         statuses[execution_id] = row.status
                 await trio.sleep(0.2)
             return statuses
-        pytest.fail(f"{len(ids) - len(statuses)} of {len(ids)} executions not terminal "
-                    f"within {timeout:g}s; terminal so far: {Counter(statuses.values())}")
+        pytest.fail(
+            f"{len(ids) - len(statuses)} of {len(ids)} executions not terminal "
+            f"within {timeout:g}s; terminal so far: {Counter(statuses.values())}"
+        )
 
     def runs_started(self) -> Counter[int]:
         """How many times each execution was started, across every worker of the test."""
@@ -182,8 +190,9 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(db: Database, db_url: str, amqp_url: str, amqp_broker: Broker,
-                tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(
+    db: Database, db_url: str, amqp_url: str, amqp_broker: Broker, tmp_path: Path
+) -> AsyncIterator[Stack]:
     spec = load_pack(DEMO_PACK)
     s = Stack(db=db, broker=amqp_broker, db_url=db_url, amqp_url=amqp_url, root=tmp_path)
     s.packs_dir.mkdir()
@@ -210,8 +219,12 @@ def rss_kib(pid: int) -> int:
 
 
 def rabbit_queue_depth(vhost: str, queue: str) -> int:
-    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages"],
-                         capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] == queue:
@@ -219,5 +232,13 @@ def rabbit_queue_depth(vhost: str, queue: str) -> int:
     raise AssertionError(f"queue {queue} not found in {vhost}: {out}")
 
 
-__all__ = ["HOSTILE_PACK", "TERMINAL", "Stack", "WorkerProcess", "host_processes_of_uids",
-           "rabbit_queue_depth", "rss_kib", "stack"]
+__all__ = [
+    "HOSTILE_PACK",
+    "TERMINAL",
+    "Stack",
+    "WorkerProcess",
+    "host_processes_of_uids",
+    "rabbit_queue_depth",
+    "rss_kib",
+    "stack",
+]

@@ -33,8 +33,10 @@ RunCode = Callable[..., Awaitable[RunOutcome]]
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "long_run: a sandboxed run longer than trio's ~10 s helper-thread idle "
-                   "timeout (the --die-with-parent pitfall of sandbox.md)")
+        "markers",
+        "long_run: a sandboxed run longer than trio's ~10 s helper-thread idle "
+        "timeout (the --die-with-parent pitfall of sandbox.md)",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,15 @@ def host_processes() -> list[HostProcess]:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         uids = tuple(int(u) for u in fields.get("Uid", "").split())
-        found.append(HostProcess(int(name), int(fields.get("PPid", "0")), uids,
-                                 fields.get("State", "").strip(), cmdline))
+        found.append(
+            HostProcess(
+                int(name),
+                int(fields.get("PPid", "0")),
+                uids,
+                fields.get("State", "").strip(),
+                cmdline,
+            )
+        )
     return found
 
 

@@ -48,8 +48,9 @@ async def completed(run_code: RunCode, source: str, **kw: Any) -> Any:
 
 
 def with_limits(profile: Profile, **limits: int) -> Profile:
-    return msgspec.structs.replace(profile,
-                                   limits=msgspec.structs.replace(profile.limits, **limits))
+    return msgspec.structs.replace(
+        profile, limits=msgspec.structs.replace(profile.limits, **limits)
+    )
 
 
 # --- row 1: fork bomb --------------------------------------------------------------------
@@ -85,7 +86,9 @@ async def test_01_fork_bomb_is_contained_and_a_parallel_run_is_unaffected(
             "import os, subprocess\ndef run():\n"
             "    kids = [subprocess.run(['true']).returncode for _ in range(20)]\n"
             "    return [sum(range(10**5)), kids.count(0)]\n",
-            timeout=20, slot=1)
+            timeout=20,
+            slot=1,
+        )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(bomb)
@@ -112,8 +115,9 @@ async def test_01_fork_bomb_is_contained_and_a_parallel_run_is_unaffected(
         ("shell", 'a=x; while :; do a="$a$a"; done\n'),
     ],
 )
-async def test_02_memory_bomb_result_says_memory(run_code: RunCode, sandbox: Sandbox,
-                                                 runtime: str, source: str) -> None:
+async def test_02_memory_bomb_result_says_memory(
+    run_code: RunCode, sandbox: Sandbox, runtime: str, source: str
+) -> None:
     outcome = await run_code(source, runtime=runtime, timeout=20)
     assert outcome.status == "failed"
     assert "memory" in outcome.result["error"].lower()
@@ -124,14 +128,16 @@ async def test_02_memory_bomb_result_says_memory(run_code: RunCode, sandbox: San
 
 
 async def test_02_address_space_limit_gives_memory_error(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         def run():
             try:
                 bytearray(3 * 2**30)
             except MemoryError:
                 seen = "MemoryError"
             x = bytearray(3 * 2**30)
-    """))
+    """)
+    )
     assert outcome.status == "failed"
     assert outcome.result["error"] == "MemoryError"
     assert outcome.result["exit_code"] == 1
@@ -141,7 +147,9 @@ async def test_02_address_space_limit_gives_memory_error(run_code: RunCode) -> N
 
 
 async def test_03_fill_tmp_work_and_shm_python(run_code: RunCode) -> None:
-    data = await completed(run_code, probe("""
+    data = await completed(
+        run_code,
+        probe("""
         def fill(d):
             total, i, chunk = 0, 0, b"\\0" * 2**20
             while True:
@@ -159,7 +167,9 @@ async def test_03_fill_tmp_work_and_shm_python(run_code: RunCode) -> None:
                 for name in os.listdir(d):
                     os.unlink(os.path.join(d, name))
             return seen
-    """), timeout=20)
+    """),
+        timeout=20,
+    )
     for d, cap in (("/tmp", 64), ("/dev/shm", 64), ("/work", 256)):
         err, total = data[d]
         assert err == "ENOSPC", d
@@ -167,12 +177,16 @@ async def test_03_fill_tmp_work_and_shm_python(run_code: RunCode) -> None:
 
 
 async def test_03_fill_tmp_shell(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         i=0
         while head -c 8388608 /dev/zero > /tmp/f$i; do i=$((i+1)); done
         echo "files=$i"
         du -sm /tmp
-    """), runtime="shell", timeout=10)
+    """),
+        runtime="shell",
+        timeout=10,
+    )
     assert outcome.status == "completed"
     assert "No space left on device" in outcome.result["stderr"]
     lines = outcome.result["stdout"].split()
@@ -184,7 +198,9 @@ async def test_03_fill_tmp_shell(run_code: RunCode) -> None:
 
 
 async def test_04_file_size_limit_python_gets_efbig(run_code: RunCode) -> None:
-    data = await completed(run_code, probe("""
+    data = await completed(
+        run_code,
+        probe("""
         def run():
             written = 0
             with open("/work/big", "wb", buffering=0) as f:
@@ -194,13 +210,16 @@ async def test_04_file_size_limit_python_gets_efbig(run_code: RunCode) -> None:
                 except OSError as exc:
                     return [errno.errorcode[exc.errno], written, os.path.getsize("/work/big")]
             return "no limit"
-    """))
+    """),
+    )
     assert data == ["EFBIG", 64 * MiB, 64 * MiB]
 
 
 async def test_04_file_size_limit_sigxfsz_is_recorded(run_code: RunCode) -> None:
-    outcome = await run_code("import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
-                             "open('/work/big', 'wb').write(b'x' * (65 * 2**20))\n")
+    outcome = await run_code(
+        "import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
+        "open('/work/big', 'wb').write(b'x' * (65 * 2**20))\n"
+    )
     assert outcome.status == "failed"
     assert outcome.result["exit_code"] == 128 + 25
     assert outcome.result["error"] == "Command killed by SIGXFSZ (file size limit exceeded)"
@@ -255,8 +274,9 @@ async def test_05_stdout_flood_is_capped_and_the_run_killed(
     run_code: RunCode, profiles: dict[str, Profile], runtime: str, source: str
 ) -> None:
     profile = with_limits(profiles[runtime], max_stdout_bytes=MiB)
-    outcome, growth_kib = await run_watching_rss(run_code, source, runtime=runtime,
-                                                 profile=profile, timeout=30)
+    outcome, growth_kib = await run_watching_rss(
+        run_code, source, runtime=runtime, profile=profile, timeout=30
+    )
     result = outcome.result
     assert outcome.status == "failed"
     assert result["error"] == "Execution killed: stdout exceeded 4x its 1048576 byte output limit"
@@ -272,7 +292,8 @@ async def test_05_stdout_flood_is_capped_and_the_run_killed(
 async def test_05_09_hundred_megabyte_line_is_not_buffered_whole(run_code: RunCode) -> None:
     """sandbox.md guarantee 9: a 100 MB line without a newline at the default 10 MiB cap."""
     outcome, growth_kib = await run_watching_rss(
-        run_code, "import sys\nsys.stdout.buffer.write(b'y' * (100 * 2**20))\n", timeout=20)
+        run_code, "import sys\nsys.stdout.buffer.write(b'y' * (100 * 2**20))\n", timeout=20
+    )
     result = outcome.result
     assert result["stdout_truncated"] is True
     assert len(result["stdout"]) == 10 * MiB + len(NOTICE)
@@ -285,9 +306,12 @@ async def test_05_stderr_flood_under_the_kill_factor_keeps_the_last_line(
     run_code: RunCode, profiles: dict[str, Profile]
 ) -> None:
     profile = with_limits(profiles["shell"], max_stderr_bytes=64 * 1024)
-    outcome = await run_code("head -c 200000 /dev/zero | tr '\\0' 'w' >&2\n"
-                             "echo >&2; echo 'the real reason' >&2; exit 3\n",
-                             runtime="shell", profile=profile)
+    outcome = await run_code(
+        "head -c 200000 /dev/zero | tr '\\0' 'w' >&2\n"
+        "echo >&2; echo 'the real reason' >&2; exit 3\n",
+        runtime="shell",
+        profile=profile,
+    )
     assert outcome.status == "failed"
     assert outcome.result["error"] == "the real reason"
     assert outcome.result["stderr_truncated"] is True
@@ -307,8 +331,7 @@ async def test_05_stderr_flood_under_the_kill_factor_keeps_the_last_line(
     ],
     ids=["06-python-busy", "06-shell-busy", "07-python-sleep", "07-shell-sleep"],
 )
-async def test_06_07_killed_at_the_wall_limit(run_code: RunCode, runtime: str,
-                                              source: str) -> None:
+async def test_06_07_killed_at_the_wall_limit(run_code: RunCode, runtime: str, source: str) -> None:
     outcome = await run_code(source, runtime=runtime, timeout=1.5)
     assert outcome.status == "timeout"
     assert outcome.result["timed_out"] is True
@@ -317,11 +340,13 @@ async def test_06_07_killed_at_the_wall_limit(run_code: RunCode, runtime: str,
 
 
 @pytest.mark.parametrize("runtime", ["python", "shell"])
-async def test_06_cpu_limit_kills_with_sigxcpu(run_code: RunCode, profiles: dict[str, Profile],
-                                               runtime: str) -> None:
+async def test_06_cpu_limit_kills_with_sigxcpu(
+    run_code: RunCode, profiles: dict[str, Profile], runtime: str
+) -> None:
     source = "while True:\n    pass\n" if runtime == "python" else "while :; do :; done\n"
-    outcome = await run_code(source, runtime=runtime, timeout=10,
-                             profile=with_limits(profiles[runtime], cpu_seconds=1))
+    outcome = await run_code(
+        source, runtime=runtime, timeout=10, profile=with_limits(profiles[runtime], cpu_seconds=1)
+    )
     assert outcome.status == "failed"
     assert outcome.result["exit_code"] == 128 + 24
     assert outcome.result["error"] == "Command killed by SIGXCPU (CPU time limit exceeded)"
@@ -332,11 +357,13 @@ async def test_06_cpu_limit_kills_with_sigxcpu(run_code: RunCode, profiles: dict
 
 
 @pytest.mark.parametrize("runtime", ["python", "shell"])
-async def test_08_background_sleep_does_not_hold_the_run(run_code: RunCode,
-                                                         runtime: str) -> None:
+async def test_08_background_sleep_does_not_hold_the_run(run_code: RunCode, runtime: str) -> None:
     mark = token()
-    source = (f"import subprocess\nsubprocess.Popen(['sleep', '{mark}'])\nprint('started')\n"
-              if runtime == "python" else f"sleep {mark} &\necho started\n")
+    source = (
+        f"import subprocess\nsubprocess.Popen(['sleep', '{mark}'])\nprint('started')\n"
+        if runtime == "python"
+        else f"sleep {mark} &\necho started\n"
+    )
     started = trio.current_time()
     outcome = await run_code(source, runtime=runtime, output_format="text")
     assert trio.current_time() - started < 2
@@ -348,7 +375,8 @@ async def test_08_background_sleep_does_not_hold_the_run(run_code: RunCode,
 @pytest.mark.parametrize("runtime", ["python", "shell"])
 async def test_09_setsid_daemon_holding_stdout(run_code: RunCode, runtime: str) -> None:
     mark = token()
-    source = code(f"""
+    source = (
+        code(f"""
         import os
         if os.fork() == 0:
             os.setsid()
@@ -357,7 +385,10 @@ async def test_09_setsid_daemon_holding_stdout(run_code: RunCode, runtime: str) 
             os._exit(0)
         os.wait()
         print("parent done")
-    """) if runtime == "python" else f"( setsid sleep {mark} & )\necho parent done\n"
+    """)
+        if runtime == "python"
+        else f"( setsid sleep {mark} & )\necho parent done\n"
+    )
     started = trio.current_time()
     outcome = await run_code(source, runtime=runtime, timeout=30, output_format="text")
     assert trio.current_time() - started < 2
@@ -370,7 +401,9 @@ async def test_09_setsid_daemon_holding_stdout(run_code: RunCode, runtime: str) 
 
 
 async def test_10_open_files_until_emfile_python(run_code: RunCode) -> None:
-    data = await completed(run_code, probe("""
+    data = await completed(
+        run_code,
+        probe("""
         def run():
             fds = []
             while True:
@@ -380,16 +413,20 @@ async def test_10_open_files_until_emfile_python(run_code: RunCode) -> None:
                     for fd in fds:  # the wrapper needs one to write the report
                         os.close(fd)
                     return [errno.errorcode[exc.errno], max(fds)]
-    """))
+    """),
+    )
     assert data == ["EMFILE", 255]
 
 
 async def test_10_open_files_until_emfile_shell(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         n=0
         while exec {fd}</dev/null; do n=$((n+1)); done
         echo "opened $n"
-    """), runtime="shell")
+    """),
+        runtime="shell",
+    )
     assert outcome.status == "completed"
     assert "Too many open files" in outcome.result["stderr"]
     assert 200 < int(outcome.result["stdout"].split()[1]) < 256
@@ -400,14 +437,14 @@ async def test_10_open_files_until_emfile_shell(run_code: RunCode) -> None:
 
 def core_files() -> set[str]:
     places = [Path.cwd(), Path("/tmp"), Path("/"), Path("/var/lib/attune")]
-    return {str(p / n) for p in places if p.is_dir() for n in os.listdir(p)
-            if n.startswith("core")}
+    return {str(p / n) for p in places if p.is_dir() for n in os.listdir(p) if n.startswith("core")}
 
 
 @pytest.mark.parametrize("runtime", ["python", "shell"])
 async def test_11_abort_leaves_no_core_file(run_code: RunCode, runtime: str) -> None:
     before = core_files()
-    source = code("""
+    source = (
+        code("""
         import json, os
         pid = os.fork()
         if pid == 0:
@@ -416,18 +453,25 @@ async def test_11_abort_leaves_no_core_file(run_code: RunCode, runtime: str) -> 
         print(json.dumps({"signal": os.WTERMSIG(status), "core": os.WCOREDUMP(status),
                           "work": os.listdir("/work"), "tmp": os.listdir("/tmp")}), flush=True)
         os.abort()
-    """) if runtime == "python" else code("""
+    """)
+        if runtime == "python"
+        else code("""
         /usr/bin/python3 -c 'import os; os.abort()'
         echo "rc=$? work=[$(ls -A /work)] tmp=[$(ls -A /tmp)]"
         kill -ABRT $$
     """)
+    )
     outcome = await run_code(source, runtime=runtime, output_format="text")
     assert outcome.status == "failed"
     assert outcome.result["exit_code"] == 128 + 6
     assert outcome.result["error"] == "Command killed by SIGABRT"
     if runtime == "python":
-        assert json.loads(outcome.result["stdout"]) == {"signal": 6, "core": False,
-                                                        "work": [], "tmp": []}
+        assert json.loads(outcome.result["stdout"]) == {
+            "signal": 6,
+            "core": False,
+            "work": [],
+            "tmp": [],
+        }
     else:
         assert outcome.result["stdout"] == "rc=134 work=[] tmp=[]\n"
     assert core_files() == before
@@ -437,7 +481,9 @@ async def test_11_abort_leaves_no_core_file(run_code: RunCode, runtime: str) -> 
 
 
 async def test_12_13_14_16_host_files_python(run_code: RunCode) -> None:
-    data = await completed(run_code, probe("""
+    data = await completed(
+        run_code,
+        probe("""
         def write(p):
             return oserr(lambda: open(p, "w").close())
         def run():
@@ -450,26 +496,39 @@ async def test_12_13_14_16_host_files_python(run_code: RunCode) -> None:
                 "dev_mem": oserr(open, "/dev/mem"), "dev_kmsg": oserr(open, "/dev/kmsg"),
                 "sys_kernel": oserr(os.listdir, "/sys/kernel"),
             }
-    """))
+    """),
+    )
     assert data.pop("core_pattern") in ("EROFS", "EACCES")
     assert data.pop("sysrq") in ("EROFS", "EACCES", "ENOENT")
-    assert data == {"shadow": "ENOENT", "root": "ENOENT", "home": "ENOENT",
-                    "usr_x": "EROFS", "etc_x": "EROFS", "root_x": "EROFS",
-                    "dev_mem": "ENOENT", "dev_kmsg": "ENOENT", "sys_kernel": "ENOENT"}
+    assert data == {
+        "shadow": "ENOENT",
+        "root": "ENOENT",
+        "home": "ENOENT",
+        "usr_x": "EROFS",
+        "etc_x": "EROFS",
+        "root_x": "EROFS",
+        "dev_mem": "ENOENT",
+        "dev_kmsg": "ENOENT",
+        "sys_kernel": "ENOENT",
+    }
 
 
 async def test_12_13_14_16_host_files_shell(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         cat /etc/shadow; ls /root; ls /home
         for f in /usr/x /etc/x /x /proc/sys/kernel/core_pattern; do echo x > $f; done
         cat /dev/mem; ls /dev/kmsg /sys/kernel
         true
-    """), runtime="shell")
+    """),
+        runtime="shell",
+    )
     assert outcome.status == "completed"
     err = outcome.result["stderr"]
     for path in ("/etc/shadow", "/root", "/home", "/dev/mem", "/dev/kmsg", "/sys/kernel"):
-        assert any(path in line and "No such file or directory" in line
-                   for line in err.splitlines()), path
+        assert any(
+            path in line and "No such file or directory" in line for line in err.splitlines()
+        ), path
     for path in ("/usr/x", "/etc/x", "/x"):
         assert f"{path}: Read-only file system" in err
     assert "core_pattern: Read-only file system" in err or "core_pattern: Permission" in err
@@ -479,12 +538,15 @@ async def test_12_13_14_16_host_files_shell(run_code: RunCode) -> None:
 
 
 async def test_15_mknod_python(run_code: RunCode) -> None:
-    data = await completed(run_code, probe("""
+    data = await completed(
+        run_code,
+        probe("""
         import stat
         def run():
             return [oserr(os.mknod, "/work/mem", stat.S_IFCHR | 0o600, os.makedev(1, 1)),
                     oserr(os.mknod, "/tmp/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))]
-    """))
+    """),
+    )
     assert data == ["EPERM", "EPERM"]
 
 
@@ -524,24 +586,29 @@ async def test_17_setuid_programs_do_not_elevate(run_code: RunCode, runtime: str
 
 
 @pytest.mark.parametrize("runtime", ["python", "shell"])
-async def test_18_kill_everything_in_sight(run_code: RunCode, sandbox: Sandbox,
-                                           runtime: str) -> None:
+async def test_18_kill_everything_in_sight(
+    run_code: RunCode, sandbox: Sandbox, runtime: str
+) -> None:
     victim_uid = sandbox.slot_uid(0)
     victim = subprocess.Popen(["sleep", "30"], user=victim_uid)  # same host uid as the slot
     try:
-        source = probe("""
+        source = (
+            probe("""
             import signal
             def run():
                 pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
                 kills = {p: oserr(os.kill, p, signal.SIGKILL) for p in pids if p != os.getpid()}
                 return {"pids": pids, "me": os.getpid(), "kills": kills,
                         "all": oserr(os.kill, -1, signal.SIGKILL)}
-        """) if runtime == "python" else code("""
+        """)
+            if runtime == "python"
+            else code("""
             pids=$(ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' ')
             for p in $pids; do [ "$p" != $$ ] && kill -9 "$p" 2>/dev/null; done
             kill -9 -1
             echo "pids=$pids me=$$ survived"
         """)
+        )
         outcome = await run_code(source, runtime=runtime, output_format="text")
         assert outcome.status == "completed", outcome.result
         if runtime == "python":
@@ -564,7 +631,9 @@ async def test_18_kill_everything_in_sight(run_code: RunCode, sandbox: Sandbox,
 
 
 async def test_19_to_27_denied_system_calls(run_code: RunCode) -> None:
-    data = await completed(run_code, probe("""
+    data = await completed(
+        run_code,
+        probe("""
         import fcntl, termios
         def run():
             buf = ctypes.create_string_buffer(64)
@@ -605,40 +674,53 @@ async def test_19_to_27_denied_system_calls(run_code: RunCode) -> None:
                 "tiocsti_pty": oserr(fcntl.ioctl, ptmx, termios.TIOCSTI, b"x"),
                 "tioclinux": sysc(16, 0, 0x541C, ctypes.byref(ch)),
             }
-    """))
+    """),
+    )
     assert data == dict.fromkeys(data, "EPERM")
 
 
 async def test_23_io_uring_is_enosys(run_code: RunCode) -> None:
-    data = await completed(run_code, probe("""
+    data = await completed(
+        run_code,
+        probe("""
         def run():
             params = ctypes.create_string_buffer(120)
             return [sysc(425, 8, params), sysc(426, 0, 0, 0, 0, 0, 0), sysc(427, 0, 0, 0, 0)]
-    """))
+    """),
+    )
     assert data == ["ENOSYS", "ENOSYS", "ENOSYS"]
 
 
 async def test_21_unshare_command_shell(run_code: RunCode) -> None:
     outcome = await run_code("unshare -Ur sh -c id\n", runtime="shell")
     assert outcome.status == "failed"
-    assert "Operation not permitted" in outcome.result["error"] or \
-        "No space left on device" in outcome.result["error"]
+    assert (
+        "Operation not permitted" in outcome.result["error"]
+        or "No space left on device" in outcome.result["error"]
+    )
 
 
 async def test_22_mount_tools_shell(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         /usr/sbin/chroot /tmp /bin/true; echo "chroot=$?"
         umount /tmp; echo "umount=$?"
         unshare -m true; echo "unshare=$?"
-    """), runtime="shell")
+    """),
+        runtime="shell",
+    )
     assert outcome.status == "completed"
     assert outcome.result["stdout"].split() == ["chroot=125", "umount=32", "unshare=1"]
-    assert "cannot change root directory to '/tmp': Operation not permitted" in \
-        outcome.result["stderr"]
+    assert (
+        "cannot change root directory to '/tmp': Operation not permitted"
+        in outcome.result["stderr"]
+    )
 
 
 async def test_27_socket_families(run_code: RunCode) -> None:
-    data = await completed(run_code, probe("""
+    data = await completed(
+        run_code,
+        probe("""
         def run():
             def sock(family, kind=socket.SOCK_RAW):
                 return oserr(lambda: socket.socket(family, kind, 0).close())
@@ -650,9 +732,11 @@ async def test_27_socket_families(run_code: RunCode) -> None:
                 "inet": sock(socket.AF_INET, socket.SOCK_STREAM),
                 "inet6": sock(socket.AF_INET6, socket.SOCK_DGRAM),
             }
-    """))
+    """),
+    )
     assert {k: data.pop(k) for k in ("unix", "inet", "inet6")} == dict.fromkeys(
-        ("unix", "inet", "inet6"), "OK")
+        ("unix", "inet", "inet6"), "OK"
+    )
     assert data == dict.fromkeys(data, "EAFNOSUPPORT")
 
 
@@ -660,7 +744,9 @@ async def test_27_socket_families(run_code: RunCode) -> None:
 
 
 async def test_28_29_30_network_python(run_code: RunCode) -> None:
-    data = await completed(run_code, probe("""
+    data = await completed(
+        run_code,
+        probe("""
         def connect(addr, family=socket.AF_INET):
             s = socket.socket(family, socket.SOCK_STREAM)
             s.settimeout(3)
@@ -678,21 +764,30 @@ async def test_28_29_30_network_python(run_code: RunCode) -> None:
                 "rabbitmq": connect(("127.0.0.1", 5672)),
                 "pg_socket": connect("/run/postgresql/.s.PGSQL.5432", socket.AF_UNIX),
             }
-    """))
-    assert data == {"outside": "ENETUNREACH", "outside6": "ENETUNREACH", "dns": "gaierror",
-                    "postgres": "ECONNREFUSED", "rabbitmq": "ECONNREFUSED",
-                    "pg_socket": "ENOENT"}
+    """),
+    )
+    assert data == {
+        "outside": "ENETUNREACH",
+        "outside6": "ENETUNREACH",
+        "dns": "gaierror",
+        "postgres": "ECONNREFUSED",
+        "rabbitmq": "ECONNREFUSED",
+        "pg_socket": "ENOENT",
+    }
 
 
 async def test_28_29_30_network_shell(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         : <>/dev/tcp/1.1.1.1/80
         getent hosts example.com; echo "dns=$?"
         : <>/dev/tcp/127.0.0.1/5432
         : <>/dev/tcp/127.0.0.1/5672
         ls /run/postgresql
         true
-    """), runtime="shell")
+    """),
+        runtime="shell",
+    )
     assert outcome.status == "completed"
     assert outcome.result["stdout"] == "dns=2\n"
     err = outcome.result["stderr"]
@@ -708,7 +803,8 @@ async def test_28_29_30_network_shell(run_code: RunCode) -> None:
 async def test_33_planted_result_symlink_never_reads_the_host_file(run_code: RunCode) -> None:
     host_file = Path("/etc/hostname")
     secret = host_file.read_text().strip()
-    outcome = await run_code(probe("""
+    outcome = await run_code(
+        probe("""
         def run():
             p = "/attune/out/result.json"
             tries = {"unlink": oserr(os.unlink, p),
@@ -717,7 +813,8 @@ async def test_33_planted_result_symlink_never_reads_the_host_file(run_code: Run
                                                    os.rename("/work/l", p)))}
             print(json.dumps(tries), flush=True)
             return "the real value"
-    """))
+    """)
+    )
     tries = json.loads(outcome.result["stdout"])
     assert tries["unlink"] in ("EROFS", "EBUSY")
     assert tries["symlink_over"] in ("EROFS", "EEXIST")
@@ -729,11 +826,13 @@ async def test_33_planted_result_symlink_never_reads_the_host_file(run_code: Run
 
 async def test_33_result_written_through_a_symlink_in_work_is_refused(run_code: RunCode) -> None:
     """The wrapper's own O_NOFOLLOW: an action cannot redirect its report elsewhere."""
-    outcome = await run_code(probe("""
+    outcome = await run_code(
+        probe("""
         def run():
             os.symlink("/attune/out/result.json", "/work/r.json")
             return oserr(os.open, "/work/r.json", os.O_WRONLY | os.O_NOFOLLOW)
-    """))
+    """)
+    )
     assert outcome.result["data"] == "ELOOP"
 
 
@@ -741,7 +840,9 @@ async def test_33_result_written_through_a_symlink_in_work_is_refused(run_code: 
 
 
 async def test_34_threads_and_multiprocessing_python(run_code: RunCode) -> None:
-    data = await completed(run_code, code("""
+    data = await completed(
+        run_code,
+        code("""
         import multiprocessing, threading
         def work(n):
             return sum(i * i for i in range(n))
@@ -753,16 +854,22 @@ async def test_34_threads_and_multiprocessing_python(run_code: RunCode) -> None:
             with multiprocessing.Pool(4) as pool:
                 pooled = pool.map(work, [10**5] * 8)
             return [len(out), len(set(out)), pooled == out]
-    """), timeout=20)
+    """),
+        timeout=20,
+    )
     assert data == [8, 1, True]
 
 
 async def test_34_background_jobs_shell(run_code: RunCode) -> None:
-    stdout = await completed(run_code, code("""
+    stdout = await completed(
+        run_code,
+        code("""
         for i in 1 2 3 4; do (seq 1 50000 | sort -rn | head -1) & done
         wait
         echo "$(( $(nproc) > 0 ))" | cat
-    """), runtime="shell")
+    """),
+        runtime="shell",
+    )
     assert stdout.split() == ["50000"] * 4 + ["1"]
 
 
@@ -789,8 +896,12 @@ async def test_35_parallel_runs_do_not_see_each_other(run_code: RunCode, runtime
         """)
 
     async def one(i: int) -> None:
-        results[i] = await run_code(source(names[i]), runtime=runtime, slot=i,
-                                    output_format="json" if runtime == "python" else "text")
+        results[i] = await run_code(
+            source(names[i]),
+            runtime=runtime,
+            slot=i,
+            output_format="json" if runtime == "python" else "text",
+        )
 
     async with trio.open_nursery() as nursery:
         for i in range(2):
@@ -801,4 +912,3 @@ async def test_35_parallel_runs_do_not_see_each_other(run_code: RunCode, runtime
             assert results[i].result["data"] == [[name], [name]]
         else:
             assert results[i].result["stdout"] == f"[{name} ] [{name} ]\n"
-

@@ -35,8 +35,9 @@ async def test_example_add_py(run_code: RunCode) -> None:
 
 
 async def test_example_hello_sh(run_code: RunCode) -> None:
-    outcome = await run_code((REPO / "examples/hello.sh").read_bytes(), runtime="shell",
-                             params={"name": "World"})
+    outcome = await run_code(
+        (REPO / "examples/hello.sh").read_bytes(), runtime="shell", params={"name": "World"}
+    )
     assert outcome.status == "completed"
     assert outcome.result["stdout"] == "Hello, World!\n"
 
@@ -44,7 +45,11 @@ async def test_example_hello_sh(run_code: RunCode) -> None:
 async def test_attune_exec_cli_runs_the_example() -> None:
     proc = await trio.run_process(
         [str(REPO / ".venv/bin/attune"), "exec", "examples/add.py", "-p", "x=1", "-p", "y=2"],
-        cwd=REPO, capture_stdout=True, capture_stderr=True, check=False)
+        cwd=REPO,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["data"] == 3
 
@@ -53,11 +58,14 @@ async def test_attune_exec_cli_runs_the_example() -> None:
 
 
 async def test_prints_go_to_stdout_and_the_value_to_data(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         def run(name):
             print("hello", name)
             return {"greeting": f"hi {name}", "n": [1, 2]}
-    """), params={"name": "bob"})
+    """),
+        params={"name": "bob"},
+    )
     assert outcome.status == "completed"
     assert outcome.result["data"] == {"greeting": "hi bob", "n": [1, 2]}
     assert outcome.result["stdout"] == "hello bob\n"
@@ -111,21 +119,27 @@ async def test_run_that_exits_without_reporting_fails(run_code: RunCode) -> None
 
 
 async def test_script_without_run_reads_one_json_line_on_stdin(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         import json, sys
         params = json.loads(sys.stdin.readline())
         rest = sys.stdin.read()
         print("working...")
         print(json.dumps({"got": params, "rest": rest}))
-    """), params={"a": 1, "b": "two"}, output_format="json")
+    """),
+        params={"a": 1, "b": "two"},
+        output_format="json",
+    )
     assert outcome.status == "completed"
     assert outcome.result["data"] == {"got": {"a": 1, "b": "two"}, "rest": ""}
     assert "stdout" not in outcome.result
 
 
 async def test_script_exit_code_and_last_stderr_line(run_code: RunCode) -> None:
-    outcome = await run_code("import sys\nprint('first', file=sys.stderr)\n"
-                             "print('the reason', file=sys.stderr)\nsys.exit(4)\n")
+    outcome = await run_code(
+        "import sys\nprint('first', file=sys.stderr)\n"
+        "print('the reason', file=sys.stderr)\nsys.exit(4)\n"
+    )
     assert outcome.status == "failed"
     assert outcome.result["exit_code"] == 4
     assert outcome.result["error"] == "the reason"
@@ -151,9 +165,17 @@ async def test_output_formats(run_code: RunCode, fmt: str, stdout: str, data: ob
 
 
 async def test_shell_gets_param_env_and_the_json_line(run_code: RunCode) -> None:
-    params = {"name": "World", "my-key": "v w", "n": 3, "flag": True, "obj": {"a": 1},
-              "none": None, "quote": "it's"}
-    outcome = await run_code(code("""
+    params = {
+        "name": "World",
+        "my-key": "v w",
+        "n": 3,
+        "flag": True,
+        "obj": {"a": 1},
+        "none": None,
+        "quote": "it's",
+    }
+    outcome = await run_code(
+        code("""
         echo "NAME=$PARAM_NAME"
         echo "MY_KEY=$PARAM_MY_KEY"
         echo "N=$PARAM_N FLAG=$PARAM_FLAG"
@@ -162,18 +184,29 @@ async def test_shell_gets_param_env_and_the_json_line(run_code: RunCode) -> None
         echo "QUOTE=$PARAM_QUOTE"
         read -r line
         echo "STDIN=$line"
-    """), runtime="shell", params=params)
+    """),
+        runtime="shell",
+        params=params,
+    )
     assert outcome.status == "completed"
     lines = outcome.result["stdout"].splitlines()
-    assert lines[:6] == ["NAME=World", "MY_KEY=v w", "N=3 FLAG=true", 'OBJ={"a":1}',
-                         "NONE=[]", "QUOTE=it's"]
+    assert lines[:6] == [
+        "NAME=World",
+        "MY_KEY=v w",
+        "N=3 FLAG=true",
+        'OBJ={"a":1}',
+        "NONE=[]",
+        "QUOTE=it's",
+    ]
     assert json.loads(lines[6].removeprefix("STDIN=")) == params
 
 
 async def test_python_profile_does_not_get_param_env(run_code: RunCode) -> None:
-    outcome = await run_code("import os\ndef run(x):\n"
-                             "    return sorted(k for k in os.environ if k.startswith('PARAM'))\n",
-                             params={"x": 1})
+    outcome = await run_code(
+        "import os\ndef run(x):\n"
+        "    return sorted(k for k in os.environ if k.startswith('PARAM'))\n",
+        params={"x": 1},
+    )
     assert outcome.result["data"] == []
 
 
@@ -181,7 +214,8 @@ async def test_python_profile_does_not_get_param_env(run_code: RunCode) -> None:
 
 
 async def test_parameter_file_delivery(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         import json, os, stat, sys
         path = os.environ["ATTUNE_PARAMETER_FILE"]
         info = os.stat(path)
@@ -196,12 +230,20 @@ async def test_parameter_file_delivery(run_code: RunCode) -> None:
             "delivery": os.environ["ATTUNE_PARAMETER_DELIVERY"],
             "format": os.environ["ATTUNE_PARAMETER_FORMAT"], "writable": writable,
         }))
-    """), params={"secret": "s", "n": 1}, parameter_delivery="file")
+    """),
+        params={"secret": "s", "n": 1},
+        parameter_delivery="file",
+    )
     assert outcome.status == "completed", outcome.result
     assert outcome.result["data"] == {
-        "path": "/attune/out/parameters", "mode": "0o400", "uid": 1000,
-        "content": '{"secret":"s","n":1}\n', "stdin": "", "delivery": "file",
-        "format": "json", "writable": False,
+        "path": "/attune/out/parameters",
+        "mode": "0o400",
+        "uid": 1000,
+        "content": '{"secret":"s","n":1}\n',
+        "stdin": "",
+        "delivery": "file",
+        "format": "json",
+        "writable": False,
     }
 
 
@@ -217,20 +259,30 @@ PARAMS = {"name": "O'Brien", "text": "two\nlines", "n": 2, "nested": {"k": "v"}}
         ("dotenv", {"name": "O'Brien", "text": "two\nlines", "n": "2", "nested.k": "v"}),
     ],
 )
-async def test_run_receives_every_format_and_delivery(run_code: RunCode, delivery: str,
-                                                      fmt: str, expected: object) -> None:
-    outcome = await run_code("def run(**kw):\n    return kw\n", params=PARAMS,
-                             parameter_delivery=delivery, parameter_format=fmt)
+async def test_run_receives_every_format_and_delivery(
+    run_code: RunCode, delivery: str, fmt: str, expected: object
+) -> None:
+    outcome = await run_code(
+        "def run(**kw):\n    return kw\n",
+        params=PARAMS,
+        parameter_delivery=delivery,
+        parameter_format=fmt,
+    )
     assert outcome.status == "completed", outcome.result
     assert outcome.result["data"] == expected
 
 
 async def test_dotenv_file_can_be_sourced_by_a_shell_action(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         set -a; . "$ATTUNE_PARAMETER_FILE"; set +a
         printf '%s|' "$name" "$n"
-    """), runtime="shell", params={"name": "O'Brien $(id)", "n": 2},
-        parameter_delivery="file", parameter_format="dotenv")
+    """),
+        runtime="shell",
+        params={"name": "O'Brien $(id)", "n": 2},
+        parameter_delivery="file",
+        parameter_format="dotenv",
+    )
     assert outcome.status == "completed", outcome.result
     assert outcome.result["stdout"] == "O'Brien $(id)|2|"
 
@@ -242,16 +294,19 @@ async def test_dotenv_file_can_be_sourced_by_a_shell_action(run_code: RunCode) -
     ("runtime", "source"),
     [
         ("python", "import time\ntime.sleep(60)\n"),
-        ("python", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                   "signal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)\n"),
+        (
+            "python",
+            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)\n",
+        ),
         ("python", "while True:\n    pass\n"),
         ("shell", "trap '' TERM INT HUP\nsleep 60\n"),
     ],
     ids=["sleep", "ignores-sigterm", "busy-loop", "shell-trap"],
 )
-async def test_timeout_is_recorded_within_a_second_of_the_limit(run_code: RunCode,
-                                                                runtime: str,
-                                                                source: str) -> None:
+async def test_timeout_is_recorded_within_a_second_of_the_limit(
+    run_code: RunCode, runtime: str, source: str
+) -> None:
     started = trio.current_time()
     outcome = await run_code(source, runtime=runtime, timeout=1.5)
     elapsed = trio.current_time() - started
@@ -263,8 +318,9 @@ async def test_timeout_is_recorded_within_a_second_of_the_limit(run_code: RunCod
 
 
 async def test_timeout_keeps_the_partial_output(run_code: RunCode) -> None:
-    outcome = await run_code("import time\nprint('before', flush=True)\ntime.sleep(60)\n",
-                             timeout=1)
+    outcome = await run_code(
+        "import time\nprint('before', flush=True)\ntime.sleep(60)\n", timeout=1
+    )
     assert outcome.status == "timeout"
     assert outcome.result["stdout"] == "before\n"
 
@@ -272,8 +328,9 @@ async def test_timeout_keeps_the_partial_output(run_code: RunCode) -> None:
 @pytest.mark.long_run
 async def test_long_run_outlives_trios_helper_thread_idle_timeout(run_code: RunCode) -> None:
     """sleep 11 with a 20 s limit: --die-with-parent must not fire when a thread exits."""
-    outcome = await run_code("import time\ndef run():\n    time.sleep(11)\n    return 'done'\n",
-                             timeout=20)
+    outcome = await run_code(
+        "import time\ndef run():\n    time.sleep(11)\n    return 'done'\n", timeout=20
+    )
     assert outcome.status == "completed", outcome.result
     assert outcome.result["data"] == "done"
     assert outcome.result["duration_ms"] >= 11000
@@ -289,8 +346,7 @@ async def test_cancel_through_run_control(run_code: RunCode) -> None:
 
     async def runner() -> None:
         nonlocal outcome
-        outcome = await run_code(f"sleep {mark}\n", runtime="shell", timeout=30,
-                                 control=control)
+        outcome = await run_code(f"sleep {mark}\n", runtime="shell", timeout=30, control=control)
 
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
@@ -316,8 +372,9 @@ async def test_cancel_before_start_and_custom_reason(run_code: RunCode) -> None:
     assert outcome.result["error"] == "Worker shutting down"
 
 
-async def test_outer_cancellation_kills_the_sandbox_and_propagates(run_code: RunCode,
-                                                                   sandbox: Sandbox) -> None:
+async def test_outer_cancellation_kills_the_sandbox_and_propagates(
+    run_code: RunCode, sandbox: Sandbox
+) -> None:
     mark = token()
     with trio.move_on_after(0.7) as scope:
         await run_code(f"import subprocess\nsubprocess.run(['sleep', '{mark}'])\n", timeout=30)
@@ -349,8 +406,9 @@ async def test_worker_process_is_a_subreaper(sandbox: Sandbox) -> None:
     assert sandbox.subreaper is True
 
 
-async def test_bwrap_killed_from_outside_orphans_nothing(run_code: RunCode,
-                                                         sandbox: Sandbox) -> None:
+async def test_bwrap_killed_from_outside_orphans_nothing(
+    run_code: RunCode, sandbox: Sandbox
+) -> None:
     """If bwrap itself dies (OOM killer, an operator), its init is orphaned: the worker,
     a subreaper, gets it back and reaps it through its pidfd; no zombie of the slot uid
     is left to count against RLIMIT_NPROC, and the run says how it ended."""
@@ -365,8 +423,9 @@ async def test_bwrap_killed_from_outside_orphans_nothing(run_code: RunCode,
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner)
         with trio.fail_after(5):
-            while not (outer := [p for p in with_token(name) if p.ppid == os.getpid()]) or \
-                    not with_token(f"sleep {mark}"):
+            while not (
+                outer := [p for p in with_token(name) if p.ppid == os.getpid()]
+            ) or not with_token(f"sleep {mark}"):
                 await trio.sleep(0.02)
         os.kill(outer[0].pid, signal.SIGKILL)
     assert outcome is not None

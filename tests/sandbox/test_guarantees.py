@@ -43,7 +43,9 @@ async def listener() -> tuple[trio.SocketListener, int]:
 async def test_1_only_loopback_and_host_services_unreachable(run_code: RunCode) -> None:
     lst, port = await listener()
     async with lst:
-        outcome = await run_code(SYSCALLS + code(f"""
+        outcome = await run_code(
+            SYSCALLS
+            + code(f"""
             def connect(host, port):
                 s = socket.socket()
                 s.settimeout(2)
@@ -58,15 +60,21 @@ async def test_1_only_loopback_and_host_services_unreachable(run_code: RunCode) 
                 return {{"ifaces": ifaces, "worker_listener": connect("127.0.0.1", {port}),
                          "outside": connect("1.1.1.1", 80), "dns": dns,
                          "pg_socket_dir": os.path.exists("/run/postgresql")}}
-        """))
+        """)
+        )
     assert outcome.status == "completed", outcome.result
-    assert outcome.result["data"] == {"ifaces": ["lo"], "worker_listener": "ECONNREFUSED",
-                                      "outside": "ENETUNREACH", "dns": "gaierror",
-                                      "pg_socket_dir": False}
+    assert outcome.result["data"] == {
+        "ifaces": ["lo"],
+        "worker_listener": "ECONNREFUSED",
+        "outside": "ENETUNREACH",
+        "dns": "gaierror",
+        "pg_socket_dir": False,
+    }
 
 
-async def test_1_network_is_an_explicit_opt_in(run_code: RunCode,
-                                               profiles: dict[str, Profile]) -> None:
+async def test_1_network_is_an_explicit_opt_in(
+    run_code: RunCode, profiles: dict[str, Profile]
+) -> None:
     lst, port = await listener()
     networked = msgspec.structs.replace(profiles["python"], network=True)
 
@@ -76,22 +84,32 @@ async def test_1_network_is_an_explicit_opt_in(run_code: RunCode,
 
     async with lst, trio.open_nursery() as nursery:
         nursery.start_soon(accept_one)
-        outcome = await run_code(SYSCALLS + code(f"""
+        outcome = await run_code(
+            SYSCALLS
+            + code(f"""
             def run():
                 s = socket.socket()
                 s.settimeout(2)
                 return oserr(s.connect, ("127.0.0.1", {port}))
-        """), profile=networked)
+        """),
+            profile=networked,
+        )
     assert outcome.result["data"] == "OK"
 
 
 # --- 2. environment --------------------------------------------------------------------
 
 EXPECTED_ENV = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8",
-    "TMPDIR": "/tmp", "ATTUNE_EXEC_ID": "test", "ATTUNE_ACTION": "tests.action",
-    "ATTUNE_PACK_REF": "tests", "ATTUNE_PARAMETER_DELIVERY": "stdin",
-    "ATTUNE_PARAMETER_FORMAT": "json", "EXTRA": "from env_vars",
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/work",
+    "LANG": "C.UTF-8",
+    "TMPDIR": "/tmp",
+    "ATTUNE_EXEC_ID": "test",
+    "ATTUNE_ACTION": "tests.action",
+    "ATTUNE_PACK_REF": "tests",
+    "ATTUNE_PARAMETER_DELIVERY": "stdin",
+    "ATTUNE_PARAMETER_FORMAT": "json",
+    "EXTRA": "from env_vars",
     # bwrap sets PWD after --chdir (and every shell would): the cwd, nothing of the host.
     "PWD": "/work",
 }
@@ -115,11 +133,17 @@ async def test_2_31_environment_is_exactly_the_documented_one(
     secret = f"worker-secret-{uuid.uuid4().hex}"
     monkeypatch.setenv("ATTUNE_TEST_DB_PASSWORD", secret)
     monkeypatch.setenv("DATABASE_URL", f"postgresql://u:{secret}@127.0.0.1/db")
-    source = DUMP_EVERYTHING if runtime == "python" else (
-        "env; cat /proc/1/environ /proc/1/cmdline; echo\n"
-        f"/usr/bin/python3 - <<'PY'\n{DUMP_EVERYTHING}\nPY\n")
-    outcome = await run_code(source, runtime=runtime, env={"EXTRA": "from env_vars"},
-                             output_format="text")
+    source = (
+        DUMP_EVERYTHING
+        if runtime == "python"
+        else (
+            "env; cat /proc/1/environ /proc/1/cmdline; echo\n"
+            f"/usr/bin/python3 - <<'PY'\n{DUMP_EVERYTHING}\nPY\n"
+        )
+    )
+    outcome = await run_code(
+        source, runtime=runtime, env={"EXTRA": "from env_vars"}, output_format="text"
+    )
     assert outcome.status == "completed", outcome.result
     assert secret not in json.dumps(outcome.result)
     seen = json.loads(outcome.result["stdout"].splitlines()[-1])
@@ -142,7 +166,9 @@ async def test_2_31_environment_is_exactly_the_documented_one(
 @pytest.mark.parametrize("delivery", ["stdin", "file"])
 async def test_3_32_only_fds_0_1_2_are_open(run_code: RunCode, delivery: str) -> None:
     """Row 32 too: list /proc/self/fd and write to every fd >= 3."""
-    outcome = await run_code(SYSCALLS + code("""
+    outcome = await run_code(
+        SYSCALLS
+        + code("""
         import stat
         def run():
             listed = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
@@ -152,7 +178,9 @@ async def test_3_32_only_fds_0_1_2_are_open(run_code: RunCode, delivery: str) ->
                     "writes": sorted(set(writes.values())),
                     "stdin_is_pipe": stat.S_ISFIFO(os.fstat(0).st_mode),
                     "stdin_rest": sys.stdin.read()}
-    """), parameter_delivery=delivery)
+    """),
+        parameter_delivery=delivery,
+    )
     assert outcome.status == "completed", outcome.result
     data = outcome.result["data"]
     assert data["listed"] in ([0, 1, 2], [0, 1, 2, 3])  # 3: listdir's own directory fd
@@ -162,12 +190,15 @@ async def test_3_32_only_fds_0_1_2_are_open(run_code: RunCode, delivery: str) ->
 
 
 async def test_3_32_shell_sees_only_0_1_2(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         # an external echo: bash's builtins park saved fds at 10+ during redirections
         ( exec 2>/dev/null
           for fd in $(seq 3 254); do /bin/echo x >&"$fd" && echo "WROTE $fd"; done )
         ls /proc/$$/fd
-    """), runtime="shell")
+    """),
+        runtime="shell",
+    )
     assert outcome.status == "completed"
     # 255 is bash's own handle on the script it runs (close-on-exec)
     assert outcome.result["stdout"].split() == ["0", "1", "2", "255"]
@@ -202,13 +233,27 @@ async def test_4_filesystem_is_minimal_and_read_only(run_code: RunCode, runtime:
             }
     """)
     if runtime == "shell":
-        probe = ("/usr/bin/python3 - <<'PY'\n" + probe.replace("def run():", "def run_():")
-                 + "\nprint(json.dumps(run_()))\nPY\n")
+        probe = (
+            "/usr/bin/python3 - <<'PY'\n"
+            + probe.replace("def run():", "def run_():")
+            + "\nprint(json.dumps(run_()))\nPY\n"
+        )
     outcome = await run_code(probe, runtime=runtime, output_format="json")
     assert outcome.status == "completed", outcome.result
     data = outcome.result["data"]
-    assert data["root"] == ["attune", "bin", "dev", "etc", "lib", "lib64", "proc", "sbin",
-                            "tmp", "usr", "work"]
+    assert data["root"] == [
+        "attune",
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib64",
+        "proc",
+        "sbin",
+        "tmp",
+        "usr",
+        "work",
+    ]
     etc = ["group", "hosts", "ld.so.cache", "localtime", "nsswitch.conf", "passwd"]
     if runtime == "python":
         etc = sorted([*etc, "ca-certificates", "ssl"])
@@ -221,8 +266,10 @@ async def test_4_filesystem_is_minimal_and_read_only(run_code: RunCode, runtime:
 
 
 async def test_4_synthetic_passwd_names_the_action_user(run_code: RunCode) -> None:
-    outcome = await run_code("import pwd, os\ndef run():\n    return "
-                             "[pwd.getpwuid(os.getuid()).pw_name, open('/etc/passwd').read()]\n")
+    outcome = await run_code(
+        "import pwd, os\ndef run():\n    return "
+        "[pwd.getpwuid(os.getuid()).pw_name, open('/etc/passwd').read()]\n"
+    )
     name, passwd = outcome.result["data"]
     assert name == "action"
     assert "x:0:0" in passwd and "/root" not in passwd
@@ -231,8 +278,9 @@ async def test_4_synthetic_passwd_names_the_action_user(run_code: RunCode) -> No
 # --- 5. uids ---------------------------------------------------------------------------
 
 
-async def sandbox_processes_while(run_code: RunCode, source: str, name: str,
-                                  **kw: object) -> tuple[RunOutcome, list[HostProcess], int]:
+async def sandbox_processes_while(
+    run_code: RunCode, source: str, name: str, **kw: object
+) -> tuple[RunOutcome, list[HostProcess], int]:
     """Start a run, capture its host processes (and a file owner) while it sleeps."""
     seen: list[HostProcess] = []
     owner = -1
@@ -262,8 +310,9 @@ async def sandbox_processes_while(run_code: RunCode, source: str, name: str,
 
 
 @pytest.mark.parametrize("slot", [0, 1])
-async def test_5_sandbox_runs_as_the_slot_uid_on_the_host(run_code: RunCode, sandbox: Sandbox,
-                                                           slot: int) -> None:
+async def test_5_sandbox_runs_as_the_slot_uid_on_the_host(
+    run_code: RunCode, sandbox: Sandbox, slot: int
+) -> None:
     name = f"uid_{uuid.uuid4().hex[:10]}.py"
     source = code("""
         import os, time
@@ -276,8 +325,13 @@ async def test_5_sandbox_runs_as_the_slot_uid_on_the_host(run_code: RunCode, san
     """)
     outcome, procs, owner = await sandbox_processes_while(run_code, source, name, slot=slot)
     assert outcome.status == "completed", outcome.result
-    assert outcome.result["data"] == {"uid": 1000, "euid": 1000, "gid": 1000, "groups": [],
-                                      "file_uid": 1000}
+    assert outcome.result["data"] == {
+        "uid": 1000,
+        "euid": 1000,
+        "gid": 1000,
+        "groups": [],
+        "file_uid": 1000,
+    }
     expected = sandbox.slot_uid(slot) if os.geteuid() == 0 else os.geteuid()
     assert expected != 0
     # outer bwrap, the sandbox's init, the action: all the slot's uid on the host
@@ -289,23 +343,33 @@ async def test_5_sandbox_runs_as_the_slot_uid_on_the_host(run_code: RunCode, san
 
 
 async def test_5_17_no_capabilities_and_no_new_privs(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         def run():
             status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
             return {k: status[k].strip() for k in
                     ("NoNewPrivs", "CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh", "Seccomp")}
-    """))
+    """)
+    )
     zero = "0000000000000000"
-    assert outcome.result["data"] == {"NoNewPrivs": "1", "CapEff": zero, "CapPrm": zero,
-                                      "CapBnd": zero, "CapAmb": zero, "CapInh": zero,
-                                      "Seccomp": "2"}
+    assert outcome.result["data"] == {
+        "NoNewPrivs": "1",
+        "CapEff": zero,
+        "CapPrm": zero,
+        "CapBnd": zero,
+        "CapAmb": zero,
+        "CapInh": zero,
+        "Seccomp": "2",
+    }
 
 
 # --- 6. syscall filter (positive side; the denials are rows 19-27) -------------------------
 
 
 async def test_6_enosys_calls_and_personality(run_code: RunCode) -> None:
-    outcome = await run_code(SYSCALLS + code("""
+    outcome = await run_code(
+        SYSCALLS
+        + code("""
         def run():
             return {
                 "clone3": sysc(435, 0, 0),
@@ -329,17 +393,29 @@ async def test_6_enosys_calls_and_personality(run_code: RunCode) -> None:
                 "init_module": sysc(175, 0, 0, 0), "delete_module": sysc(176, b"x", 0),
                 "quotactl": sysc(179, 0, 0, 0, 0),
             }
-    """))
+    """)
+    )
     data = outcome.result["data"]
-    enosys = ["clone3", "io_uring_enter", "io_uring_register", "fsopen", "fsconfig", "fsmount",
-              "fspick", "open_tree", "move_mount", "mount_setattr"]
+    enosys = [
+        "clone3",
+        "io_uring_enter",
+        "io_uring_register",
+        "fsopen",
+        "fsconfig",
+        "fsmount",
+        "fspick",
+        "open_tree",
+        "move_mount",
+        "mount_setattr",
+    ]
     assert {k: data.pop(k) for k in enosys} == dict.fromkeys(enosys, "ENOSYS")
     assert data.pop("personality_zero") == "OK"
     assert data == dict.fromkeys(data, "EPERM")
 
 
 async def test_6_normal_python_keeps_working(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         import concurrent.futures, multiprocessing, subprocess, threading, ssl, sqlite3
         def square(x):
             return x * x
@@ -359,18 +435,23 @@ async def test_6_normal_python_keeps_working(run_code: RunCode) -> None:
             db = sqlite3.connect("/tmp/x.db"); db.execute("create table t(x)")
             return [results[0], pooled, proc_pool, threads, got, sub.stdout.strip(),
                     ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED]
-    """), timeout=20)
+    """),
+        timeout=20,
+    )
     assert outcome.status == "completed", outcome.result
     assert outcome.result["data"] == [4999950000, 2646700, 40425, 40425, 7, "42", True]
 
 
 async def test_6_foreign_architectures_are_killed(run_code: RunCode) -> None:
     """An x32 system call (nr | 0x40000000) kills the process with SIGSYS."""
-    outcome = await run_code(SYSCALLS + code("""
+    outcome = await run_code(
+        SYSCALLS
+        + code("""
         print("before", flush=True)
         sysc(0x40000000 + 39)  # x32 getpid
         print("survived", flush=True)
-    """))
+    """)
+    )
     assert outcome.status == "failed"
     assert outcome.result["stdout"] == "before\n"
     assert outcome.result["exit_code"] == 128 + 31
@@ -379,7 +460,8 @@ async def test_6_foreign_architectures_are_killed(run_code: RunCode) -> None:
 
 async def test_6_i386_int80_is_killed(run_code: RunCode) -> None:
     """The i386 ABI (int 0x80 from a 64-bit process) is a foreign architecture too."""
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         import ctypes, mmap
         # mov eax, 20 (i386 getpid); int 0x80; ret
         shell = b"\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3"
@@ -389,7 +471,8 @@ async def test_6_i386_int80_is_killed(run_code: RunCode) -> None:
         print("before", flush=True)
         ctypes.CFUNCTYPE(ctypes.c_int)(addr)()
         print("survived", flush=True)
-    """))
+    """)
+    )
     assert outcome.status == "failed"
     assert outcome.result["stdout"] == "before\n"
     # SIGSYS from seccomp; a kernel without IA32 emulation answers int 0x80 with SIGSEGV
@@ -400,30 +483,39 @@ async def test_6_i386_int80_is_killed(run_code: RunCode) -> None:
 
 
 async def test_7_rlimits_inside_match_the_profile(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         import resource
         def run():
             names = ["CPU", "AS", "NOFILE", "FSIZE", "NPROC", "CORE"]
             return {n: list(resource.getrlimit(getattr(resource, "RLIMIT_" + n))) for n in names}
-    """))
+    """)
+    )
     assert outcome.result["data"] == {
-        "CPU": [300, 301], "AS": [2048 * MiB, 2048 * MiB], "NOFILE": [256, 256],
-        "FSIZE": [64 * MiB, 64 * MiB], "NPROC": [256, 256], "CORE": [0, 0],
+        "CPU": [300, 301],
+        "AS": [2048 * MiB, 2048 * MiB],
+        "NOFILE": [256, 256],
+        "FSIZE": [64 * MiB, 64 * MiB],
+        "NPROC": [256, 256],
+        "CORE": [0, 0],
     }
 
 
 async def test_7_tmpfs_sizes(run_code: RunCode) -> None:
-    outcome = await run_code(code("""
+    outcome = await run_code(
+        code("""
         import os
         def run():
             return {d: os.statvfs(d).f_blocks * os.statvfs(d).f_frsize
                     for d in ("/tmp", "/work", "/dev/shm")}
-    """))
+    """)
+    )
     assert outcome.result["data"] == {"/tmp": 64 * MiB, "/work": 256 * MiB, "/dev/shm": 64 * MiB}
 
 
-async def test_7_the_run_has_its_own_memory_and_pids_cgroup(run_code: RunCode,
-                                                             facts: host.HostFacts) -> None:
+async def test_7_the_run_has_its_own_memory_and_pids_cgroup(
+    run_code: RunCode, facts: host.HostFacts
+) -> None:
     if facts.cgroups.version == 0:
         pytest.skip(f"no cgroups here: {facts.cgroups.detail}")
     name = f"cg_{uuid.uuid4().hex[:10]}.py"
@@ -444,8 +536,9 @@ async def test_7_the_run_has_its_own_memory_and_pids_cgroup(run_code: RunCode,
                     for line in Path(f"/proc/{proc.pid}/cgroup").read_text().splitlines():
                         _, controllers, path = line.split(":", 2)
                         for c in ("memory", "pids"):
-                            if c in controllers.split(",") or (controllers == "" and
-                                                               facts.cgroups.version == 2):
+                            if c in controllers.split(",") or (
+                                controllers == "" and facts.cgroups.version == 2
+                            ):
                                 found[c] = path
                 await trio.sleep(0.02)
             if facts.cgroups.version == 1:
@@ -463,8 +556,16 @@ async def test_7_the_run_has_its_own_memory_and_pids_cgroup(run_code: RunCode,
 
 async def test_7_layers_are_reported(facts: host.HostFacts) -> None:
     names = [layer.name for layer in facts.layers]
-    assert names == ["bubblewrap", "user_namespaces", "seccomp", "interpreter",
-                     "network_isolation", "rlimits", "per_slot_uids", "cgroups"]
+    assert names == [
+        "bubblewrap",
+        "user_namespaces",
+        "seccomp",
+        "interpreter",
+        "network_isolation",
+        "rlimits",
+        "per_slot_uids",
+        "cgroups",
+    ]
     caps = facts.capabilities()
     assert caps["bubblewrap"] is True and caps["seccomp"] is True
     assert caps["cgroup_version"] == facts.cgroups.version
@@ -476,7 +577,9 @@ async def test_7_layers_are_reported(facts: host.HostFacts) -> None:
 async def test_10_result_file_is_a_bound_regular_file_the_action_cannot_replace(
     run_code: RunCode,
 ) -> None:
-    outcome = await run_code(SYSCALLS + code("""
+    outcome = await run_code(
+        SYSCALLS
+        + code("""
         def run():
             p = "/attune/out/result.json"
             return {
@@ -486,7 +589,8 @@ async def test_10_result_file_is_a_bound_regular_file_the_action_cannot_replace(
                 "mkfifo": oserr(os.mkfifo, "/attune/out/fifo"),
                 "listing": sorted(os.listdir("/attune/out")),
             }
-    """))
+    """)
+    )
     assert outcome.status == "completed", outcome.result
     data = outcome.result["data"]
     assert data["listing"] == ["parameters", "result.json"]
@@ -527,7 +631,8 @@ async def test_8_cancelled_runs_leave_nothing(run_code: RunCode) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(cancel_soon)
-        outcome = await run_code(f"( setsid sleep {mark} & )\nsleep 60\n", runtime="shell",
-                                 timeout=30, control=control)
+        outcome = await run_code(
+            f"( setsid sleep {mark} & )\nsleep 60\n", runtime="shell", timeout=30, control=control
+        )
     assert outcome.status == "cancelled"
     assert await wait_until_gone(mark) == []

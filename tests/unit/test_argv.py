@@ -11,8 +11,9 @@ from attune.runner.profiles import Limits, Profile, load_profiles
 PROFILES = load_profiles()
 
 
-def layout(*, wrapper: str | None = None, params_file: str | None = None,
-           env: dict[str, str] | None = None) -> argv.RunLayout:
+def layout(
+    *, wrapper: str | None = None, params_file: str | None = None, env: dict[str, str] | None = None
+) -> argv.RunLayout:
     return argv.RunLayout(
         code_dir="/runs/r1/code",
         result_file="/runs/r1/out/result.json",
@@ -26,50 +27,125 @@ def layout(*, wrapper: str | None = None, params_file: str | None = None,
 
 
 COMMON_HEAD = [
-    "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
-    "--unshare-cgroup-try", "--disable-userns", "--die-with-parent", "--new-session",
-    "--uid", "1000", "--gid", "1000", "--hostname", "sandbox", "--cap-drop", "ALL",
+    "--unshare-user",
+    "--unshare-ipc",
+    "--unshare-pid",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--disable-userns",
+    "--die-with-parent",
+    "--new-session",
+    "--uid",
+    "1000",
+    "--gid",
+    "1000",
+    "--hostname",
+    "sandbox",
+    "--cap-drop",
+    "ALL",
     "--unshare-net",
-    "--ro-bind", "/usr", "/usr",
-    "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
-    "--ro-bind-try", "/etc/localtime", "/etc/localtime",
+    "--ro-bind",
+    "/usr",
+    "/usr",
+    "--ro-bind-try",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.cache",
+    "--ro-bind-try",
+    "/etc/localtime",
+    "/etc/localtime",
 ]
 SYMLINKS = [
-    "--symlink", "usr/bin", "/bin",
-    "--symlink", "usr/lib", "/lib",
-    "--symlink", "usr/lib64", "/lib64",
-    "--symlink", "usr/sbin", "/sbin",
+    "--symlink",
+    "usr/bin",
+    "/bin",
+    "--symlink",
+    "usr/lib",
+    "/lib",
+    "--symlink",
+    "usr/lib64",
+    "/lib64",
+    "--symlink",
+    "usr/sbin",
+    "/sbin",
 ]
 FILESYSTEMS = [
-    "--proc", "/proc",
-    "--ro-bind", "/proc/sys", "/proc/sys",
-    "--dev", "/dev",
-    "--size", "67108864", "--tmpfs", "/dev/shm",
-    "--remount-ro", "/dev",
-    "--size", "67108864", "--tmpfs", "/tmp",
-    "--perms", "0700", "--size", "268435456", "--tmpfs", "/work",
-    "--dir", "/etc",
-    "--ro-bind", "/runs/.etc/passwd", "/etc/passwd",
-    "--ro-bind", "/runs/.etc/group", "/etc/group",
-    "--ro-bind", "/runs/.etc/hosts", "/etc/hosts",
-    "--ro-bind", "/runs/.etc/nsswitch.conf", "/etc/nsswitch.conf",
-    "--ro-bind", "/runs/r1/code", "/attune",
-    "--bind", "/runs/r1/out/result.json", "/attune/out/result.json",
+    "--proc",
+    "/proc",
+    "--ro-bind",
+    "/proc/sys",
+    "/proc/sys",
+    "--dev",
+    "/dev",
+    "--size",
+    "67108864",
+    "--tmpfs",
+    "/dev/shm",
+    "--remount-ro",
+    "/dev",
+    "--size",
+    "67108864",
+    "--tmpfs",
+    "/tmp",
+    "--perms",
+    "0700",
+    "--size",
+    "268435456",
+    "--tmpfs",
+    "/work",
+    "--dir",
+    "/etc",
+    "--ro-bind",
+    "/runs/.etc/passwd",
+    "/etc/passwd",
+    "--ro-bind",
+    "/runs/.etc/group",
+    "/etc/group",
+    "--ro-bind",
+    "/runs/.etc/hosts",
+    "/etc/hosts",
+    "--ro-bind",
+    "/runs/.etc/nsswitch.conf",
+    "/etc/nsswitch.conf",
+    "--ro-bind",
+    "/runs/r1/code",
+    "/attune",
+    "--bind",
+    "/runs/r1/out/result.json",
+    "/attune/out/result.json",
 ]
 TAIL = [
-    "--chdir", "/work",
-    "--remount-ro", "/",
+    "--chdir",
+    "/work",
+    "--remount-ro",
+    "/",
     "--clearenv",
-    "--setenv", "ATTUNE_EXEC_ID", "42",
-    "--setenv", "HOME", "/work",
-    "--setenv", "LANG", "C.UTF-8",
-    "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
-    "--setenv", "TMPDIR", "/tmp",
-    "--seccomp", "7",
+    "--setenv",
+    "ATTUNE_EXEC_ID",
+    "42",
+    "--setenv",
+    "HOME",
+    "/work",
+    "--setenv",
+    "LANG",
+    "C.UTF-8",
+    "--setenv",
+    "PATH",
+    "/usr/local/bin:/usr/bin:/bin",
+    "--setenv",
+    "TMPDIR",
+    "/tmp",
+    "--seccomp",
+    "7",
 ]
 RLIMITS = [
-    "/usr/bin/prlimit", "--core=0:0", "--cpu=300:301", "--as=2147483648:2147483648",
-    "--nofile=256:256", "--fsize=67108864:67108864", "--nproc=256:256", "--",
+    "/usr/bin/prlimit",
+    "--core=0:0",
+    "--cpu=300:301",
+    "--as=2147483648:2147483648",
+    "--nofile=256:256",
+    "--fsize=67108864:67108864",
+    "--nproc=256:256",
+    "--",
 ]
 
 
@@ -78,20 +154,33 @@ def test_python_profile_golden_argv() -> None:
     lay = layout(wrapper="python_wrapper.py")
     assert argv.bwrap_args(profile, lay) == [
         *COMMON_HEAD,
-        "--ro-bind-try", "/etc/ssl", "/etc/ssl",
-        "--ro-bind-try", "/etc/ca-certificates", "/etc/ca-certificates",
-        *SYMLINKS, *FILESYSTEMS, *TAIL,
+        "--ro-bind-try",
+        "/etc/ssl",
+        "/etc/ssl",
+        "--ro-bind-try",
+        "/etc/ca-certificates",
+        "/etc/ca-certificates",
+        *SYMLINKS,
+        *FILESYSTEMS,
+        *TAIL,
     ]
     assert argv.action_command(profile, lay) == [
         *RLIMITS,
-        "/usr/bin/python3", "-u", "-B", "-I", "-X", "utf8",
-        "/attune/python_wrapper.py", "/attune/action/action.py",
+        "/usr/bin/python3",
+        "-u",
+        "-B",
+        "-I",
+        "-X",
+        "utf8",
+        "/attune/python_wrapper.py",
+        "/attune/action/action.py",
     ]
 
 
 def test_python_script_without_run_is_started_directly() -> None:
     assert argv.action_command(PROFILES["python"], layout())[-2:] == [
-        "utf8", "/attune/action/action.py",
+        "utf8",
+        "/attune/action/action.py",
     ]
 
 
@@ -105,7 +194,7 @@ def test_shell_profile_golden_argv() -> None:
 def test_parameter_file_is_bound_read_only_beside_the_result() -> None:
     args = argv.bwrap_args(PROFILES["shell"], layout(params_file="/runs/r1/out/parameters"))
     i = args.index("/attune/out/result.json")
-    assert args[i + 1:i + 4] == ["--ro-bind", "/runs/r1/out/parameters", "/attune/out/parameters"]
+    assert args[i + 1 : i + 4] == ["--ro-bind", "/runs/r1/out/parameters", "/attune/out/parameters"]
 
 
 def test_network_opt_in_drops_only_the_network_namespace() -> None:
@@ -120,8 +209,16 @@ def test_remount_ro_root_comes_after_every_mount_and_seccomp_is_last() -> None:
     ro = args.index("--remount-ro", args.index("/dev/shm"))
     root_ro = len(args) - 1 - args[::-1].index("--remount-ro")
     assert args[root_ro + 1] == "/"
-    mounts = {"--bind", "--ro-bind", "--ro-bind-try", "--tmpfs", "--dir", "--symlink",
-              "--proc", "--dev"}
+    mounts = {
+        "--bind",
+        "--ro-bind",
+        "--ro-bind-try",
+        "--tmpfs",
+        "--dir",
+        "--symlink",
+        "--proc",
+        "--dev",
+    }
     assert max(i for i, a in enumerate(args) if a in mounts) < root_ro
     assert args[ro + 1] == "/dev"
     assert args[-2:] == ["--seccomp", "7"]
@@ -130,24 +227,35 @@ def test_remount_ro_root_comes_after_every_mount_and_seccomp_is_last() -> None:
 def test_run_env_overrides_the_profile_baseline_and_is_sorted() -> None:
     args = argv.bwrap_args(PROFILES["shell"], layout(env={"ZED": "z", "ATTUNE_ACTION": "a.b"}))
     pairs = [(args[i + 1], args[i + 2]) for i, a in enumerate(args) if a == "--setenv"]
-    assert pairs == [("ATTUNE_ACTION", "a.b"), ("HOME", "/work"), ("LANG", "C.UTF-8"),
-                     ("PATH", "/usr/local/bin:/usr/bin:/bin"), ("TMPDIR", "/tmp"), ("ZED", "z")]
+    assert pairs == [
+        ("ATTUNE_ACTION", "a.b"),
+        ("HOME", "/work"),
+        ("LANG", "C.UTF-8"),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("TMPDIR", "/tmp"),
+        ("ZED", "z"),
+    ]
 
 
 def test_rlimit_prefix_follows_the_limits_and_zero_means_unlimited() -> None:
-    limits = Limits(cpu_seconds=5, address_space_mb=0, open_files=64, file_size_mb=1,
-                    processes=0)
+    limits = Limits(cpu_seconds=5, address_space_mb=0, open_files=64, file_size_mb=1, processes=0)
     profile = Profile(name="t", command=["/bin/sh"], limits=limits)
     assert argv.rlimit_prefix(profile) == [
-        "/usr/bin/prlimit", "--core=0:0", "--cpu=5:6", "--nofile=64:64",
-        "--fsize=1048576:1048576", "--",
+        "/usr/bin/prlimit",
+        "--core=0:0",
+        "--cpu=5:6",
+        "--nofile=64:64",
+        "--fsize=1048576:1048576",
+        "--",
     ]
 
 
 def test_core_dumps_are_always_off() -> None:
-    profile = Profile(name="t", command=["/bin/sh"],
-                      limits=Limits(cpu_seconds=0, address_space_mb=0, open_files=0,
-                                    file_size_mb=0, processes=0))
+    profile = Profile(
+        name="t",
+        command=["/bin/sh"],
+        limits=Limits(cpu_seconds=0, address_space_mb=0, open_files=0, file_size_mb=0, processes=0),
+    )
     assert argv.rlimit_prefix(profile) == ["/usr/bin/prlimit", "--core=0:0", "--"]
 
 
@@ -159,5 +267,10 @@ def test_encode_args_is_nul_terminated_and_refuses_nul() -> None:
 
 def test_sandbox_env_is_profile_then_run() -> None:
     env = argv.sandbox_env(PROFILES["python"], {"HOME": "/elsewhere", "X": "1"})
-    assert env == {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/elsewhere",
-                   "LANG": "C.UTF-8", "TMPDIR": "/tmp", "X": "1"}
+    assert env == {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/elsewhere",
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "X": "1",
+    }

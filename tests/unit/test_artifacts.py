@@ -23,7 +23,9 @@ async def test_run_artifacts_hold_streamed_logs_and_the_result(tmp_path: Path) -
     assert (directory / "stdout.log").read_text() == "hello world\n"
     assert (directory / "stderr.log").read_text() == "warn\n"
     assert json.loads((directory / "result.json").read_text()) == {
-        "status": "completed", "result": {"succeeded": True, "data": 3}}
+        "status": "completed",
+        "result": {"succeeded": True, "data": 3},
+    }
     await trio.sleep(0)
 
 

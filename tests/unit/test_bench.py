@@ -121,9 +121,17 @@ def _cases(**medians: float) -> dict[str, Summary]:
 
 
 def test_build_targets_from_medians_rates_and_memory() -> None:
-    cases = _cases(bwrap_python=18.0, runner_python=22.0, bwrap_bash=8.0, runner_shell=15.0,
-                   e2e_python=35.0, e2e_shell=45.0, import_trio=100.0, exec_python=150.0,
-                   exec_shell=200.0)
+    cases = _cases(
+        bwrap_python=18.0,
+        runner_python=22.0,
+        bwrap_bash=8.0,
+        runner_shell=15.0,
+        e2e_python=35.0,
+        e2e_shell=45.0,
+        import_trio=100.0,
+        exec_python=150.0,
+        exec_shell=200.0,
+    )
     rates = {"worker_c2": 60.0, "floor_python_c2": 80.0}
     memory = {1: {"idle": 60.0, "after": 62.0}, 2: {"idle": 70.0, "after": 85.0}}
     by_name = {t.name.split(" (")[0]: t for t in build_targets(cases, rates, memory)}
@@ -157,10 +165,12 @@ def test_build_targets_with_missing_idle_rss() -> None:
 
 
 def test_format_cases_sections_and_failed_rows() -> None:
-    text = format_cases([
-        ("floors", [Row("python3 -c pass", Summary.of([14.0, 15.0, 16.0]))]),
-        ("runner", [Row("Sandbox.run", None, "FAILED: boom")]),
-    ])
+    text = format_cases(
+        [
+            ("floors", [Row("python3 -c pass", Summary.of([14.0, 15.0, 16.0]))]),
+            ("runner", [Row("Sandbox.run", None, "FAILED: boom")]),
+        ]
+    )
     lines = text.splitlines()
     assert lines[0].split() == ["case", "n", "median", "p95", "min", "max"]
     assert "[floors]" in lines and "[runner]" in lines
@@ -171,9 +181,13 @@ def test_format_cases_sections_and_failed_rows() -> None:
 
 
 def test_format_targets() -> None:
-    text = format_targets([Target("latency", 50.0, 40.0, "ms", detail="why"),
-                           Target("rate", 30.0, 20.0, "/s", at_most=False),
-                           Target("rss", None, 80.0, "MiB")])
+    text = format_targets(
+        [
+            Target("latency", 50.0, 40.0, "ms", detail="why"),
+            Target("rate", 30.0, 20.0, "/s", at_most=False),
+            Target("rss", None, 80.0, "MiB"),
+        ]
+    )
     lines = text.splitlines()
     latency = next(line for line in lines if line.startswith("latency"))
     assert "50.0 ms" in latency and "<= 40.0 ms" in latency and "1.25" in latency

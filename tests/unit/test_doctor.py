@@ -43,19 +43,32 @@ from attune.runner.cgroups import CgroupSupport
 from attune.runner.host import HostFacts, Layer, untraversable_ancestors
 
 REPO = Path(__file__).resolve().parent.parent.parent
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
-def _facts(*, is_root: bool = True, missing: tuple[str, ...] = (),
-           cgroup: CgroupSupport | None = None) -> HostFacts:
-    cg = cgroup or CgroupSupport(1, Path("/sys/fs/cgroup/memory/attune"),
-                                 Path("/sys/fs/cgroup/pids/attune"), "cgroup v1 memory+pids")
+def _facts(
+    *, is_root: bool = True, missing: tuple[str, ...] = (), cgroup: CgroupSupport | None = None
+) -> HostFacts:
+    cg = cgroup or CgroupSupport(
+        1,
+        Path("/sys/fs/cgroup/memory/attune"),
+        Path("/sys/fs/cgroup/pids/attune"),
+        "cgroup v1 memory+pids",
+    )
     layers = [
         Layer(name, name not in missing, f"{name} detail")
-        for name in ("bubblewrap", "user_namespaces", "seccomp", "interpreter",
-                     "network_isolation", "rlimits")
-    ] + [Layer("per_slot_uids", is_root, "slots", required=False),
-         Layer("cgroups", cg.version != 0, cg.detail, required=False)]
+        for name in (
+            "bubblewrap",
+            "user_namespaces",
+            "seccomp",
+            "interpreter",
+            "network_isolation",
+            "rlimits",
+        )
+    ] + [
+        Layer("per_slot_uids", is_root, "slots", required=False),
+        Layer("cgroups", cg.version != 0, cg.detail, required=False),
+    ]
     return HostFacts("/usr/bin/bwrap", "0.8.0", is_root, cg, layers)
 
 
@@ -63,8 +76,10 @@ def _snapshot(**changes: object) -> HostSnapshot:
     base = HostSnapshot(
         facts=_facts(),
         cgroup=CgroupView("v1", ("memory", "pids")),
-        disks=[Disk("run_dir", "/var/lib/attune/runs", "/var/lib/attune/runs", 50 * GIB, True),
-               Disk("artifacts_dir", "/var/lib/attune/artifacts", "/var/lib", 50 * GIB, True)],
+        disks=[
+            Disk("run_dir", "/var/lib/attune/runs", "/var/lib/attune/runs", 50 * GIB, True),
+            Disk("artifacts_dir", "/var/lib/attune/artifacts", "/var/lib", 50 * GIB, True),
+        ],
         accounts={},
         subuid_ranges=[],
         untraversable=[],
@@ -79,8 +94,10 @@ def _by_name(checks: list[Check]) -> dict[str, Check]:
     return {c.name: c for c in checks}
 
 
-HEALTHY = Services(ServiceProbe(True, "PostgreSQL at db:5432/attune", migrated=True),
-                   ServiceProbe(True, "RabbitMQ at mq:5672 (vhost '/')"))
+HEALTHY = Services(
+    ServiceProbe(True, "PostgreSQL at db:5432/attune", migrated=True),
+    ServiceProbe(True, "RabbitMQ at mq:5672 (vhost '/')"),
+)
 
 
 # --- doctor ------------------------------------------------------------------------------
@@ -90,16 +107,30 @@ def test_a_healthy_host_passes_every_check_and_nothing_blocks_the_worker() -> No
     checks = build_checks(_snapshot(), Config(), HEALTHY)
     assert {c.status for c in checks} == {"OK"}
     assert [c.name for c in checks] == [
-        "bubblewrap", "user_namespaces", "seccomp", "interpreter", "network_isolation",
-        "rlimits", "cgroups", "per_slot_uids", "run_dir_access", "umask", "profiles",
-        "disk_run_dir", "disk_artifacts_dir", "database", "broker"]
+        "bubblewrap",
+        "user_namespaces",
+        "seccomp",
+        "interpreter",
+        "network_isolation",
+        "rlimits",
+        "cgroups",
+        "per_slot_uids",
+        "run_dir_access",
+        "umask",
+        "profiles",
+        "disk_run_dir",
+        "disk_artifacts_dir",
+        "database",
+        "broker",
+    ]
     assert refusal(checks) is None
     assert doctor.Report(checks).ok
 
 
 def test_a_missing_sandbox_layer_is_an_unsafe_fail_with_a_fix_that_stops_the_worker() -> None:
-    checks = build_checks(_snapshot(facts=_facts(missing=("bubblewrap", "user_namespaces"))),
-                          Config())
+    checks = build_checks(
+        _snapshot(facts=_facts(missing=("bubblewrap", "user_namespaces"))), Config()
+    )
     failed = [c for c in checks if c.status == "FAIL"]
     assert [c.name for c in failed] == ["bubblewrap", "user_namespaces"]
     assert all(c.unsafe and c.fix for c in failed)
@@ -109,10 +140,10 @@ def test_a_missing_sandbox_layer_is_an_unsafe_fail_with_a_fix_that_stops_the_wor
 
 
 def test_slot_uids_that_belong_to_an_account_are_an_unsafe_fail() -> None:
-    config = Config(sandbox=SandboxConfig(slot_uid_base=65530),
-                    worker=WorkerConfig(max_concurrent_tasks=8))
-    check = _by_name(build_checks(_snapshot(accounts={65534: "nobody"}), config))[
-        "per_slot_uids"]
+    config = Config(
+        sandbox=SandboxConfig(slot_uid_base=65530), worker=WorkerConfig(max_concurrent_tasks=8)
+    )
+    check = _by_name(build_checks(_snapshot(accounts={65534: "nobody"}), config))["per_slot_uids"]
     assert check.status == "FAIL" and check.unsafe
     assert "65534 (nobody)" in check.detail and "65530-65537" in check.detail
     assert "slot_uid_base" in check.fix
@@ -127,8 +158,9 @@ def test_slot_uids_inside_a_subuid_range_only_warn() -> None:
 
 
 def test_a_worker_that_is_not_root_is_warned_about_shared_uids_and_no_cgroups() -> None:
-    snapshot = _snapshot(facts=_facts(is_root=False,
-                                      cgroup=CgroupSupport(0, None, None, "not root")))
+    snapshot = _snapshot(
+        facts=_facts(is_root=False, cgroup=CgroupSupport(0, None, None, "not root"))
+    )
     checks = _by_name(build_checks(snapshot, Config()))
     assert checks["per_slot_uids"].status == "WARN"
     assert "share" in checks["per_slot_uids"].detail
@@ -136,23 +168,25 @@ def test_a_worker_that_is_not_root_is_warned_about_shared_uids_and_no_cgroups() 
     assert refusal(checks.values()) is None
 
 
-def test_a_delegated_v2_subtree_without_child_controllers_warns_about_internal_processes(
-) -> None:
+def test_a_delegated_v2_subtree_without_child_controllers_warns_about_internal_processes() -> None:
     parent = Path("/sys/fs/cgroup/system.slice/attune-worker.service/attune")
     snapshot = _snapshot(
         facts=_facts(cgroup=CgroupSupport(2, parent, parent, "cgroup v2 delegated")),
-        cgroup=CgroupView("v2", ("cpu", "memory", "pids"), child_controllers=()))
+        cgroup=CgroupView("v2", ("cpu", "memory", "pids"), child_controllers=()),
+    )
     check = _by_name(build_checks(snapshot, Config()))["cgroups"]
     assert check.status == "WARN"
     assert "memory,pids" in check.detail and "internal processes" in check.fix
-    enabled = dataclasses.replace(snapshot, cgroup=CgroupView("v2", ("memory", "pids"),
-                                                              ("memory", "pids")))
+    enabled = dataclasses.replace(
+        snapshot, cgroup=CgroupView("v2", ("memory", "pids"), ("memory", "pids"))
+    )
     ok = _by_name(build_checks(enabled, Config()))["cgroups"]
     assert ok.status == "OK" and "delegated" in ok.detail
 
 
-@pytest.mark.parametrize(("free", "status"), [(50 * 1024 ** 2, "FAIL"), (500 * 1024 ** 2, "WARN"),
-                                              (5 * GIB, "OK")])
+@pytest.mark.parametrize(
+    ("free", "status"), [(50 * 1024**2, "FAIL"), (500 * 1024**2, "WARN"), (5 * GIB, "OK")]
+)
 def test_free_disk_space_is_judged_by_threshold(free: int, status: str) -> None:
     disks = [Disk("run_dir", "/r", "/r", free, True)]
     check = _by_name(build_checks(_snapshot(disks=disks), Config()))["disk_run_dir"]
@@ -162,8 +196,10 @@ def test_free_disk_space_is_judged_by_threshold(free: int, status: str) -> None:
 
 
 def test_an_unwritable_or_missing_directory_fails_without_blocking_start_up() -> None:
-    disks = [Disk("artifacts_dir", "/a", "/", 5 * GIB, False),
-             Disk("run_dir", "/r", "/r", None, False, "Permission denied")]
+    disks = [
+        Disk("artifacts_dir", "/a", "/", 5 * GIB, False),
+        Disk("run_dir", "/r", "/r", None, False, "Permission denied"),
+    ]
     checks = _by_name(build_checks(_snapshot(disks=disks), Config()))
     assert checks["disk_artifacts_dir"].status == "FAIL"
     assert "not writable" in checks["disk_artifacts_dir"].detail
@@ -172,8 +208,7 @@ def test_an_unwritable_or_missing_directory_fails_without_blocking_start_up() ->
 
 
 def test_a_run_dir_the_slot_uids_cannot_reach_fails() -> None:
-    check = _by_name(build_checks(_snapshot(untraversable=["/root"]), Config()))[
-        "run_dir_access"]
+    check = _by_name(build_checks(_snapshot(untraversable=["/root"]), Config()))["run_dir_access"]
     assert check.status == "FAIL" and "/root" in check.detail and "o+x" in check.fix
 
 
@@ -185,8 +220,9 @@ def test_a_umask_that_hides_run_dirs_from_slot_uids_fails_for_a_root_worker() ->
 
 
 def test_a_sandbox_that_cannot_run_fails_with_a_fix_matching_the_error() -> None:
-    broken = ServiceProbe(False, "bwrap: Can't mount proc on /newroot/proc: Operation not "
-                                 "permitted")
+    broken = ServiceProbe(
+        False, "bwrap: Can't mount proc on /newroot/proc: Operation not permitted"
+    )
     check = _by_name(build_checks(_snapshot(), Config(), smoke=broken))["sandbox_run"]
     assert check.status == "FAIL" and "ProtectKernelTunables" in check.fix
     userns = doctor.sandbox_fix("bwrap: setting up uid map: Permission denied")
@@ -202,8 +238,10 @@ def test_unloadable_profiles_fail_with_the_reason() -> None:
 
 
 def test_services_unreachable_or_unmigrated_fail_with_the_command_that_fixes_them() -> None:
-    services = Services(ServiceProbe(True, "PostgreSQL at db:5432/x", migrated=False),
-                        ServiceProbe(False, "RabbitMQ at mq:5672 unreachable: ConnectionRefused"))
+    services = Services(
+        ServiceProbe(True, "PostgreSQL at db:5432/x", migrated=False),
+        ServiceProbe(False, "RabbitMQ at mq:5672 unreachable: ConnectionRefused"),
+    )
     checks = _by_name(build_checks(_snapshot(), Config(), services))
     assert checks["database"].status == "FAIL" and checks["database"].fix == "attune db migrate"
     assert checks["broker"].status == "FAIL"
@@ -213,16 +251,24 @@ def test_services_unreachable_or_unmigrated_fail_with_the_command_that_fixes_the
 
 
 def test_the_text_report_shows_a_fix_only_under_what_is_not_ok_and_counts() -> None:
-    checks = [Check("a", "OK", "fine", fix="never shown"), Check("b", "WARN", "meh", fix="do x"),
-              Check("c", "FAIL", "bad", fix="do y")]
+    checks = [
+        Check("a", "OK", "fine", fix="never shown"),
+        Check("b", "WARN", "meh", fix="do x"),
+        Check("c", "FAIL", "bad", fix="do y"),
+    ]
     text = render_text(checks)
     assert "never shown" not in text
     assert "fix: do x" in text and "fix: do y" in text
     assert text.splitlines()[-1] == "1 OK, 1 WARN, 1 FAIL"
     data = doctor.Report(checks).to_json()
     assert data["ok"] is False
-    assert data["checks"][2] == {"name": "c", "status": "FAIL", "detail": "bad", "fix": "do y",
-                                 "unsafe": False}
+    assert data["checks"][2] == {
+        "name": "c",
+        "status": "FAIL",
+        "detail": "bad",
+        "fix": "do y",
+        "unsafe": False,
+    }
 
 
 def test_disk_probing_measures_the_nearest_existing_ancestor(tmp_path: Path) -> None:
@@ -262,15 +308,20 @@ def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 def test_a_finished_execution_counts_by_status_and_runtime_and_records_truncation() -> None:
     m = Metrics()
     m.execution_finished("python", "completed", {"duration_ms": 40}, 0.065)
-    m.execution_finished("shell", "failed", {"duration_ms": 5, "stdout_bytes_truncated": 1000,
-                                             "stderr_bytes_truncated": 7}, 0.02)
+    m.execution_finished(
+        "shell",
+        "failed",
+        {"duration_ms": 5, "stdout_bytes_truncated": 1000, "stderr_bytes_truncated": 7},
+        0.02,
+    )
     s = _samples(m)
     assert s[("attune_executions_total", (("runtime", "python"), ("status", "completed")))] == 1
     assert s[("attune_executions_total", (("runtime", "shell"), ("status", "failed")))] == 1
     assert s[("attune_execution_duration_seconds_count", (("runtime", "python"),))] == 1
     assert s[("attune_execution_duration_seconds_sum", (("runtime", "python"),))] == 0.065
-    assert s[("attune_sandbox_overhead_seconds_sum", (("runtime", "python"),))] == \
-        pytest.approx(0.025)
+    assert s[("attune_sandbox_overhead_seconds_sum", (("runtime", "python"),))] == pytest.approx(
+        0.025
+    )
     assert s[("attune_output_truncated_bytes_total", (("stream", "stdout"),))] == 1000
     assert s[("attune_output_truncated_bytes_total", (("stream", "stderr"),))] == 7
 
@@ -289,8 +340,14 @@ def test_live_levels_are_read_at_scrape_time_and_a_failing_source_is_skipped() -
     def broken() -> float:
         raise RuntimeError("gone")
 
-    m.bind(worker="w1", version="0.1.0", in_flight=lambda: len(runs), capacity=lambda: 4,
-           reconnects=broken, outbox_pending=lambda: 0)
+    m.bind(
+        worker="w1",
+        version="0.1.0",
+        in_flight=lambda: len(runs),
+        capacity=lambda: 4,
+        reconnects=broken,
+        outbox_pending=lambda: 0,
+    )
     assert _samples(m)[("attune_executions_in_flight", ())] == 1
     runs.clear()
     s = _samples(m)
@@ -306,8 +363,10 @@ def test_each_metrics_object_has_its_own_registry() -> None:
     a.message_dead_lettered("executions", "undecodable")
     assert _samples(a)[("attune_heartbeats_total", (("outcome", "ok"),))] == 1
     assert _samples(b)[("attune_heartbeats_total", (("outcome", "ok"),))] == 0
-    key = ("attune_messages_dead_lettered_total",
-           (("queue", "executions"), ("reason", "undecodable")))
+    key = (
+        "attune_messages_dead_lettered_total",
+        (("queue", "executions"), ("reason", "undecodable")),
+    )
     assert _samples(a)[key] == 1 and _samples(b)[key] == 0
 
 
@@ -339,10 +398,19 @@ def test_a_render_error_is_a_500_not_a_crash() -> None:
 
 
 def _worker(beat: datetime | None, status: str = "active") -> Worker:
-    return Worker(id=3, name="w-a", worker_type="local", status=status,
-                  capabilities={"runtimes": ["python", "shell"], "max_concurrent_executions": 4,
-                                "worker_version": "0.1.0"},
-                  last_heartbeat=beat, running=1)
+    return Worker(
+        id=3,
+        name="w-a",
+        worker_type="local",
+        status=status,
+        capabilities={
+            "runtimes": ["python", "shell"],
+            "max_concurrent_executions": 4,
+            "worker_version": "0.1.0",
+        },
+        last_heartbeat=beat,
+        running=1,
+    )
 
 
 def test_a_worker_view_has_heartbeat_age_load_and_staleness() -> None:
@@ -360,7 +428,13 @@ def test_a_worker_view_has_heartbeat_age_load_and_staleness() -> None:
 
 def test_ages_read_naturally() -> None:
     assert [age_text(s) for s in (None, -3, 59, 600, 10800, 864000)] == [
-        "never", "0s ago", "59s ago", "10m ago", "3h ago", "10d ago"]
+        "never",
+        "0s ago",
+        "59s ago",
+        "10m ago",
+        "3h ago",
+        "10d ago",
+    ]
 
 
 def test_tables_align_columns_and_right_align_numbers() -> None:
@@ -369,10 +443,19 @@ def test_tables_align_columns_and_right_align_numbers() -> None:
 
 
 def test_an_execution_view_names_its_worker_and_leaves_env_values_out() -> None:
-    e = Execution(id=9, action=1, action_ref="demo.add", config={"x": 1},
-                  env_vars={"TOKEN": "s3cret"}, worker=3, status="completed",
-                  result={"duration_ms": 12}, started_at=None, timeout_seconds=None,
-                  created=datetime(2026, 1, 1, tzinfo=UTC))
+    e = Execution(
+        id=9,
+        action=1,
+        action_ref="demo.add",
+        config={"x": 1},
+        env_vars={"TOKEN": "s3cret"},
+        worker=3,
+        status="completed",
+        result={"duration_ms": 12},
+        started_at=None,
+        timeout_seconds=None,
+        created=datetime(2026, 1, 1, tzinfo=UTC),
+    )
     view = execution_view(e, {3: "w-a"})
     assert view["worker"] == "w-a" and view["duration_ms"] == 12
     assert "s3cret" not in json.dumps(view)
@@ -382,15 +465,17 @@ def test_the_live_view_never_draws_the_clock_inside_a_line_of_output() -> None:
     out = io.BytesIO()
     ticks = iter([0.0, 1.0, 2.0, 3.5])
     view = LiveView(out, label="execution 1", clock=lambda: next(ticks))
-    view.tick("running")                    # at 1.0 s
-    view.output("stdout", b"partial")       # the clock line is erased first
-    view.tick("running")                    # mid-line: not drawn (no clock read)
+    view.tick("running")  # at 1.0 s
+    view.output("stdout", b"partial")  # the clock line is erased first
+    view.tick("running")  # mid-line: not drawn (no clock read)
     view.output("stderr", b" line\n")
-    view.tick("running")                    # at 2.0 s
-    view.done("completed")                  # at 3.5 s
+    view.tick("running")  # at 2.0 s
+    view.done("completed")  # at 3.5 s
     text = out.getvalue().decode()
-    assert text == ("execution 1: running 1.0s\r\x1b[Kpartial line\n"
-                    "execution 1: running 2.0s\r\x1b[Kexecution 1: completed after 3.50s\n")
+    assert text == (
+        "execution 1: running 1.0s\r\x1b[Kpartial line\n"
+        "execution 1: running 2.0s\r\x1b[Kexecution 1: completed after 3.50s\n"
+    )
 
 
 # --- generated docs and start-up cost ------------------------------------------------------
@@ -402,8 +487,11 @@ def test_the_committed_configuration_reference_matches_the_code() -> None:
 
 
 def test_the_cli_imports_no_service_or_metrics_library_at_start_up() -> None:
-    code = ("import sys, attune.cli; heavy = ('prometheus_client', 'psycopg', 'aio_pika', "
-            "'yaml', 'trio_asyncio'); print([m for m in heavy if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO)
+    code = (
+        "import sys, attune.cli; heavy = ('prometheus_client', 'psycopg', 'aio_pika', "
+        "'yaml', 'trio_asyncio'); print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
     assert out.stdout.strip() == "[]"

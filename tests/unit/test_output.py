@@ -88,7 +88,7 @@ def test_last_line_comes_from_the_end_of_the_stream_even_when_truncated() -> Non
     [
         ("text", '{"a": 1}', (False, None)),
         ("json", '  {"a": 1}\n', (True, {"a": 1})),
-        ("json", '[1,\n 2]\n', (True, [1, 2])),
+        ("json", "[1,\n 2]\n", (True, [1, 2])),
         ("json", 'progress 1\nprogress 2\n{"done": true}\n', (True, {"done": True})),
         ("json", "not json\nat all\n", (False, None)),
         ("json", "   \n", (False, None)),
@@ -115,14 +115,23 @@ def test_success_with_parsed_data_drops_stdout() -> None:
 def test_success_without_parse_keeps_stdout() -> None:
     status, result = build_result(report(stdout=b"Hello, World!\n", output_format="text"))
     assert status == "completed"
-    assert result == {"succeeded": True, "exit_code": 0, "duration_ms": 12,
-                      "stdout": "Hello, World!\n"}
+    assert result == {
+        "succeeded": True,
+        "exit_code": 0,
+        "duration_ms": 12,
+        "stdout": "Hello, World!\n",
+    }
 
 
 def test_success_of_a_run_function_has_data_and_its_prints() -> None:
     _, result = build_result(report(stdout=b"log\n", wrapper={"ok": True, "value": [1]}))
-    assert result == {"succeeded": True, "exit_code": 0, "duration_ms": 12, "data": [1],
-                      "stdout": "log\n"}
+    assert result == {
+        "succeeded": True,
+        "exit_code": 0,
+        "duration_ms": 12,
+        "data": [1],
+        "stdout": "log\n",
+    }
     _, quiet = build_result(report(wrapper={"ok": True, "value": None}))
     assert quiet == {"succeeded": True, "exit_code": 0, "duration_ms": 12, "data": None}
 
@@ -130,9 +139,14 @@ def test_success_of_a_run_function_has_data_and_its_prints() -> None:
 def test_non_zero_exit_error_is_the_last_stderr_line() -> None:
     status, result = build_result(report(exit_code=2, stderr=b"first\nsecond problem\n\n"))
     assert status == "failed"
-    assert result == {"succeeded": False, "exit_code": 2, "duration_ms": 12,
-                      "error": "second problem", "stdout": "",
-                      "stderr": "first\nsecond problem\n\n"}
+    assert result == {
+        "succeeded": False,
+        "exit_code": 2,
+        "duration_ms": 12,
+        "error": "second problem",
+        "stdout": "",
+        "stderr": "first\nsecond problem\n\n",
+    }
 
 
 def test_non_zero_exit_without_stderr() -> None:
@@ -143,8 +157,13 @@ def test_non_zero_exit_without_stderr() -> None:
 
 
 def test_run_function_exception_is_the_wrapper_error() -> None:
-    _, result = build_result(report(exit_code=1, stderr=b"Traceback...\nValueError: bad\n",
-                                    wrapper={"ok": False, "error": "ValueError: bad"}))
+    _, result = build_result(
+        report(
+            exit_code=1,
+            stderr=b"Traceback...\nValueError: bad\n",
+            wrapper={"ok": False, "error": "ValueError: bad"},
+        )
+    )
     assert result["error"] == "ValueError: bad"
     assert result["stderr"].startswith("Traceback")
 
@@ -157,12 +176,18 @@ def test_wrapper_problem_on_exit_zero_fails() -> None:
 
 
 def test_timeout_row() -> None:
-    status, result = build_result(report(exit_code=137, timed_out=True, timeout_seconds=5.0,
-                                         stdout=b"partial"))
+    status, result = build_result(
+        report(exit_code=137, timed_out=True, timeout_seconds=5.0, stdout=b"partial")
+    )
     assert status == "timeout"
-    assert result == {"succeeded": False, "timed_out": True, "exit_code": -1,
-                      "duration_ms": 12, "error": "Execution timed out after 5 seconds",
-                      "stdout": "partial"}
+    assert result == {
+        "succeeded": False,
+        "timed_out": True,
+        "exit_code": -1,
+        "duration_ms": 12,
+        "error": "Execution timed out after 5 seconds",
+        "stdout": "partial",
+    }
 
 
 def test_timeout_with_fractional_seconds() -> None:
@@ -173,8 +198,14 @@ def test_timeout_with_fractional_seconds() -> None:
 def test_cancelled_row() -> None:
     status, result = build_result(report(exit_code=137, cancelled=True))
     assert status == "cancelled"
-    assert result == {"succeeded": False, "cancelled": True, "exit_code": 137,
-                      "duration_ms": 12, "error": "Execution cancelled by user", "stdout": ""}
+    assert result == {
+        "succeeded": False,
+        "cancelled": True,
+        "exit_code": 137,
+        "duration_ms": 12,
+        "error": "Execution cancelled by user",
+        "stdout": "",
+    }
     _, other = build_result(report(cancelled=True, cancel_reason="Worker shutting down"))
     assert other["error"] == "Worker shutting down"
 
@@ -209,12 +240,14 @@ def test_oom_kill_says_memory() -> None:
 def test_output_flood_kill_is_recorded() -> None:
     out = BoundedBuffer(10)
     out.feed(b"z" * 100)
-    status, result = build_result(report(exit_code=137, signal=9, stdout=out,
-                                         output_exceeded="stdout"))
+    status, result = build_result(
+        report(exit_code=137, signal=9, stdout=out, output_exceeded="stdout")
+    )
     assert status == "failed"
     assert result["output_limit_exceeded"] == "stdout"
     assert result["error"] == (
-        f"Execution killed: stdout exceeded {OUTPUT_KILL_FACTOR}x its 10 byte output limit")
+        f"Execution killed: stdout exceeded {OUTPUT_KILL_FACTOR}x its 10 byte output limit"
+    )
     assert result["stdout_truncated"] is True and result["stdout_bytes_truncated"] == 90
 
 

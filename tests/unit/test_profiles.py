@@ -77,8 +77,9 @@ def test_invalid_profiles_are_config_errors(tmp_path: Path, text: str, needle: s
 
 
 def test_zero_rlimits_mean_unlimited_and_are_accepted(tmp_path: Path) -> None:
-    path = write(tmp_path, 'name = "x"\ncommand = ["/bin/sh"]\n[limits]\ncpu_seconds = 0\n'
-                           "processes = 0\n")
+    path = write(
+        tmp_path, 'name = "x"\ncommand = ["/bin/sh"]\n[limits]\ncpu_seconds = 0\nprocesses = 0\n'
+    )
     assert load_profile(path).limits.cpu_seconds == 0
 
 
@@ -124,8 +125,9 @@ def test_resolve_profile_by_name_path_or_clear_error(tmp_path: Path) -> None:
         ("a.py", b"", "shell", "shell"),  # --runtime wins over everything
     ],
 )
-def test_choose_runtime(filename: str, first_line: bytes, explicit: str | None,
-                        expected: str) -> None:
+def test_choose_runtime(
+    filename: str, first_line: bytes, explicit: str | None, expected: str
+) -> None:
     assert choose_runtime(PROFILES, filename, first_line, explicit).name == expected
 
 

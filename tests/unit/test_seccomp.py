@@ -14,16 +14,54 @@ from attune.runner.seccomp import ArgMatch, Rule
 RULES = seccomp.default_rules()
 
 GUARANTEE_EPERM = [
-    "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root",
-    "chroot", "unshare", "setns", "keyctl", "add_key", "request_key", "bpf",
-    "perf_event_open", "userfaultfd", "kexec_load", "kexec_file_load", "init_module",
-    "finit_module", "delete_module", "open_by_handle_at", "name_to_handle_at", "reboot",
-    "swapon", "swapoff", "iopl", "ioperm", "acct", "quotactl", "syslog", "settimeofday",
-    "clock_settime", "adjtimex", "pidfd_getfd", "kcmp",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "iopl",
+    "ioperm",
+    "acct",
+    "quotactl",
+    "syslog",
+    "settimeofday",
+    "clock_settime",
+    "adjtimex",
+    "pidfd_getfd",
+    "kcmp",
 ]
 GUARANTEE_ENOSYS = [
-    "clone3", "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "move_mount", "mount_setattr",
+    "clone3",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "open_tree",
+    "move_mount",
+    "mount_setattr",
 ]
 
 
@@ -43,8 +81,21 @@ def test_new_apis_get_enosys_so_libraries_fall_back(name: str) -> None:
 
 def test_everyday_syscalls_are_not_touched() -> None:
     named = {r.syscall for r in RULES}
-    for name in ("read", "write", "openat", "execve", "fork", "vfork", "wait4", "mmap",
-                 "futex", "socketpair", "connect", "prctl", "seccomp"):
+    for name in (
+        "read",
+        "write",
+        "openat",
+        "execve",
+        "fork",
+        "vfork",
+        "wait4",
+        "mmap",
+        "futex",
+        "socketpair",
+        "connect",
+        "prctl",
+        "seccomp",
+    ):
         assert name not in named
 
 
@@ -59,8 +110,16 @@ def test_clone_with_any_namespace_flag_is_eperm() -> None:
     clone = [r for r in RULES if r.syscall == "clone"]
     assert all(r.errno == errno.EPERM for r in clone)
     flags = {r.args[0].value for r in clone}
-    assert flags == {0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
-                     0x20000000, 0x40000000, 0x00000080}
+    assert flags == {
+        0x00020000,
+        0x02000000,
+        0x04000000,
+        0x08000000,
+        0x10000000,
+        0x20000000,
+        0x40000000,
+        0x00000080,
+    }
     for rule in clone:
         (match,) = rule.args
         assert match == ArgMatch(0, "masked_eq", match.value, match.value)

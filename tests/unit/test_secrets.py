@@ -48,16 +48,24 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def sealed(value: Any, path: str, key: str = KEY) -> StoredSecret:
-    return StoredSecret(json_path=path, encrypted_value=encrypt_value(key, value),
-                        encryption_key_hash=key_hash(key))
+    return StoredSecret(
+        json_path=path, encrypted_value=encrypt_value(key, value), encryption_key_hash=key_hash(key)
+    )
 
 
-def key_row(id: int, ref: str, owner_type: str, value: Any, *, encrypted: bool = True,
-            key: str = KEY) -> KeyRecord:
+def key_row(
+    id: int, ref: str, owner_type: str, value: Any, *, encrypted: bool = True, key: str = KEY
+) -> KeyRecord:
     stored = encrypt_value(key, value) if encrypted else value
-    return KeyRecord(id=id, ref=ref, owner_type=owner_type, name=ref.rsplit(".", 1)[-1],
-                     encrypted=encrypted, encryption_key_hash=key_hash(key) if encrypted else None,
-                     value=stored)
+    return KeyRecord(
+        id=id,
+        ref=ref,
+        owner_type=owner_type,
+        name=ref.rsplit(".", 1)[-1],
+        encrypted=encrypted,
+        encryption_key_hash=key_hash(key) if encrypted else None,
+        value=stored,
+    )
 
 
 # --- crypto: the exact format shared with the API -----------------------------------
@@ -88,8 +96,9 @@ def test_key_hash_is_lowercase_hex_sha256_of_the_key_string() -> None:
     assert key_hash(KEY) == "3eb1bd439947eb762998e566ccc2e099c791118b2f40579cc4f7da2b5061b7f9"
 
 
-@pytest.mark.parametrize("value", ["hunter2", "", 42, 1.5, True, None, [1, "x"],
-                                   {"nested": {"a": ["ü", "🔐"]}}])
+@pytest.mark.parametrize(
+    "value", ["hunter2", "", 42, 1.5, True, None, [1, "x"], {"nested": {"a": ["ü", "🔐"]}}]
+)
 def test_any_json_value_round_trips(value: Any) -> None:
     assert decrypt_value(KEY, encrypt_value(KEY, value)) == value
 
@@ -121,8 +130,9 @@ def test_key_hash_mismatch_says_a_different_key_was_used() -> None:
         decrypt_value(OTHER_KEY, token, key_hash=key_hash(KEY))
 
 
-@pytest.mark.parametrize("token", ["not base64!!", base64.b64encode(b"short").decode(), 12,
-                                   {"a": 1}])
+@pytest.mark.parametrize(
+    "token", ["not base64!!", base64.b64encode(b"short").decode(), 12, {"a": 1}]
+)
 def test_malformed_tokens_are_clear_errors(token: Any) -> None:
     with pytest.raises(SecretDecryptError):
         decrypt_value(KEY, token)
@@ -141,8 +151,10 @@ def test_missing_or_short_key_is_a_config_error_naming_the_setting() -> None:
 # --- pointers and markers -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("key", "token"), [("a/b", "a~1b"), ("t~x", "t~0x"), ("~1", "~01"),
-                                            ("plain", "plain"), ("", "")])
+@pytest.mark.parametrize(
+    ("key", "token"),
+    [("a/b", "a~1b"), ("t~x", "t~0x"), ("~1", "~01"), ("plain", "plain"), ("", "")],
+)
 def test_pointer_tokens_escape_and_unescape(key: str, token: str) -> None:
     assert escape_token(key) == token
     assert unescape_token(token) == key
@@ -156,8 +168,12 @@ def test_pointer_split_and_invalid_pointer() -> None:
 
 
 def test_marker_paths_find_nested_escaped_and_array_markers() -> None:
-    config = {"db": {"password": redaction_marker()}, "a/b": redaction_marker(),
-              "list": [1, redaction_marker()], "plain": {"$attune_secret": False}}
+    config = {
+        "db": {"password": redaction_marker()},
+        "a/b": redaction_marker(),
+        "list": [1, redaction_marker()],
+        "plain": {"$attune_secret": False},
+    }
     assert marker_paths(config) == ["/db/password", "/a~1b", "/list/1"]
 
 
@@ -172,15 +188,27 @@ def test_set_at_refuses_a_path_through_a_scalar() -> None:
 
 
 def test_secret_parameters_are_restored_into_nested_config() -> None:
-    config: dict[str, Any] = {"user": "ann", "db": {"password": redaction_marker(),
-                                                     "port": 5432},
-              "a/b": redaction_marker(), "t~x": redaction_marker(),
-              "tokens": ["public", redaction_marker()]}
-    stored = [sealed("db-pw-1", "/db/password"), sealed({"k": "v"}, "/a~1b"),
-              sealed(7, "/t~0x"), sealed("tok-2", "/tokens/1")]
+    config: dict[str, Any] = {
+        "user": "ann",
+        "db": {"password": redaction_marker(), "port": 5432},
+        "a/b": redaction_marker(),
+        "t~x": redaction_marker(),
+        "tokens": ["public", redaction_marker()],
+    }
+    stored = [
+        sealed("db-pw-1", "/db/password"),
+        sealed({"k": "v"}, "/a~1b"),
+        sealed(7, "/t~0x"),
+        sealed("tok-2", "/tokens/1"),
+    ]
     params, restored = restore_params(config, stored, KEY)
-    assert params == {"user": "ann", "db": {"password": "db-pw-1", "port": 5432},
-                      "a/b": {"k": "v"}, "t~x": 7, "tokens": ["public", "tok-2"]}
+    assert params == {
+        "user": "ann",
+        "db": {"password": "db-pw-1", "port": 5432},
+        "a/b": {"k": "v"},
+        "t~x": 7,
+        "tokens": ["public", "tok-2"],
+    }
     assert {p for p, _ in restored} == {"/a~1b", "/db/password", "/t~0x", "/tokens/1"}
     assert config["db"]["password"] == redaction_marker()  # the input is not modified
 
@@ -207,8 +235,11 @@ def test_an_undecryptable_secret_fails_naming_the_path_not_the_value() -> None:
 
 
 def test_secret_parameters_without_a_key_fail_naming_the_path() -> None:
-    with pytest.raises(ConfigError, match=r"not set; it is needed to decrypt the secret "
-                                          r"parameter at /password"):
+    with pytest.raises(
+        ConfigError,
+        match=r"not set; it is needed to decrypt the secret "
+        r"parameter at /password",
+    ):
         restore_params({"password": redaction_marker()}, [sealed("pw", "/password")], None)
     with pytest.raises(ConfigError, match=r"too short.*/password"):
         restore_params({"password": redaction_marker()}, [sealed("pw", "/password")], "short")
@@ -219,13 +250,21 @@ def test_no_secrets_need_no_key() -> None:
 
 
 def test_seal_then_restore_is_the_identity_and_leaves_only_markers() -> None:
-    schema = {"type": "object", "properties": {
-        "user": {"type": "string"}, "password": {"type": "string", "secret": True},
-        "db": {"type": "object", "properties": {"token": {"type": "string", "secret": True}}}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "user": {"type": "string"},
+            "password": {"type": "string", "secret": True},
+            "db": {"type": "object", "properties": {"token": {"type": "string", "secret": True}}},
+        },
+    }
     params = {"user": "ann", "password": "pw-123456", "db": {"token": "tok-654321", "x": 1}}
     config, rows = seal_secret_params(params, schema, KEY)
-    assert config == {"user": "ann", "password": redaction_marker(),
-                      "db": {"token": redaction_marker(), "x": 1}}
+    assert config == {
+        "user": "ann",
+        "password": redaction_marker(),
+        "db": {"token": redaction_marker(), "x": 1},
+    }
     assert "pw-123456" not in json.dumps([config, [r.encrypted_value for r in rows]])
     assert restore_params(config, rows, KEY)[0] == params
 
@@ -234,15 +273,16 @@ def test_seal_then_restore_is_the_identity_and_leaves_only_markers() -> None:
 
 
 def test_keystore_action_overrides_pack_overrides_system_by_name() -> None:
-    keys = [key_row(3, "demo.sleep.token", "action", "action-token"),
-            key_row(1, "token", "system", "system-token"),
-            key_row(2, "demo.token", "pack", "pack-token"),
-            key_row(4, "region", "system", "eu-west-1", encrypted=False),
-            key_row(5, "demo.config", "pack", {"a": 1}),
-            key_row(6, "someone.token", "identity", "ignored")]
+    keys = [
+        key_row(3, "demo.sleep.token", "action", "action-token"),
+        key_row(1, "token", "system", "system-token"),
+        key_row(2, "demo.token", "pack", "pack-token"),
+        key_row(4, "region", "system", "eu-west-1", encrypted=False),
+        key_row(5, "demo.config", "pack", {"a": 1}),
+        key_row(6, "someone.token", "identity", "ignored"),
+    ]
     run = resolve_run_secrets({}, [], keys, encryption_key=KEY)
-    assert run.keystore == {"token": "action-token", "region": "eu-west-1",
-                            "config": '{"a":1}'}
+    assert run.keystore == {"token": "action-token", "region": "eu-west-1", "config": '{"a":1}'}
 
 
 def test_an_undecryptable_key_fails_naming_its_ref() -> None:
@@ -257,10 +297,17 @@ def test_an_undecryptable_key_fails_naming_its_ref() -> None:
 def test_run_masker_covers_params_encrypted_keys_schema_secrets_and_the_key() -> None:
     schema = {"type": "object", "properties": {"plain_pw": {"type": "string", "secret": True}}}
     config = {"pw": redaction_marker(), "plain_pw": "sent-in-clear", "pin": redaction_marker()}
-    keys = [key_row(1, "api", "system", "api-key-value"),
-            key_row(2, "region", "system", "eu-west-1", encrypted=False)]
-    run = resolve_run_secrets(config, [sealed("param-secret", "/pw"), sealed("12", "/pin")],
-                              keys, encryption_key=KEY, param_schema=schema)
+    keys = [
+        key_row(1, "api", "system", "api-key-value"),
+        key_row(2, "region", "system", "eu-west-1", encrypted=False),
+    ]
+    run = resolve_run_secrets(
+        config,
+        [sealed("param-secret", "/pw"), sealed("12", "/pin")],
+        keys,
+        encryption_key=KEY,
+        param_schema=schema,
+    )
     text = "param-secret sent-in-clear api-key-value eu-west-1 12 " + KEY
     assert run.masker.text(text) == "*** *** *** eu-west-1 12 ***"
     assert run.too_short == ("/pin",)
@@ -272,32 +319,54 @@ def test_run_masker_covers_params_encrypted_keys_schema_secrets_and_the_key() ->
 
 
 def test_schema_secret_paths_in_json_schema_flat_and_items_forms() -> None:
-    nested = {"type": "object", "properties": {
-        "db": {"type": "object", "properties": {"password": {"secret": True}}},
-        "a/b": {"secret": True},
-        "keys": {"type": "array", "items": {"type": "string", "secret": True}},
-        "open": {"type": "string"}}}
+    nested = {
+        "type": "object",
+        "properties": {
+            "db": {"type": "object", "properties": {"password": {"secret": True}}},
+            "a/b": {"secret": True},
+            "keys": {"type": "array", "items": {"type": "string", "secret": True}},
+            "open": {"type": "string"},
+        },
+    }
     assert schema_secret_paths(nested) == ["/a~1b", "/db/password", "/keys/*"]
-    assert schema_secret_paths({"token": {"type": "string", "secret": True},
-                                "type": {"type": "string"}}) == ["/token"]
+    assert schema_secret_paths(
+        {"token": {"type": "string", "secret": True}, "type": {"type": "string"}}
+    ) == ["/token"]
     assert schema_secret_paths({"type": "string", "secret": True}) == [""]
     assert schema_secret_paths({"type": "number"}) == []
     assert schema_secret_paths(None) == []
 
 
 def test_output_schema_secret_paths_are_redacted_and_their_values_masked_elsewhere() -> None:
-    schema = {"type": "object", "properties": {
-        "token": {"type": "string", "secret": True},
-        "creds": {"type": "array", "items": {"type": "object", "properties": {
-            "pw": {"type": "string", "secret": True}}}}}}
-    result: dict[str, Any] = {"succeeded": False, "data": {"token": "generated-token",
-                                                           "status": "ok",
-                                          "creds": [{"pw": "pw-aaaa", "u": "a"},
-                                                    {"pw": "pw-bbbb", "u": "b"}]},
-              "stdout": "made generated-token and pw-bbbb", "error": "x generated-token"}
+    schema = {
+        "type": "object",
+        "properties": {
+            "token": {"type": "string", "secret": True},
+            "creds": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"pw": {"type": "string", "secret": True}},
+                },
+            },
+        },
+    }
+    result: dict[str, Any] = {
+        "succeeded": False,
+        "data": {
+            "token": "generated-token",
+            "status": "ok",
+            "creds": [{"pw": "pw-aaaa", "u": "a"}, {"pw": "pw-bbbb", "u": "b"}],
+        },
+        "stdout": "made generated-token and pw-bbbb",
+        "error": "x generated-token",
+    }
     masked, masker = redact_result(result, Masker(), schema)
-    assert masked["data"] == {"token": MASK, "status": "ok",
-                              "creds": [{"pw": MASK, "u": "a"}, {"pw": MASK, "u": "b"}]}
+    assert masked["data"] == {
+        "token": MASK,
+        "status": "ok",
+        "creds": [{"pw": MASK, "u": "a"}, {"pw": MASK, "u": "b"}],
+    }
     assert masked["stdout"] == f"made {MASK} and {MASK}"
     assert masked["error"] == f"x {MASK}"
     assert masker.text("generated-token") == MASK
@@ -305,8 +374,9 @@ def test_output_schema_secret_paths_are_redacted_and_their_values_masked_elsewhe
 
 
 def test_whole_data_is_redacted_when_the_output_schema_root_is_secret() -> None:
-    masked, _ = redact_result({"data": "a-secret-text"}, Masker(), {"type": "string",
-                                                                    "secret": True})
+    masked, _ = redact_result(
+        {"data": "a-secret-text"}, Masker(), {"type": "string", "secret": True}
+    )
     assert masked == {"data": MASK}
 
 
@@ -318,11 +388,19 @@ SECRET = 'p@ss/w+rd "q" ü&='
 def test_the_plaintext_and_every_common_encoding_are_masked() -> None:
     masker = Masker([SECRET])
     raw = SECRET.encode()
-    forms = [SECRET, json.dumps(SECRET)[1:-1], json.dumps(SECRET, ensure_ascii=False)[1:-1],
-             json.dumps(json.dumps(SECRET)[1:-1])[1:-1], quote(SECRET), quote(SECRET, safe=""),
-             quote_plus(SECRET), base64.b64encode(raw).decode(),
-             base64.b64encode(raw).decode().rstrip("="), base64.urlsafe_b64encode(raw).decode(),
-             base64.urlsafe_b64encode(raw).decode().rstrip("=")]
+    forms = [
+        SECRET,
+        json.dumps(SECRET)[1:-1],
+        json.dumps(SECRET, ensure_ascii=False)[1:-1],
+        json.dumps(json.dumps(SECRET)[1:-1])[1:-1],
+        quote(SECRET),
+        quote(SECRET, safe=""),
+        quote_plus(SECRET),
+        base64.b64encode(raw).decode(),
+        base64.b64encode(raw).decode().rstrip("="),
+        base64.urlsafe_b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    ]
     for form in forms:
         assert masker.text(f"<{form}>") == f"<{MASK}>", form
         assert masker.bytes(f"<{form}>".encode()) == f"<{MASK}>".encode(), form
@@ -340,7 +418,7 @@ def test_base64_of_a_secret_inside_longer_data_is_masked_at_every_alignment(
     assert MASK in masked
     # No run of 8 characters that depends only on the secret's bytes survives.
     skip = (3 - prefix % 3) % 3
-    aligned = encode(secret.encode()[skip:skip + 18]).decode()
+    aligned = encode(secret.encode()[skip : skip + 18]).decode()
     assert aligned not in masked
 
 
@@ -365,13 +443,17 @@ def test_stream_masking_catches_secrets_split_across_chunks(seed: int) -> None:
     secret = "split-me-secret-ü"
     masker = Masker([secret])
     rng = random.Random(seed)
-    data = b"".join(rng.choice([b"noise ", secret.encode(), base64.b64encode(secret.encode()),
-                                b"\n", "ü".encode()]) for _ in range(40))
+    data = b"".join(
+        rng.choice(
+            [b"noise ", secret.encode(), base64.b64encode(secret.encode()), b"\n", "ü".encode()]
+        )
+        for _ in range(40)
+    )
     stream = StreamMasker(masker)
     out, pos = b"", 0
     while pos < len(data):
         step = rng.randint(1, 9)
-        out += stream.feed(data[pos:pos + step])
+        out += stream.feed(data[pos : pos + step])
         pos += step
     out += stream.flush()
     assert out == masker.bytes(data)
@@ -415,8 +497,9 @@ async def test_output_guard_masks_the_stream_the_result_and_rewrites_logs(
         for piece in (b"a param-", b"secret b ", b"new-", b"token-1"):
             await guard.write("stdout", piece)
         await guard.write("stderr", b"param-secret")
-        result = await guard.redact({"data": {"token": "new-token-1"},
-                                     "stdout": "a param-secret b new-token-1"})
+        result = await guard.redact(
+            {"data": {"token": "new-token-1"}, "stdout": "a param-secret b new-token-1"}
+        )
     assert written["stdout"] == f"a {MASK} b new-token-1".encode()  # live: not known yet
     assert (tmp_path / "stdout.log").read_bytes() == f"a {MASK} b {MASK}".encode()
     assert (tmp_path / "stderr.log").read_bytes() == MASK.encode()
@@ -428,8 +511,9 @@ async def test_output_guard_masks_the_stream_the_result_and_rewrites_logs(
 
 @pytest.fixture
 def helper(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
-    spec = importlib.util.spec_from_file_location("attune_secrets_helper",
-                                                  REPO / "sandbox" / "attune_secrets.py")
+    spec = importlib.util.spec_from_file_location(
+        "attune_secrets_helper", REPO / "sandbox" / "attune_secrets.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -439,8 +523,9 @@ def helper(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     yield module
 
 
-def test_sandbox_helper_reads_the_secrets_file(helper: Any,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sandbox_helper_reads_the_secrets_file(
+    helper: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert helper.attune_secret("api_token") == "tok"
     assert json.loads(helper.attune_secret("cfg")) == {"a": 1}
     with pytest.raises(KeyError, match="no secret named 'missing'"):

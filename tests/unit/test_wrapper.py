@@ -49,8 +49,9 @@ PARAMS: dict[str, Any] = {
 }
 
 
-def deliver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fmt: str, delivery: str,
-            params: dict[str, Any]) -> None:
+def deliver(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fmt: str, delivery: str, params: dict[str, Any]
+) -> None:
     payload = encode_params(params, fmt)  # type: ignore[arg-type]
     monkeypatch.setenv("ATTUNE_PARAMETER_FORMAT", fmt)
     monkeypatch.setenv("ATTUNE_PARAMETER_DELIVERY", delivery)
@@ -64,16 +65,17 @@ def deliver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fmt: str, delivery:
 
 @pytest.mark.parametrize("delivery", ["stdin", "file"])
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
-def test_structured_formats_round_trip(wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch,
-                                       tmp_path: Path, fmt: str, delivery: str) -> None:
+def test_structured_formats_round_trip(
+    wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fmt: str, delivery: str
+) -> None:
     deliver(monkeypatch, tmp_path, fmt, delivery, PARAMS)
     assert wrapper._read_params() == PARAMS
 
 
 @pytest.mark.parametrize("delivery", ["stdin", "file"])
-def test_dotenv_round_trips_quotes_and_newlines(wrapper: ModuleType,
-                                                monkeypatch: pytest.MonkeyPatch,
-                                                tmp_path: Path, delivery: str) -> None:
+def test_dotenv_round_trips_quotes_and_newlines(
+    wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, delivery: str
+) -> None:
     deliver(monkeypatch, tmp_path, "dotenv", delivery, PARAMS)
     assert wrapper._read_params() == {
         "name": "O'Brien",
@@ -86,14 +88,20 @@ def test_dotenv_round_trips_quotes_and_newlines(wrapper: ModuleType,
     }
 
 
-def test_no_parameters_is_an_empty_dict(wrapper: ModuleType,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_parameters_is_an_empty_dict(
+    wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert wrapper._read_params() == {}
 
 
-def run_main(wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, code: str,
-             params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+def run_main(
+    wrapper: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    code: str,
+    params: dict[str, Any] | None = None,
+) -> tuple[int, dict[str, Any]]:
     action = tmp_path / "action.py"
     action.write_text(code)
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(params or {}) + "\n"))
@@ -102,48 +110,61 @@ def run_main(wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     return rc, report
 
 
-def test_value_is_reported(wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch,
-                           tmp_path: Path) -> None:
-    rc, report = run_main(wrapper, monkeypatch, tmp_path,
-                          "def run(x, y):\n    print('hi')\n    return x + y\n", {"x": 1, "y": 2})
+def test_value_is_reported(
+    wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    rc, report = run_main(
+        wrapper,
+        monkeypatch,
+        tmp_path,
+        "def run(x, y):\n    print('hi')\n    return x + y\n",
+        {"x": 1, "y": 2},
+    )
     assert (rc, report) == (0, {"ok": True, "value": 3})
 
 
-def test_async_run_is_awaited(wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch,
-                              tmp_path: Path) -> None:
+def test_async_run_is_awaited(
+    wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     rc, report = run_main(wrapper, monkeypatch, tmp_path, "async def run():\n    return 'a'\n")
     assert (rc, report) == (0, {"ok": True, "value": "a"})
 
 
-def test_exception_is_type_and_message(wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch,
-                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, report = run_main(wrapper, monkeypatch, tmp_path,
-                          "def run():\n    raise ValueError('bad input')\n")
+def test_exception_is_type_and_message(
+    wrapper: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rc, report = run_main(
+        wrapper, monkeypatch, tmp_path, "def run():\n    raise ValueError('bad input')\n"
+    )
     assert (rc, report) == (1, {"ok": False, "error": "ValueError: bad input"})
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_non_serialisable_value_is_a_clear_error(wrapper: ModuleType,
-                                                 monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
+def test_non_serialisable_value_is_a_clear_error(
+    wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     rc, report = run_main(wrapper, monkeypatch, tmp_path, "def run():\n    return object()\n")
     assert rc == 1 and report["ok"] is False
     assert report["error"].startswith("Return value is not JSON-serialisable:")
-    rc, report = run_main(wrapper, monkeypatch, tmp_path,
-                          "def run():\n    return float('nan')\n")
+    rc, report = run_main(wrapper, monkeypatch, tmp_path, "def run():\n    return float('nan')\n")
     assert rc == 1 and "not JSON-serialisable" in report["error"]
 
 
-def test_sys_exit_zero_is_a_none_result(wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch,
-                                        tmp_path: Path) -> None:
-    rc, report = run_main(wrapper, monkeypatch, tmp_path,
-                          "import sys\ndef run():\n    sys.exit(0)\n")
+def test_sys_exit_zero_is_a_none_result(
+    wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    rc, report = run_main(
+        wrapper, monkeypatch, tmp_path, "import sys\ndef run():\n    sys.exit(0)\n"
+    )
     assert (rc, report) == (0, {"ok": True, "value": None})
 
 
-def test_parameters_that_are_not_an_object_are_refused(wrapper: ModuleType,
-                                                       monkeypatch: pytest.MonkeyPatch,
-                                                       tmp_path: Path) -> None:
+def test_parameters_that_are_not_an_object_are_refused(
+    wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     action = tmp_path / "action.py"
     action.write_text("def run(): pass\n")
     monkeypatch.setattr(sys, "stdin", io.StringIO("[1, 2]\n"))
@@ -152,17 +173,19 @@ def test_parameters_that_are_not_an_object_are_refused(wrapper: ModuleType,
     assert report == {"ok": False, "error": "Invalid parameters: parameters must be a JSON object"}
 
 
-def test_unexpected_parameter_is_a_type_error(wrapper: ModuleType,
-                                              monkeypatch: pytest.MonkeyPatch,
-                                              tmp_path: Path) -> None:
-    rc, report = run_main(wrapper, monkeypatch, tmp_path, "def run(x):\n    return x\n",
-                          {"x": 1, "y": 2})
+def test_unexpected_parameter_is_a_type_error(
+    wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    rc, report = run_main(
+        wrapper, monkeypatch, tmp_path, "def run(x):\n    return x\n", {"x": 1, "y": 2}
+    )
     assert rc == 1
     assert report["error"].startswith("TypeError:") and "'y'" in report["error"]
 
 
-def test_result_symlink_is_not_followed(wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch,
-                                        tmp_path: Path) -> None:
+def test_result_symlink_is_not_followed(
+    wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     target = tmp_path / "host-file"
     target.write_text("precious")
     Path(wrapper.RESULT_PATH).symlink_to(target)
