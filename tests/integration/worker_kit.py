@@ -113,6 +113,9 @@ class Stack:
                 "ATTUNE__ARTIFACTS_DIR": str(self.artifacts_dir),
                 "ATTUNE__WORKER__HEARTBEAT_INTERVAL": "1",
                 "ATTUNE__WORKER__SHUTDOWN_TIMEOUT": "10",
+                # Slot uids of this test process only: a worker kills its slot uids'
+                # leftovers at start-up, so two test sessions must never share them.
+                "ATTUNE__SANDBOX__SLOT_UID_BASE": str(SESSION_UID_BASE),
             }
         )
         env.update(overrides)
@@ -203,6 +206,9 @@ async def stack(
     finally:
         for worker in s.workers:
             worker.kill()
+
+
+SESSION_UID_BASE = 1_000_000 + (os.getpid() % 4000) * 256
 
 
 def host_processes_of_uids(low: int, high: int) -> list[str]:
