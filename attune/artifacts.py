@@ -3,6 +3,9 @@
 Layout (the reference worker's): `{artifacts_dir}/{worker_name}/execution_{id}/` with
 `stdout.log`, `stderr.log` and `result.json`. The logs receive only what the sandbox
 kept (the per-stream cap is applied before), so they are bounded like the result.
+
+They hold what actions printed: files are 0640 and the directories this module creates
+0750, whatever the worker's umask (modes are set with fchmod/chmod, not left to it).
 """
 
 from __future__ import annotations
@@ -16,6 +19,29 @@ from pathlib import Path
 from typing import Any
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+
+
+def _make_dirs(directory: Path) -> None:
+    """mkdir -p; the run's own directory and every one created here get DIR_MODE
+    (pre-existing parents, e.g. an operator's artifacts_dir, keep theirs)."""
+    missing = [p for p in directory.parents if not p.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    for created in (*reversed(missing), directory):
+        with contextlib.suppress(OSError):
+            os.chmod(created, DIR_MODE)
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """Open for writing at FILE_MODE even if the file existed with another mode."""
+    fd = os.open(path, flags, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 class RunArtifacts:
@@ -23,9 +49,9 @@ class RunArtifacts:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        _make_dirs(directory)
         self._fds = {
-            name: os.open(directory / f"{name}.log", _FLAGS | os.O_TRUNC, 0o640)
+            name: _open_private(directory / f"{name}.log", _FLAGS | os.O_TRUNC)
             for name in ("stdout", "stderr")
         }
 
@@ -39,7 +65,11 @@ class RunArtifacts:
     def write_result(self, status: str, result: dict[str, Any]) -> None:
         data = json.dumps({"status": status, "result": result}, ensure_ascii=False, indent=2)
         tmp = self.directory / "result.json.tmp"
-        tmp.write_text(data + "\n")
+        fd = _open_private(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        )
+        with os.fdopen(fd, "w") as handle:
+            handle.write(data + "\n")
         tmp.replace(self.directory / "result.json")
 
     def close(self) -> None:

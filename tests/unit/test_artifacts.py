@@ -49,3 +49,29 @@ def test_retention_prunes_by_age_then_keeps_the_newest_by_count(tmp_path: Path) 
 
 def test_retention_of_a_missing_directory_removes_nothing(tmp_path: Path) -> None:
     assert ArtifactStore(tmp_path / "none", "w").prune(max_age_seconds=1, max_count=1) == 0
+
+
+async def test_artifact_files_are_0640_in_0750_directories_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    old = os.umask(0)
+    try:
+        store = ArtifactStore(tmp_path / "artifacts", "w1")
+        fresh = store.open_run(10)  # creates artifacts/, w1/ and execution_10/
+        fresh.close()
+        directory = store.path_for(9)
+        directory.mkdir(parents=True)
+        (directory / "stdout.log").write_text("from an earlier attempt")
+        os.chmod(directory / "stdout.log", 0o666)  # an old mode is not kept
+        os.chmod(directory, 0o777)
+        run = store.open_run(9)
+        await run.write("stdout", b"out\n")
+        run.write_result("completed", {"succeeded": True})
+        run.close()
+    finally:
+        os.umask(old)
+    for name in ("stdout.log", "stderr.log", "result.json"):
+        assert oct((directory / name).stat().st_mode & 0o777) == oct(0o640), name
+    for created in (tmp_path / "artifacts", store.root, store.path_for(10), directory):
+        assert oct(created.stat().st_mode & 0o777) == oct(0o750), created
+    await trio.sleep(0)
