@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 
 import pytest
 
@@ -91,7 +92,6 @@ def test_everyday_syscalls_are_not_touched() -> None:
         "wait4",
         "mmap",
         "futex",
-        "socketpair",
         "connect",
         "prctl",
         "seccomp",
@@ -103,7 +103,7 @@ def test_no_syscall_is_both_unconditionally_denied_and_filtered_by_argument() ->
     plain = {r.syscall for r in RULES if not r.args}
     with_args = {r.syscall for r in RULES if r.args}
     assert not plain & with_args
-    assert with_args == {"clone", "personality", "ioctl", "socket"}
+    assert with_args == {"clone", "personality", "ioctl", "socket", "socketpair"}
 
 
 def test_clone_with_any_namespace_flag_is_eperm() -> None:
@@ -152,7 +152,7 @@ def test_tiocsti_and_tioclinux_match_the_low_32_bits() -> None:
 
 
 def denied_family(family: int) -> bool:
-    for rule in (r for r in RULES if r.syscall == "socket"):
+    for rule in (r for r in RULES if r.syscall == "socket" and r.args[0].index == 0):
         (match,) = rule.args
         assert rule.errno == errno.EAFNOSUPPORT
         if (match.op == "eq" and family == match.value) or (
@@ -188,3 +188,82 @@ def test_bpf_fd_is_a_fresh_fd_at_offset_zero() -> None:
     finally:
         os.close(first)
         os.close(second)
+
+
+def matches(match: ArgMatch, value: int) -> bool:
+    if match.op == "eq":
+        return value == match.value
+    if match.op == "ne":
+        return value != match.value
+    if match.op == "ge":
+        return value >= match.value
+    return value & match.mask == match.value
+
+
+def denied_protocol(protocol: int) -> bool:
+    socket_rules = [r for r in RULES if r.syscall == "socket" and r.args[0].index == 2]
+    assert all(r.errno == errno.EPROTONOSUPPORT for r in socket_rules)
+    return any(matches(r.args[0], protocol) for r in socket_rules)
+
+
+def test_socket_protocols_outside_tcp_udp_icmp_get_eprotonosupport() -> None:
+    allowed = {0, 1, 6, 17, 58}
+    for protocol in range(512):
+        assert denied_protocol(protocol) == (protocol not in allowed), protocol
+    for sneaky in ((1 << 32) | 262, (1 << 32) | 6, 2**64 - 1, 262, 136, 132):
+        assert denied_protocol(sneaky), sneaky
+
+
+def test_socketpair_is_unix_only() -> None:
+    (rule,) = [r for r in RULES if r.syscall == "socketpair"]
+    assert rule == Rule("socketpair", errno.EAFNOSUPPORT, (ArgMatch(0, "ne", socket.AF_UNIX),))
+
+
+def test_denied_blocks_cover_exactly_the_values_outside_the_allowed_set() -> None:
+    blocks = seccomp.denied_blocks((0, 5, 6), 64)
+    covered = [v for v in range(64) if any(v & mask == start for start, mask in blocks)]
+    assert covered == [v for v in range(64) if v not in (0, 5, 6)]
+    assert len(blocks) <= 12  # aligned blocks, not one rule per value
+
+
+def test_modify_ldt_and_memfd_secret_are_denied_by_number_if_libseccomp_lacks_them() -> None:
+    assert [r.errno for r in unconditional("modify_ldt")] == [errno.EPERM]
+    assert [r.errno for r in unconditional("memfd_secret")] == [errno.EPERM]
+    assert seccomp.syscall_number("memfd_secret", -1) == 447
+    assert seccomp.syscall_number("memfd_secret", 447) == 447
+
+
+def test_a_name_that_resolves_nowhere_refuses_to_build() -> None:
+    with pytest.raises(ValueError, match="refusing to build"):
+        seccomp.syscall_number("no_such_call", -1)
+    with pytest.raises(ValueError):
+        seccomp.compile_bpf([Rule("no_such_call", errno.EPERM)])
+
+
+def test_horizon_prefix_returns_enosys_above_the_horizon_and_falls_through_below() -> None:
+    prefix = seccomp.horizon_prefix(0xC000003E, 456)
+
+    def run(arch: int, nr: int) -> int | str:
+        """Interpret the prefix: its return value, or 'next' for libseccomp's program."""
+        insns = [struct.unpack("=HBBI", prefix[i : i + 8]) for i in range(0, len(prefix), 8)]
+        pc, acc = 0, 0
+        while pc < len(insns):
+            code, jt, jf, k = insns[pc]
+            if code == 0x20:
+                acc = {0: nr, 4: arch}[k]
+                pc += 1
+            elif code == 0x06:
+                return k
+            else:
+                taken = {0x15: acc == k, 0x35: acc >= k, 0x25: acc > k}[code]
+                pc += 1 + (jt if taken else jf)
+        return "next"
+
+    enosys = 0x00050000 | errno.ENOSYS
+    assert run(0xC000003E, 39) == "next"
+    assert run(0xC000003E, 456) == "next"
+    assert run(0xC000003E, 457) == enosys
+    assert run(0xC000003E, 0x3FFFFFFF) == enosys
+    assert run(0xC000003E, 0x40000000 | 39) == "next"  # x32: libseccomp kills it
+    assert run(0x40000003, 500) == "next"  # i386: libseccomp kills it
+    assert seccomp.default_bpf().startswith(prefix)
