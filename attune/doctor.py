@@ -234,8 +234,9 @@ def _cgroup_check(snapshot: HostSnapshot) -> Check:
 
 
 def slot_uid_range(config: Config) -> range:
+    """The worker's slot uids and, one past them, the uid `attune exec` runs as."""
     base = config.sandbox.slot_uid_base
-    return range(base, base + config.worker.max_concurrent_tasks)
+    return range(base, base + config.worker.max_concurrent_tasks + 1)
 
 
 def _slot_uid_check(snapshot: HostSnapshot, config: Config) -> Check:
@@ -277,7 +278,8 @@ def _slot_uid_check(snapshot: HostSnapshot, config: Config) -> Check:
     return Check(
         "per_slot_uids",
         "OK",
-        f"slots run as uids {shown} (capacity {len(uids)}); no account uses them",
+        f"slots run as uids {shown} (capacity {len(uids) - 1}, the last uid is attune "
+        "exec's); no account uses them",
     )
 
 

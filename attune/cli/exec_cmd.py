@@ -17,22 +17,31 @@ from typing import TYPE_CHECKING, Any
 from attune.cli import EXIT_BY_STATUS, EXIT_USAGE
 from attune.errors import AttuneError, InputError, SandboxUnavailable
 
+DEFAULT_RUN_DIR = "/var/lib/attune/runs"  # SandboxConfig's default
+
 if TYPE_CHECKING:
     import argparse
 
     import typer
 
+    from attune.config import Config
+
 OUTPUT_FORMATS = ("text", "json", "yaml", "jsonl")
 
 
-def default_run_dir() -> Path:
-    """Where per-run directories go; must be traversable by the slot uids."""
-    configured = os.environ.get("ATTUNE__SANDBOX__RUN_DIR")
-    if configured:
-        return Path(configured)
-    if os.geteuid() == 0:
-        return Path("/var/lib/attune/runs")
-    return Path(f"/tmp/attune-runs-{os.geteuid()}")
+def sandbox_settings(config: Config) -> tuple[Path, int, int]:
+    """Run dir, slot uid base and slot for a local run, from the worker's own settings.
+
+    The same `sandbox.run_dir` and `sandbox.slot_uid_base` as the worker (`--config`,
+    `ATTUNE__*`), and the slot just past the worker's (`worker.max_concurrent_tasks`):
+    a worker starting on this host kills leftovers of its own slot uids only, so a local
+    run is never taken for one, and it never shares a host uid with a worker's action.
+    A non-root user keeps the default run dir out of /var/lib (it could not create it).
+    """
+    run_dir = Path(config.sandbox.run_dir)
+    if os.geteuid() != 0 and config.sandbox.run_dir == DEFAULT_RUN_DIR:
+        run_dir = Path(f"/tmp/attune-runs-{os.geteuid()}")
+    return run_dir, config.sandbox.slot_uid_base, config.worker.max_concurrent_tasks
 
 
 def explain() -> int:
@@ -84,12 +93,15 @@ async def run_file(
     timeout: float | None,
     output_format: str | None,
     secrets: dict[str, str] | None = None,
+    config: Config | None = None,
 ) -> dict[str, Any]:
     """Resolve everything about a local file and run it; returns status + result.
 
     `secrets` are delivered like keystore secrets in the worker (ATTUNE_SECRETS_FILE,
-    attune_secrets()) and masked in the printed result.
+    attune_secrets()) and masked in the printed result. `config` is the worker's
+    configuration (defaults when None): run dir, slot uids and profiles come from it.
     """
+    from attune.config import Config
     from attune.params import apply_schema
     from attune.runner import host
     from attune.runner.profiles import choose_runtime, load_profiles, resolve_profile
@@ -101,7 +113,8 @@ async def run_file(
         raise InputError(f"{code_path}: no such file") from None
     except OSError as exc:
         raise InputError(f"{code_path}: cannot read: {exc.strerror}") from None
-    profiles = load_profiles()
+    config = config or Config()
+    profiles = load_profiles(config.sandbox.effective_profiles_dir())
     if profile_name is not None:
         profile = resolve_profile(profile_name, profiles)
     else:
@@ -116,7 +129,8 @@ async def run_file(
     facts = host.detect(probe_version=False)
     if not facts.usable:
         raise SandboxUnavailable("sandbox unavailable: " + "; ".join(facts.problems()))
-    sandbox = Sandbox(facts, default_run_dir())
+    run_dir, slot_uid_base, slot = sandbox_settings(config)
+    sandbox = Sandbox(facts, run_dir, slot_uid_base=slot_uid_base)
     env = {
         "ATTUNE_EXEC_ID": "local",
         "ATTUNE_ACTION": meta.get("ref") or code_path.stem,
@@ -133,7 +147,7 @@ async def run_file(
         output_format=fmt,  # type: ignore[arg-type]
         secrets=dict(secrets or {}),
     )
-    outcome = await sandbox.run(spec, timeout=float(seconds))
+    outcome = await sandbox.run(spec, timeout=float(seconds), slot=slot)
     result = outcome.result
     if secrets:
         from attune.secrets.masking import Masker, redact_result
@@ -188,6 +202,14 @@ def _parser() -> argparse.ArgumentParser:
         help="secrets from a JSON or YAML object of names to strings",
     )
     parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the worker's YAML config (sandbox.run_dir, slot_uid_base, profiles_dir); "
+        "ATTUNE__* variables apply as for the worker",
+    )
+    parser.add_argument(
         "--with-status",
         action="store_true",
         help="print {status, result} instead of the result alone",
@@ -233,7 +255,10 @@ def main(argv: list[str]) -> int:
         return EXIT_USAGE
     import trio
 
+    from attune.config import load_config
+
     try:
+        config = load_config(args.config, os.environ)
         params = _collect_params(args.params, args.params_json, args.params_file)
         secrets = _collect_secrets(args.secret, args.secrets_file)
         outcome = trio.run(
@@ -245,6 +270,7 @@ def main(argv: list[str]) -> int:
                 timeout=args.timeout,
                 output_format=args.output_format,
                 secrets=secrets,
+                config=config,
             )
         )
     except AttuneError as exc:

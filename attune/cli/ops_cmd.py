@@ -50,6 +50,13 @@ artifacts_dir: /var/lib/attune/artifacts
 `attune config show` prints the effective configuration (passwords and the encryption
 key masked); `attune doctor` checks it against the host and the services.
 
+`attune exec` reads the same configuration (`--config FILE`, `ATTUNE__*`) for
+`sandbox.run_dir`, `sandbox.slot_uid_base` and `sandbox.profiles_dir`, and runs as uid
+`slot_uid_base + worker.max_concurrent_tasks`, one past the worker's slots: a worker
+starting on the same host (it kills leftovers of its own slot uids) never kills a local
+run, and the two never share a host uid; `attune doctor` checks that uid too. As a
+non-root user with the default `run_dir`, local runs use `/tmp/attune-runs-UID`.
+
 ## Keys
 
 """

@@ -145,7 +145,7 @@ def test_slot_uids_that_belong_to_an_account_are_an_unsafe_fail() -> None:
     )
     check = _by_name(build_checks(_snapshot(accounts={65534: "nobody"}), config))["per_slot_uids"]
     assert check.status == "FAIL" and check.unsafe
-    assert "65534 (nobody)" in check.detail and "65530-65537" in check.detail
+    assert "65534 (nobody)" in check.detail and "65530-65538" in check.detail
     assert "slot_uid_base" in check.fix
 
 
