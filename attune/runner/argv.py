@@ -19,10 +19,23 @@ a symlink (its parent is part of the read-only /attune), capped by RLIMIT_FSIZE 
 back with O_NOFOLLOW and a size cap. The parameter file is bound read-only beside it.
 Nothing reads the work dir after a run today; an artifact collector would need it
 host-visible (e.g. a sized tmpfs the worker mounts) and must keep the size bound.
+
+The spawn chain is one process that execs each step in turn (`spawn_argv`):
+
+    setpriv (slot uid, parent-death signal) -> prlimit (the run's rlimits)
+      -> bwrap (namespaces, mounts, seccomp) -> attune-init (pid 1) -> the command
+
+so every process of the sandbox, bwrap and its pid 1 included, carries the run's limits
+from its first instruction (lowering one's own limits needs no capability; prlimit(2)
+on another process would need CAP_SYS_RESOURCE and race the uid switch), and nothing is
+set from inside the sandbox. pid 1 is attune-init (sandbox/attune_init.c, `--as-pid-1`),
+copied in by bwrap from an fd (`--file`): it makes itself non-dumpable, so the action
+can neither read nor write its memory, environment or fds, nor signal it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from attune.runner.profiles import Profile
@@ -37,6 +50,7 @@ RESULT_FILE = "/attune/out/result.json"  # the one writable host file
 PARAMS_FILE = "/attune/out/parameters"  # parameter_delivery = file, read-only
 SECRETS_FILE = "/attune/out/secrets.json"  # keystore secrets of the run, read-only
 ACTION_DIR = "/attune/action"
+INIT_PATH = "/attune-init"  # pid 1, on the sandbox's read-only root (not a host mount)
 MiB = 1024 * 1024
 
 
@@ -51,6 +65,7 @@ class RunLayout:
     action_file: str  # file name under /attune/action
     wrapper: str | None  # file name under /attune that runs the action, if any
     seccomp_fd: int
+    init_fd: int  # the attune-init binary, copied to INIT_PATH by bwrap
     env: dict[str, str] = field(default_factory=dict)
     secrets_file: str | None = None  # host file bound read-only at /attune/out/secrets.json
 
@@ -63,11 +78,43 @@ def sandbox_env(profile: Profile, extra: dict[str, str]) -> dict[str, str]:
 
 
 PRLIMIT = "/usr/bin/prlimit"
+SETPRIV = "/usr/bin/setpriv"
 CPU_HARD_GRACE = 1  # seconds between SIGXCPU (soft) and SIGKILL (hard)
 
 
+def become_prefix(uid: int | None, gid: int | None) -> list[str]:
+    """The uid switch and the parent-death signal: the first step of the spawn chain.
+
+    Popen(user=...) must fork (not vfork) the whole worker, under the GIL, to change
+    uid in the child; setpriv (util-linux) switches uid and gid and drops supplementary
+    groups after a cheap vfork+exec, then execs the next step in the same process, so
+    the pid, the pidfd and the inherited fds end up bwrap's. Leaving uid 0 clears every
+    capability. `--pdeathsig SIGKILL` (applied after the uid switch, kept across exec)
+    covers the gate: bwrap only arms its own --die-with-parent once it has read its
+    options, and a worker killed before that would otherwise leave it running.
+    """
+    prefix = [SETPRIV, "--pdeathsig", "SIGKILL"]
+    if uid is not None:
+        prefix += [f"--reuid={uid}", f"--regid={gid if gid is not None else uid}", "--clear-groups"]
+    return [*prefix, "--"]
+
+
+def spawn_argv(
+    bwrap: str,
+    *,
+    become: Sequence[str],
+    rlimits: Sequence[str],
+    args_fd: int,
+    info_fd: int,
+    command: Sequence[str],
+) -> list[str]:
+    """The whole spawn chain as one argv (see the module docstring), step by step."""
+    sandbox = [bwrap, "--args", str(args_fd), "--info-fd", str(info_fd), "--"]
+    return [*become, *rlimits, *sandbox, *command]
+
+
 def rlimit_prefix(profile: Profile) -> list[str]:
-    """Limits set inside the sandbox before the interpreter starts, soft == hard.
+    """The run's limits, set on the spawn chain before bwrap starts, soft == hard.
 
     A limit of 0 means "not limited" except for core dumps, which are always off.
     CPU is the exception to soft == hard: at the soft limit the kernel sends SIGXCPU
@@ -87,9 +134,10 @@ def rlimit_prefix(profile: Profile) -> list[str]:
 
 
 def action_command(profile: Profile, layout: RunLayout) -> list[str]:
+    """What bwrap runs as pid 1: attune-init, which forks and execs the rest."""
     wrapper = [f"{ATTUNE_DIR}/{layout.wrapper}"] if layout.wrapper else []
     return [
-        *rlimit_prefix(profile),
+        INIT_PATH,
         *profile.command,
         *wrapper,
         f"{ACTION_DIR}/{layout.action_file}",
@@ -109,6 +157,7 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--unshare-uts",
         "--unshare-cgroup-try",
         "--disable-userns",
+        "--as-pid-1",  # the command is attune-init: no bwrap init the action could reach
         "--die-with-parent",
         "--new-session",
         "--uid",
@@ -172,6 +221,11 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
     if layout.secrets_file is not None:
         args += ["--ro-bind", layout.secrets_file, SECRETS_FILE]
     args += [
+        "--perms",
+        "0555",
+        "--file",
+        str(layout.init_fd),
+        INIT_PATH,
         "--chdir",
         WORK_DIR,
         "--remount-ro",

@@ -15,6 +15,8 @@ from pathlib import Path
 from attune.runner import cgroups
 
 SANDBOX_PYTHON = "/usr/bin/python3"
+# pid 1 of every sandbox, built from sandbox/attune_init.c by scripts/setup.
+SANDBOX_INIT = Path(__file__).resolve().parent.parent.parent / "sandbox" / "attune-init"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class HostFacts:
     is_root: bool
     cgroups: cgroups.CgroupSupport
     layers: list[Layer] = field(default_factory=list)
+    init: str | None = None  # the attune-init binary, when built
 
     @property
     def usable(self) -> bool:
@@ -114,6 +117,7 @@ def detect(bwrap: str | None = None, *, probe_version: bool = True) -> HostFacts
     userns_ok, userns_detail = _userns_detail()
     seccomp_ok, seccomp_detail = _seccomp_detail()
     cg = cgroups.detect() if is_root else cgroups.CgroupSupport(0, None, None, "not root")
+    init = str(SANDBOX_INIT) if os.access(SANDBOX_INIT, os.X_OK) else None
     layers = [
         Layer(
             "bubblewrap",
@@ -131,8 +135,19 @@ def detect(bwrap: str | None = None, *, probe_version: bool = True) -> HostFacts
             if os.path.exists(SANDBOX_PYTHON)
             else f"{SANDBOX_PYTHON} missing (apt-get install python3)",
         ),
+        Layer(
+            "sandbox_init",
+            init is not None,
+            f"non-dumpable pid 1 ({init})"
+            if init
+            else f"{SANDBOX_INIT} not built (run scripts/setup; needs gcc and libc6-dev)",
+        ),
         Layer("network_isolation", True, "network namespace without interfaces but lo"),
-        Layer("rlimits", True, "cpu, address space, files, file size, processes, core 0"),
+        Layer(
+            "rlimits",
+            True,
+            "cpu, address space, files, file size, processes, core 0; set before bwrap",
+        ),
         Layer(
             "per_slot_uids",
             is_root,
@@ -143,4 +158,4 @@ def detect(bwrap: str | None = None, *, probe_version: bool = True) -> HostFacts
         ),
         Layer("cgroups", cg.version != 0, cg.detail, required=False),
     ]
-    return HostFacts(path if version else None, version, is_root, cg, layers)
+    return HostFacts(path if version else None, version, is_root, cg, layers, init)

@@ -6,12 +6,12 @@ fork on the trio thread with subprocess.Popen and wait on a pidfd.
 
 bwrap reads its options from a pipe (`--args FD`) before doing anything else; we only
 write them after the process is in its cgroups, so the action never runs a single
-instruction outside them. Resource limits are applied inside the sandbox by
-/usr/bin/prlimit (see argv.py): the worker may lack CAP_SYS_RESOURCE, which prlimit(2)
-on another uid's process needs, and a preexec_fn is unsafe in a threaded process.
+instruction outside them. Resource limits are applied by the spawn chain itself, before
+bwrap (argv.spawn_argv): the worker may lack CAP_SYS_RESOURCE, which prlimit(2) on
+another uid's process needs, and a preexec_fn is unsafe in a threaded process.
 
-The process tree of one run is: bwrap (host pid, our child) -> bwrap's init (pid 1 of
-the sandbox's pid namespace) -> the action (pid 2). bwrap reports the init's host pid
+The process tree of one run is: bwrap (host pid, our child) -> attune-init (pid 1 of
+the sandbox's pid namespace, `--as-pid-1`) -> the action (pid 2). bwrap reports the init's host pid
 on `--info-fd`; we hold a pidfd on it. Killing a run SIGKILLs the init: the kernel
 then kills every process of the namespace (setsid daemons included), bwrap reaps the
 init and exits. Killing the outer bwrap instead orphans the init: reparented to the
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import trio
 
 from attune.errors import SandboxUnavailable
+from attune.runner import argv
 
 PR_SET_CHILD_SUBREAPER = 36
 # After its init is killed, bwrap exits as soon as the kernel has torn the pid namespace
@@ -265,26 +266,6 @@ class SandboxProcess:
         self._pidfd = -1
 
 
-SETPRIV = "/usr/bin/setpriv"
-
-
-def _become(uid: int | None, gid: int | None) -> list[str]:
-    """The uid switch and the parent-death signal, as a command prefix.
-
-    Popen(user=...) must fork (not vfork) the whole worker, under the GIL, to change
-    uid in the child; setpriv (util-linux) switches uid and gid and drops supplementary
-    groups after a cheap vfork+exec, then execs bwrap in the same process, so the pid,
-    the pidfd and the inherited fds are bwrap's. Leaving uid 0 clears every capability.
-    `--pdeathsig SIGKILL` (applied after the uid switch, kept across exec) covers the
-    gate: bwrap only arms its own --die-with-parent once it has read its options, and
-    a worker killed before that would otherwise leave it running.
-    """
-    prefix = [SETPRIV, "--pdeathsig", "SIGKILL"]
-    if uid is not None:
-        prefix += [f"--reuid={uid}", f"--regid={gid if gid is not None else uid}", "--clear-groups"]
-    return [*prefix, "--"]
-
-
 def kill_uid_range(first_uid: int, count: int) -> list[int]:
     """SIGKILL every host process running as a uid in [first_uid, first_uid + count).
 
@@ -323,6 +304,7 @@ async def spawn(
     pass_fds: Sequence[int],
     uid: int | None,
     gid: int | None,
+    rlimits: Sequence[str] = (),
     cgroup_procs: Sequence[str] = (),
 ) -> SandboxProcess:
     """Start bwrap gated on its --args pipe, confine it, then release it.
@@ -340,16 +322,14 @@ async def spawn(
     parent_ends = (args_w, info_r, in_w, out_r, err_r)
     try:
         popen = subprocess.Popen(
-            [
-                *_become(uid, gid),
+            argv.spawn_argv(
                 bwrap,
-                "--args",
-                str(args_r),
-                "--info-fd",
-                str(info_w),
-                "--",
-                *command,
-            ],
+                become=argv.become_prefix(uid, gid),
+                rlimits=rlimits,
+                args_fd=args_r,
+                info_fd=info_w,
+                command=command,
+            ),
             stdin=in_r,
             stdout=out_w,
             stderr=err_w,

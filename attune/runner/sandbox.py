@@ -118,10 +118,11 @@ class Sandbox:
     """Runs actions; one instance per process, shared by all concurrent runs."""
 
     def __init__(self, facts: HostFacts, run_dir: Path, *, slot_uid_base: int = 100000) -> None:
-        if not facts.usable or facts.bwrap is None:
+        if not facts.usable or facts.bwrap is None or facts.init is None:
             raise SandboxUnavailable("; ".join(facts.problems()) or "bubblewrap not found")
         self.facts = facts
         self.bwrap = facts.bwrap
+        self.init = facts.init
         self.run_dir = run_dir
         self.slot_uid_base = slot_uid_base
         self._bpf = default_bpf()
@@ -241,6 +242,7 @@ class Sandbox:
             wrapper = profile.function_wrapper if defines_run(spec.code) else None
             cgroup = self._make_cgroup(rd.root.name, profile)
             seccomp_fd = bpf_fd(self._bpf)
+            init_fd = os.open(self.init, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 layout = argv_mod.RunLayout(
                     code_dir=str(rd.code),
@@ -250,6 +252,7 @@ class Sandbox:
                     action_file=spec.code_name,
                     wrapper=wrapper,
                     seccomp_fd=seccomp_fd,
+                    init_fd=init_fd,
                     env=env,
                     secrets_file=secrets_file,
                 )
@@ -259,13 +262,15 @@ class Sandbox:
                     self.bwrap,
                     args,
                     argv_mod.action_command(profile, layout),
-                    pass_fds=(seccomp_fd,),
+                    pass_fds=(seccomp_fd, init_fd),
                     uid=uid,
                     gid=uid,
+                    rlimits=argv_mod.rlimit_prefix(profile),
                     cgroup_procs=cgroup.procs_files if cgroup else (),
                 )
             finally:
                 os.close(seccomp_fd)
+                os.close(init_fd)
             try:
                 report = await self._supervise(
                     proc,

@@ -229,13 +229,14 @@ async def run_sandboxed(
 ) -> float:
     """One floor run: the worker's bwrap argv and seccomp, `command` inside; seconds.
 
-    `command=None` runs what the runner would: `argv.action_command` (prlimit, the
+    `command=None` runs what the runner would: `argv.action_command` (attune-init, the
     profile's interpreter, the wrapper if given, the action file of the prepared layout).
     """
     layout = env.layout(slot)
     uid = env.sandbox.slot_uid(slot)
     started = time.perf_counter()
     fd = seccomp.bpf_fd(env.bpf)
+    init_fd = os.open(env.sandbox.init, os.O_RDONLY | os.O_CLOEXEC)
     try:
         run_layout = argv_mod.RunLayout(
             code_dir=str(layout.code_dir),
@@ -245,14 +246,24 @@ async def run_sandboxed(
             action_file=action_file,
             wrapper=wrapper,
             seccomp_fd=fd,
+            init_fd=init_fd,
             env={},
         )
         args = argv_mod.encode_args(argv_mod.bwrap_args(profile, run_layout))
         if command is None:
             command = argv_mod.action_command(profile, run_layout)
-        proc = await process.spawn(env.bwrap, args, command, pass_fds=(fd,), uid=uid, gid=uid)
+        proc = await process.spawn(
+            env.bwrap,
+            args,
+            command,
+            pass_fds=(fd, init_fd),
+            uid=uid,
+            gid=uid,
+            rlimits=argv_mod.rlimit_prefix(profile),
+        )
     finally:
         os.close(fd)
+        os.close(init_fd)
     code, err = await _supervise(proc)
     seconds = time.perf_counter() - started
     if code != 0:

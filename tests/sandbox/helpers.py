@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from dataclasses import dataclass
 
@@ -92,3 +93,13 @@ def oserr(fn, *args, **kw):
         return errno.errorcode.get(exc.errno, str(exc.errno))
     return "OK"
 '''
+
+
+def catches_sigusr1(pid: int) -> bool:
+    """True once `pid` has a SIGUSR1 handler (an action waiting to be released by it)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            status = dict(line.split(":", 1) for line in handle if ":" in line)
+    except OSError:
+        return False
+    return bool(int(status.get("SigCgt", "0"), 16) & (1 << (signal.SIGUSR1 - 1)))

@@ -18,13 +18,12 @@ import trio
 
 from attune.runner import process
 from attune.runner.sandbox import Sandbox
-from tests.sandbox.helpers import of_uids
+from tests.sandbox.helpers import catches_sigusr1, of_uids
 
 pytestmark = pytest.mark.sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 ATTUNE = str(REPO / ".venv/bin/attune")
-SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
 # Catches SIGUSR1 and waits for it: the test releases it once it has seen its host uid.
 WAITER = (
     "import signal\n"
@@ -41,15 +40,6 @@ WAITER = (
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE__")}
     return env | extra
-
-
-def catches_sigusr1(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            status = dict(line.split(":", 1) for line in handle if ":" in line)
-    except OSError:
-        return False
-    return bool(int(status["SigCgt"], 16) & SIGUSR1_BIT)
 
 
 @pytest.fixture

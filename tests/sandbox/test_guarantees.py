@@ -561,6 +561,7 @@ async def test_7_layers_are_reported(facts: host.HostFacts) -> None:
         "user_namespaces",
         "seccomp",
         "interpreter",
+        "sandbox_init",
         "network_isolation",
         "rlimits",
         "per_slot_uids",

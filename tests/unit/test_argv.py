@@ -22,6 +22,7 @@ def layout(
         action_file="action.py",
         wrapper=wrapper,
         seccomp_fd=7,
+        init_fd=8,
         env=env if env is not None else {"ATTUNE_EXEC_ID": "42"},
     )
 
@@ -33,6 +34,7 @@ COMMON_HEAD = [
     "--unshare-uts",
     "--unshare-cgroup-try",
     "--disable-userns",
+    "--as-pid-1",
     "--die-with-parent",
     "--new-session",
     "--uid",
@@ -114,6 +116,11 @@ FILESYSTEMS = [
     "/attune/out/result.json",
 ]
 TAIL = [
+    "--perms",
+    "0555",
+    "--file",
+    "8",
+    "/attune-init",
     "--chdir",
     "/work",
     "--remount-ro",
@@ -165,7 +172,7 @@ def test_python_profile_golden_argv() -> None:
         *TAIL,
     ]
     assert argv.action_command(profile, lay) == [
-        *RLIMITS,
+        "/attune-init",
         "/usr/bin/python3",
         "-u",
         "-B",
@@ -188,7 +195,11 @@ def test_shell_profile_golden_argv() -> None:
     profile = PROFILES["shell"]
     lay = layout()
     assert argv.bwrap_args(profile, lay) == [*COMMON_HEAD, *SYMLINKS, *FILESYSTEMS, *TAIL]
-    assert argv.action_command(profile, lay) == [*RLIMITS, "/bin/bash", "/attune/action/action.py"]
+    assert argv.action_command(profile, lay) == [
+        "/attune-init",
+        "/bin/bash",
+        "/attune/action/action.py",
+    ]
 
 
 def test_parameter_file_is_bound_read_only_beside_the_result() -> None:
@@ -274,3 +285,37 @@ def test_sandbox_env_is_profile_then_run() -> None:
         "TMPDIR": "/tmp",
         "X": "1",
     }
+
+
+def test_spawn_chain_switches_uid_then_sets_limits_then_starts_bwrap() -> None:
+    chain = argv.spawn_argv(
+        "/usr/bin/bwrap",
+        become=argv.become_prefix(100001, 100001),
+        rlimits=argv.rlimit_prefix(PROFILES["python"]),
+        args_fd=5,
+        info_fd=6,
+        command=argv.action_command(PROFILES["shell"], layout()),
+    )
+    assert chain == [
+        "/usr/bin/setpriv",
+        "--pdeathsig",
+        "SIGKILL",
+        "--reuid=100001",
+        "--regid=100001",
+        "--clear-groups",
+        "--",
+        *RLIMITS,
+        "/usr/bin/bwrap",
+        "--args",
+        "5",
+        "--info-fd",
+        "6",
+        "--",
+        "/attune-init",
+        "/bin/bash",
+        "/attune/action/action.py",
+    ]
+
+
+def test_a_non_root_worker_keeps_its_uid_but_still_arms_the_parent_death_signal() -> None:
+    assert argv.become_prefix(None, None) == ["/usr/bin/setpriv", "--pdeathsig", "SIGKILL", "--"]
