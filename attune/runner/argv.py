@@ -35,7 +35,7 @@ can neither read nor write its memory, environment or fds, nor signal it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from attune.runner.profiles import Profile
@@ -53,6 +53,59 @@ ACTION_DIR = "/attune/action"
 INIT_PATH = "/attune-init"  # pid 1, on the sandbox's read-only root (not a host mount)
 MiB = 1024 * 1024
 
+# Host-wide /proc files an action has no use for and that tell about the host or leak
+# timing (kernel memory, symbols and modules, keyrings, timers and scheduler internals,
+# disks and swap, I/O memory and ports, interrupt counters, memory zones, file locks,
+# the kernel's build config and command line): /dev/null is bound over each, so opening
+# one fails with EACCES (a device node on a nodev mount). Directories of the same kind
+# (ACPI, buses, IRQs, filesystems' internals, pressure stall data, ...) get an empty
+# read-only tmpfs. What stays: the process's own entries and namespace-scoped ones
+# (self, net, sysvipc, mounts), /proc/sys read-only, and the usual system summary and
+# trivia (cpuinfo, meminfo, stat, loadavg, uptime, version, vmstat, filesystems, crypto,
+# devices, misc, consoles, tty, driver, ...).
+MASKED_PROC_FILES = (
+    "buddyinfo",
+    "cmdline",
+    "config.gz",
+    "diskstats",
+    "interrupts",
+    "iomem",
+    "ioports",
+    "kallsyms",
+    "kcore",
+    "key-users",
+    "keys",
+    "kmsg",
+    "kpagecgroup",
+    "kpagecount",
+    "kpageflags",
+    "latency_stats",
+    "locks",
+    "modules",
+    "pagetypeinfo",
+    "partitions",
+    "sched_debug",
+    "schedstat",
+    "slabinfo",
+    "softirqs",
+    "swaps",
+    "sysrq-trigger",
+    "timer_list",
+    "timer_stats",
+    "vmallocinfo",
+    "zoneinfo",
+)
+MASKED_PROC_DIRS = (
+    "acpi",
+    "asound",
+    "bus",
+    "dynamic_debug",
+    "fs",
+    "irq",
+    "pressure",
+    "scsi",
+)
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -68,6 +121,35 @@ class RunLayout:
     init_fd: int  # the attune-init binary, copied to INIT_PATH by bwrap
     env: dict[str, str] = field(default_factory=dict)
     secrets_file: str | None = None  # host file bound read-only at /attune/out/secrets.json
+    # The masked /proc entries this kernel has, with whether each is a directory: bwrap
+    # cannot mount over an entry that does not exist (`present_proc_masks`).
+    proc_masks: tuple[tuple[str, bool], ...] = ()
+
+
+def present_proc_masks(kind: Callable[[str], bool | None]) -> tuple[tuple[str, bool], ...]:
+    """The masked /proc entries that need a mount, as (path, is_dir).
+
+    `kind(path)` says None for an entry that needs none (missing on this kernel, or a
+    file only its owner may open: the owner is the host's root, never the action), else
+    whether it is a directory. The caller looks at the host's /proc: the sandbox's own
+    /proc is the same kernel's. Each mount costs sandbox set-up time, hence the filter.
+    """
+    found = []
+    for name in (*MASKED_PROC_FILES, *MASKED_PROC_DIRS):
+        is_dir = kind(f"/proc/{name}")
+        if is_dir is not None:
+            found.append((f"/proc/{name}", is_dir))
+    return tuple(found)
+
+
+def proc_mask_args(masks: Sequence[tuple[str, bool]]) -> list[str]:
+    args: list[str] = []
+    for path, is_dir in masks:
+        if is_dir:
+            args += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
+        else:
+            args += ["--ro-bind", "/dev/null", path]
+    return args
 
 
 def sandbox_env(profile: Profile, extra: dict[str, str]) -> dict[str, str]:
@@ -183,6 +265,7 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--ro-bind",
         "/proc/sys",
         "/proc/sys",
+        *proc_mask_args(layout.proc_masks),
         # bwrap's /dev is a writable tmpfs of half the RAM: give /dev/shm (POSIX shm,
         # multiprocessing's semaphores) its own capped tmpfs and make /dev read-only.
         "--dev",

@@ -130,6 +130,7 @@ class Sandbox:
         # pidfd (process.py); harmless if the worker already asked for it.
         self.subreaper = process.become_subreaper()
         self._etc = self._prepare_base()
+        self._proc_masks = argv_mod.present_proc_masks(_entry_kind)
 
     def _prepare_base(self) -> Path:
         missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
@@ -249,6 +250,7 @@ class Sandbox:
                     result_file=str(rd.result_file),
                     params_file=params_file,
                     etc_dir=str(self._etc),
+                    proc_masks=self._proc_masks,
                     action_file=spec.code_name,
                     wrapper=wrapper,
                     seccomp_fd=seccomp_fd,
@@ -402,6 +404,18 @@ class Sandbox:
             output_exceeded=exceeded[0] if exceeded else None,
             output_format=spec.output_format or spec.profile.default_output_format,
         )
+
+
+def _entry_kind(path: str) -> bool | None:
+    """For argv.present_proc_masks: True for a directory, False for a file others may
+    read or write, None for a missing entry or one closed to others already."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISDIR(mode):
+        return True
+    return False if mode & 0o006 else None
 
 
 def _read_capped(fd: int, limit: int) -> bytes:

@@ -319,3 +319,36 @@ def test_spawn_chain_switches_uid_then_sets_limits_then_starts_bwrap() -> None:
 
 def test_a_non_root_worker_keeps_its_uid_but_still_arms_the_parent_death_signal() -> None:
     assert argv.become_prefix(None, None) == ["/usr/bin/setpriv", "--pdeathsig", "SIGKILL", "--"]
+
+
+def test_proc_masks_cover_only_entries_this_kernel_has() -> None:
+    kinds = {"/proc/keys": False, "/proc/pressure": True, "/proc/partitions": False}
+    masks = argv.present_proc_masks(kinds.get)
+    assert masks == (("/proc/keys", False), ("/proc/partitions", False), ("/proc/pressure", True))
+    lay = argv.RunLayout(**{**layout().__dict__, "proc_masks": masks})
+    args = argv.bwrap_args(PROFILES["shell"], lay)
+    i = args.index("/proc/sys") + 1  # the bind's source, then its destination
+    assert args[i + 1 : i + 1 + 12] == [
+        "--ro-bind",
+        "/dev/null",
+        "/proc/keys",
+        "--ro-bind",
+        "/dev/null",
+        "/proc/partitions",
+        "--perms",
+        "0555",
+        "--tmpfs",
+        "/proc/pressure",
+        "--remount-ro",
+        "/proc/pressure",
+    ]
+    assert args.index("/proc/pressure") < args.index("--dev")
+
+
+def test_the_masked_proc_lists_hold_what_container_runtimes_mask() -> None:
+    for name in ("kcore", "keys", "timer_list", "sched_debug", "partitions", "config.gz"):
+        assert name in argv.MASKED_PROC_FILES
+    for name in ("pressure", "acpi", "scsi", "irq", "bus", "fs"):
+        assert name in argv.MASKED_PROC_DIRS
+    for kept in ("cpuinfo", "meminfo", "stat", "loadavg", "uptime", "self", "sys", "net"):
+        assert kept not in argv.MASKED_PROC_FILES + argv.MASKED_PROC_DIRS
