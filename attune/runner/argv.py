@@ -15,8 +15,12 @@ is nothing to clean up either (no chmod-000 trees left for the worker to remove)
 
 The only host file the action can write is the result file, bound alone at
 /attune/out/result.json: an existing regular file it cannot replace, rename or turn into
-a symlink (its parent is part of the read-only /attune), capped by RLIMIT_FSIZE and read
-back with O_NOFOLLOW and a size cap. The parameter file is bound read-only beside it.
+a symlink (its parent is part of the read-only root), capped by RLIMIT_FSIZE and read
+back with O_NOFOLLOW and a size cap. It is the run's one host mount, so its host path is
+the only one /proc/self/mountinfo shows of the run. Everything else the run needs (the
+synthetic /etc files, the action code, the wrappers, the parameter and secrets files,
+attune-init) is copied by bwrap from an fd (`--file`) onto the sandbox's root tmpfs,
+which is remounted read-only: no mount, no host path.
 Nothing reads the work dir after a run today; an artifact collector would need it
 host-visible (e.g. a sized tmpfs the worker mounts) and must keep the size bound.
 
@@ -111,16 +115,15 @@ MASKED_PROC_DIRS = (
 class RunLayout:
     """Host paths of one run, prepared by the caller before the argv is built."""
 
-    code_dir: str  # host dir bound read-only at /attune (holds action/ and out/)
     result_file: str  # host file bound read-write at /attune/out/result.json
-    params_file: str | None  # host file bound read-only at /attune/out/parameters
-    etc_dir: str  # host dir with the synthetic passwd, group, hosts
     action_file: str  # file name under /attune/action
     wrapper: str | None  # file name under /attune that runs the action, if any
     seccomp_fd: int
     init_fd: int  # the attune-init binary, copied to INIT_PATH by bwrap
     env: dict[str, str] = field(default_factory=dict)
-    secrets_file: str | None = None  # host file bound read-only at /attune/out/secrets.json
+    # (fd, path inside) copied in read-only by bwrap: /etc files, the action, wrappers,
+    # parameter and secrets files (`run_files` names the paths).
+    files: tuple[tuple[int, str], ...] = ()
     # The masked /proc entries this kernel has, with whether each is a directory: bwrap
     # cannot mount over an entry that does not exist (`present_proc_masks`).
     proc_masks: tuple[tuple[str, bool], ...] = ()
@@ -150,6 +153,27 @@ def proc_mask_args(masks: Sequence[tuple[str, bool]]) -> list[str]:
         else:
             args += ["--ro-bind", "/dev/null", path]
     return args
+
+
+ETC_FILES = ("passwd", "group", "hosts", "nsswitch.conf")
+
+
+def run_files(
+    action_file: str, wrapper: str | None, *, params: bool, secrets: bool
+) -> list[tuple[str, str]]:
+    """What one run gets copied in, as (source key, path inside): the key is an
+    `etc/NAME` or sandbox asset name, `action`, `parameters` or `secrets`; the caller
+    opens an fd for each."""
+    files = [(f"etc/{name}", f"/etc/{name}") for name in ETC_FILES]
+    files.append(("action", f"{ACTION_DIR}/{action_file}"))
+    if wrapper is not None:
+        files.append((wrapper, f"{ATTUNE_DIR}/{wrapper}"))
+    files.append(("attune_secrets.py", f"{ATTUNE_DIR}/attune_secrets.py"))
+    if params:
+        files.append(("parameters", PARAMS_FILE))
+    if secrets:
+        files.append(("secrets", SECRETS_FILE))
+    return files
 
 
 def sandbox_env(profile: Profile, extra: dict[str, str]) -> dict[str, str]:
@@ -289,21 +313,15 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--dir",
         "/etc",
     ]
-    for name in ("passwd", "group", "hosts", "nsswitch.conf"):
-        args += ["--ro-bind", f"{layout.etc_dir}/{name}", f"/etc/{name}"]
+    for directory in (ATTUNE_DIR, ACTION_DIR, OUT_DIR):
+        args += ["--perms", "0755", "--dir", directory]
+    for fd, path in layout.files:
+        private = path in (PARAMS_FILE, SECRETS_FILE)  # readable by the action's uid only
+        args += ["--perms", "0400" if private else "0444", "--file", str(fd), path]
     args += [
-        "--ro-bind",
-        layout.code_dir,
-        ATTUNE_DIR,
         "--bind",
         layout.result_file,
         RESULT_FILE,
-    ]
-    if layout.params_file is not None:
-        args += ["--ro-bind", layout.params_file, PARAMS_FILE]
-    if layout.secrets_file is not None:
-        args += ["--ro-bind", layout.secrets_file, SECRETS_FILE]
-    args += [
         "--perms",
         "0555",
         "--file",

@@ -413,6 +413,20 @@ def sweep_pending_inits() -> int:
     return len(_pending_inits)
 
 
+def data_fd(name: str, data: bytes) -> int:
+    """A fresh memfd holding `data` at offset 0 (for bwrap's --file and --seccomp)."""
+    fd = os.memfd_create(f"attune-{name}", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def become_subreaper() -> bool:
     """Orphans of our sandboxes (their init, if bwrap dies first) reparent to us.
 

@@ -9,8 +9,9 @@ propagates, so nothing outlives the task that started it.
 Output is kept up to each stream's cap and the rest counted; once a stream has thrown
 away OUTPUT_KILL_FACTOR times its cap the run is killed (status failed,
 `output_limit_exceeded`), since draining a flood until the timeout would burn a worker
-core for nothing. The run directory on the host holds only what the worker wrote (the
-code, the parameter file) and the one result file the action may write (argv.py).
+core for nothing. The run directory on the host holds only the one result file the
+action may write (argv.py); the code, the parameters and the secrets reach the sandbox
+as in-memory files that bwrap copies in.
 """
 
 from __future__ import annotations
@@ -102,16 +103,11 @@ class RunControl:
 @dataclass
 class _RunDir:
     root: Path
-    code: Path
-    out: Path  # host-only, 0700 slot-owned: holds the result and parameter files
+    out: Path  # host-only, 0700 slot-owned: holds the result file
 
     @property
     def result_file(self) -> Path:
         return self.out / "result.json"
-
-    @property
-    def params_file(self) -> Path:
-        return self.out / "parameters"
 
 
 class Sandbox:
@@ -129,10 +125,10 @@ class Sandbox:
         # Sandbox inits orphaned by a dead bwrap come back to us and are reaped by
         # pidfd (process.py); harmless if the worker already asked for it.
         self.subreaper = process.become_subreaper()
-        self._etc = self._prepare_base()
+        self._prepare_base()
         self._proc_masks = argv_mod.present_proc_masks(_entry_kind)
 
-    def _prepare_base(self) -> Path:
+    def _prepare_base(self) -> None:
         missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for created in missing:  # whatever the umask, slot uids traverse, never list
@@ -145,13 +141,6 @@ class Sandbox:
                 f"{blocked[0]} is not searchable by others (chmod o+x {blocked[0]}, "
                 "or choose another sandbox.run_dir)"
             )
-        etc = self.run_dir / ".etc"
-        etc.mkdir(exist_ok=True)
-        os.chmod(etc, 0o755)
-        for name in ("passwd", "group", "hosts", "nsswitch.conf"):
-            shutil.copyfile(SANDBOX_ASSETS / "etc" / name, etc / name)
-            os.chmod(etc / name, 0o644)
-        return etc
 
     def slot_uid(self, slot: int) -> int | None:
         return self.slot_uid_base + slot if self.facts.is_root else None
@@ -169,26 +158,9 @@ class Sandbox:
             raise
 
     def _fill_run_dir(self, root: Path, spec: RunSpec, uid: int | None) -> _RunDir:
-        code, out = root / "code", root / "out"
-        for directory in (code, code / "action", code / "out"):
-            directory.mkdir()
-            os.chmod(directory, 0o755)
-        secrets = ("secrets.json",) if spec.secrets else ()
-        for name in ("result.json", "parameters", *secrets):  # mount points of the bound files
-            (code / "out" / name).touch()
-            os.chmod(code / "out" / name, 0o444)
-        action = code / "action" / spec.code_name
-        action.write_bytes(spec.code)
-        os.chmod(action, 0o644)
-        if spec.profile.function_wrapper:
-            shutil.copyfile(
-                SANDBOX_ASSETS / spec.profile.function_wrapper, code / spec.profile.function_wrapper
-            )
-            os.chmod(code / spec.profile.function_wrapper, 0o644)
-        shutil.copyfile(SANDBOX_ASSETS / "attune_secrets.py", code / "attune_secrets.py")
-        os.chmod(code / "attune_secrets.py", 0o644)
+        out = root / "out"
         out.mkdir(mode=0o700)
-        rd = _RunDir(root, code, out)
+        rd = _RunDir(root, out)
         # Created empty by us so that the action can only ever write into this file.
         fd = os.open(rd.result_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.close(fd)
@@ -218,45 +190,46 @@ class Sandbox:
             env["ATTUNE_PARAMETER_FORMAT"] = spec.parameter_format
             payload = encode_params(spec.params, spec.parameter_format)  # type: ignore[arg-type]
             stdin_data = payload
-            params_file: str | None = None
+            # In-memory files, copied into the sandbox by bwrap: never on the host's disk.
+            contents = {"action": spec.code}
             if spec.parameter_delivery == "file":
-                fd = os.open(
-                    rd.params_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400
-                )
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(payload)
-                if uid is not None:
-                    os.chown(rd.params_file, uid, uid)
-                params_file = str(rd.params_file)
+                contents["parameters"] = payload
                 env["ATTUNE_PARAMETER_FILE"] = argv_mod.PARAMS_FILE
                 stdin_data = b""
-            secrets_file: str | None = None
             if spec.secrets:
-                path = rd.out / "secrets.json"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(json.dumps(spec.secrets, ensure_ascii=False).encode())
-                if uid is not None:
-                    os.chown(path, uid, uid)
-                secrets_file = str(path)
+                contents["secrets"] = json.dumps(spec.secrets, ensure_ascii=False).encode()
                 env["ATTUNE_SECRETS_FILE"] = argv_mod.SECRETS_FILE
             wrapper = profile.function_wrapper if defines_run(spec.code) else None
             cgroup = self._make_cgroup(rd.root.name, profile)
+            wanted = argv_mod.run_files(
+                spec.code_name,
+                wrapper,
+                params="parameters" in contents,
+                secrets="secrets" in contents,
+            )
             seccomp_fd = bpf_fd(self._bpf)
-            init_fd = os.open(self.init, os.O_RDONLY | os.O_CLOEXEC)
+            opened = [seccomp_fd]
             try:
+                init_fd = _open_source(self.init)
+                opened.append(init_fd)
+                files = []
+                for key, path in wanted:
+                    fd = (
+                        process.data_fd(key, contents[key])
+                        if key in contents
+                        else _open_source(SANDBOX_ASSETS / key)
+                    )
+                    opened.append(fd)
+                    files.append((fd, path))
                 layout = argv_mod.RunLayout(
-                    code_dir=str(rd.code),
                     result_file=str(rd.result_file),
-                    params_file=params_file,
-                    etc_dir=str(self._etc),
                     proc_masks=self._proc_masks,
                     action_file=spec.code_name,
                     wrapper=wrapper,
                     seccomp_fd=seccomp_fd,
                     init_fd=init_fd,
                     env=env,
-                    secrets_file=secrets_file,
+                    files=tuple(files),
                 )
                 args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
                 started = trio.current_time()
@@ -264,15 +237,15 @@ class Sandbox:
                     self.bwrap,
                     args,
                     argv_mod.action_command(profile, layout),
-                    pass_fds=(seccomp_fd, init_fd),
+                    pass_fds=tuple(opened),
                     uid=uid,
                     gid=uid,
                     rlimits=argv_mod.rlimit_prefix(profile),
                     cgroup_procs=cgroup.procs_files if cgroup else (),
                 )
             finally:
-                os.close(seccomp_fd)
-                os.close(init_fd)
+                for fd in opened:
+                    os.close(fd)
             try:
                 report = await self._supervise(
                     proc,
@@ -404,6 +377,11 @@ class Sandbox:
             output_exceeded=exceeded[0] if exceeded else None,
             output_format=spec.output_format or spec.profile.default_output_format,
         )
+
+
+def _open_source(path: str | Path) -> int:
+    """A read-only fd on a file bwrap copies into the sandbox (a fresh offset per run)."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
 
 
 def _entry_kind(path: str) -> bool | None:

@@ -19,7 +19,6 @@ Two things keep the denylist from failing open:
 from __future__ import annotations
 
 import errno
-import os
 import platform
 import socket
 import struct
@@ -279,7 +278,6 @@ def default_bpf() -> bytes:
 
 def bpf_fd(program: bytes) -> int:
     """A fresh read-only fd holding the program; one per run (a shared offset races)."""
-    fd = os.memfd_create("attune-seccomp", os.MFD_CLOEXEC)
-    os.write(fd, program)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
+    from attune.runner.process import data_fd
+
+    return data_fd("seccomp", program)

@@ -139,11 +139,6 @@ class LocalEnv:
         assert self.facts.bwrap is not None
         return self.facts.bwrap
 
-    @property
-    def etc_dir(self) -> Path:
-        # Sandbox.__init__ prepares the synthetic /etc under its run dir.
-        return Path(getattr(self.sandbox, "_etc", self.sandbox.run_dir / ".etc"))
-
     def layout(self, slot: int) -> FloorLayout:
         if slot not in self.layouts:
             self.layouts[slot] = _make_layout(
@@ -237,12 +232,15 @@ async def run_sandboxed(
     started = time.perf_counter()
     fd = seccomp.bpf_fd(env.bpf)
     init_fd = os.open(env.sandbox.init, os.O_RDONLY | os.O_CLOEXEC)
+    sources = {"action": layout.code_dir / "action" / action_file}
+    files = [
+        (os.open(sources.get(key, SANDBOX_ASSETS / key), os.O_RDONLY | os.O_CLOEXEC), path)
+        for key, path in argv_mod.run_files(action_file, wrapper, params=False, secrets=False)
+    ]
     try:
         run_layout = argv_mod.RunLayout(
-            code_dir=str(layout.code_dir),
             result_file=str(layout.result_file),
-            params_file=None,
-            etc_dir=str(env.etc_dir),
+            files=tuple(files),
             action_file=action_file,
             wrapper=wrapper,
             seccomp_fd=fd,
@@ -256,14 +254,14 @@ async def run_sandboxed(
             env.bwrap,
             args,
             command,
-            pass_fds=(fd, init_fd),
+            pass_fds=(fd, init_fd, *(file_fd for file_fd, _ in files)),
             uid=uid,
             gid=uid,
             rlimits=argv_mod.rlimit_prefix(profile),
         )
     finally:
-        os.close(fd)
-        os.close(init_fd)
+        for opened in (fd, init_fd, *(file_fd for file_fd, _ in files)):
+            os.close(opened)
     code, err = await _supervise(proc)
     seconds = time.perf_counter() - started
     if code != 0:

@@ -91,7 +91,7 @@ def _nothing_survives(sandbox: Sandbox, slot_uids: set[int]) -> Iterator[None]:
         time.sleep(0.02)
     left = of_uids(slot_uids)
     assert not left, f"processes of slot uids outlived their run: {left}"
-    runs = [p.name for p in sandbox.run_dir.iterdir() if p.name != ".etc"]
+    runs = [p.name for p in sandbox.run_dir.iterdir()]
     assert not runs, f"run directories left behind: {runs}"
 
 

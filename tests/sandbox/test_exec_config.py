@@ -97,8 +97,7 @@ async def test_39_exec_takes_run_dir_and_slot_uids_from_the_config_file(
     await run_and_find_uid(
         ["--config", str(config), str(action)], clean_env(), sandbox.slot_uid_base + 3
     )
-    assert (run_dir / ".etc" / "passwd").is_file()
-    assert [p.name for p in run_dir.iterdir()] == [".etc"]
+    assert run_dir.is_dir() and list(run_dir.iterdir()) == []  # the run cleaned up after
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="slot uids need a root worker")
@@ -112,7 +111,7 @@ async def test_39_exec_takes_run_dir_and_slot_uids_from_attune_env(
         ATTUNE__WORKER__MAX_CONCURRENT_TASKS="2",
     )
     await run_and_find_uid([str(action)], env, sandbox.slot_uid_base + 2)
-    assert (run_dir / ".etc").is_dir()
+    assert run_dir.is_dir()
 
 
 async def test_39_exec_refuses_an_invalid_config_like_the_worker(action: Path) -> None:

@@ -1,4 +1,4 @@
-"""What the action sees of /proc (catalog row 45), on a real bwrap.
+"""What the action sees of /proc (catalog rows 45-46), on a real bwrap.
 
 Host-wide entries an action has no use for are masked: files behind /dev/null (EACCES),
 directories empty and read-only. The process's own entries and the usual system
@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from attune.runner import argv
+from attune.runner.sandbox import Sandbox
 from tests.sandbox.conftest import RunCode
 
 pytestmark = pytest.mark.sandbox
@@ -67,3 +68,25 @@ async def test_45_host_wide_proc_entries_are_masked_and_the_rest_still_works(
             assert masked[name] == [[], "EROFS"], (name, masked[name])
     assert data["kept"] == dict.fromkeys(data["kept"], "OK")
     assert data["cpus"] >= 1 and data["loadavg"] == 3
+
+
+async def test_46_mountinfo_shows_no_host_path_of_the_run_but_the_result_file(
+    run_code: RunCode, sandbox: Sandbox
+) -> None:
+    outcome = await run_code(
+        textwrap.dedent("""
+        def run():
+            rows = [line.split() for line in open("/proc/self/mountinfo")]
+            return [[row[3], row[4]] for row in rows]  # root in its filesystem, mount point
+        """),
+        parameter_delivery="file",
+        secrets={"token": "s3cr3t-value"},
+    )
+    assert outcome.status == "completed", outcome.result
+    mounts = outcome.result["data"]
+    run_dir = str(sandbox.run_dir)
+    from_run_dir = [point for root, point in mounts if run_dir in root]
+    assert from_run_dir == ["/attune/out/result.json"], mounts
+    points = {point for _, point in mounts}
+    for copied in ("/attune", "/etc/passwd", "/attune/out/parameters", "/attune/out/secrets.json"):
+        assert copied not in points  # files on the sandbox's own root, not mounts

@@ -12,13 +12,12 @@ PROFILES = load_profiles()
 
 
 def layout(
-    *, wrapper: str | None = None, params_file: str | None = None, env: dict[str, str] | None = None
+    *, wrapper: str | None = None, params: bool = False, env: dict[str, str] | None = None
 ) -> argv.RunLayout:
+    wanted = argv.run_files("action.py", wrapper, params=params, secrets=False)
     return argv.RunLayout(
-        code_dir="/runs/r1/code",
         result_file="/runs/r1/out/result.json",
-        params_file=params_file,
-        etc_dir="/runs/.etc",
+        files=tuple((20 + i, path) for i, (_, path) in enumerate(wanted)),
         action_file="action.py",
         wrapper=wrapper,
         seccomp_fd=7,
@@ -96,25 +95,52 @@ FILESYSTEMS = [
     "/work",
     "--dir",
     "/etc",
-    "--ro-bind",
-    "/runs/.etc/passwd",
-    "/etc/passwd",
-    "--ro-bind",
-    "/runs/.etc/group",
-    "/etc/group",
-    "--ro-bind",
-    "/runs/.etc/hosts",
-    "/etc/hosts",
-    "--ro-bind",
-    "/runs/.etc/nsswitch.conf",
-    "/etc/nsswitch.conf",
-    "--ro-bind",
-    "/runs/r1/code",
+    "--perms",
+    "0755",
+    "--dir",
     "/attune",
-    "--bind",
-    "/runs/r1/out/result.json",
-    "/attune/out/result.json",
+    "--perms",
+    "0755",
+    "--dir",
+    "/attune/action",
+    "--perms",
+    "0755",
+    "--dir",
+    "/attune/out",
+    "--perms",
+    "0444",
+    "--file",
+    "20",
+    "/etc/passwd",
+    "--perms",
+    "0444",
+    "--file",
+    "21",
+    "/etc/group",
+    "--perms",
+    "0444",
+    "--file",
+    "22",
+    "/etc/hosts",
+    "--perms",
+    "0444",
+    "--file",
+    "23",
+    "/etc/nsswitch.conf",
+    "--perms",
+    "0444",
+    "--file",
+    "24",
+    "/attune/action/action.py",
 ]
+WRAPPER = ["--perms", "0444", "--file", "25", "/attune/python_wrapper.py"]
+RESULT_BIND = ["--bind", "/runs/r1/out/result.json", "/attune/out/result.json"]
+
+
+def helper(fd: int) -> list[str]:
+    return ["--perms", "0444", "--file", str(fd), "/attune/attune_secrets.py"]
+
+
 TAIL = [
     "--perms",
     "0555",
@@ -169,6 +195,9 @@ def test_python_profile_golden_argv() -> None:
         "/etc/ca-certificates",
         *SYMLINKS,
         *FILESYSTEMS,
+        *WRAPPER,
+        *helper(26),
+        *RESULT_BIND,
         *TAIL,
     ]
     assert argv.action_command(profile, lay) == [
@@ -194,7 +223,14 @@ def test_python_script_without_run_is_started_directly() -> None:
 def test_shell_profile_golden_argv() -> None:
     profile = PROFILES["shell"]
     lay = layout()
-    assert argv.bwrap_args(profile, lay) == [*COMMON_HEAD, *SYMLINKS, *FILESYSTEMS, *TAIL]
+    assert argv.bwrap_args(profile, lay) == [
+        *COMMON_HEAD,
+        *SYMLINKS,
+        *FILESYSTEMS,
+        *helper(25),
+        *RESULT_BIND,
+        *TAIL,
+    ]
     assert argv.action_command(profile, lay) == [
         "/attune-init",
         "/bin/bash",
@@ -202,10 +238,21 @@ def test_shell_profile_golden_argv() -> None:
     ]
 
 
-def test_parameter_file_is_bound_read_only_beside_the_result() -> None:
-    args = argv.bwrap_args(PROFILES["shell"], layout(params_file="/runs/r1/out/parameters"))
-    i = args.index("/attune/out/result.json")
-    assert args[i + 1 : i + 4] == ["--ro-bind", "/runs/r1/out/parameters", "/attune/out/parameters"]
+def test_parameter_file_is_copied_in_readable_by_the_action_only() -> None:
+    args = argv.bwrap_args(PROFILES["shell"], layout(params=True))
+    i = args.index("/attune/out/parameters")
+    assert args[i - 4 : i] == ["--perms", "0400", "--file", "26"]
+    assert args.index("/attune/out/parameters") < args.index("/attune/out/result.json")
+
+
+def test_the_result_file_is_the_runs_only_host_mount() -> None:
+    args = argv.bwrap_args(PROFILES["python"], layout(wrapper="python_wrapper.py", params=True))
+    host_sources = [
+        args[i + 1]
+        for i, a in enumerate(args)
+        if a in ("--bind", "--ro-bind", "--ro-bind-try") and not args[i + 1].startswith("/usr")
+    ]
+    assert [p for p in host_sources if p.startswith("/runs")] == ["/runs/r1/out/result.json"]
 
 
 def test_network_opt_in_drops_only_the_network_namespace() -> None:
@@ -216,7 +263,7 @@ def test_network_opt_in_drops_only_the_network_namespace() -> None:
 
 
 def test_remount_ro_root_comes_after_every_mount_and_seccomp_is_last() -> None:
-    args = argv.bwrap_args(PROFILES["python"], layout(params_file="/p"))
+    args = argv.bwrap_args(PROFILES["python"], layout(params=True))
     ro = args.index("--remount-ro", args.index("/dev/shm"))
     root_ro = len(args) - 1 - args[::-1].index("--remount-ro")
     assert args[root_ro + 1] == "/"
