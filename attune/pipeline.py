@@ -157,6 +157,17 @@ async def publish_completed(
     result: dict[str, Any],
     correlation_id: str | None,
 ) -> None:
+    """The reference's `action_id` is not optional: with the action row deleted there is
+    no queue slot to release, so (like the reference worker) nothing is published."""
+    if execution.action is None:
+        log_event(
+            log,
+            "completed_not_published",
+            logging.WARNING,
+            execution_id=execution.id,
+            reason="the execution's action was deleted; ExecutionCompleted needs its id",
+        )
+        return
     payload = ExecutionCompleted(
         execution_id=execution.id,
         action_id=execution.action,
