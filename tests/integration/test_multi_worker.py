@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import trio
 
-from tests.integration.worker_kit import Stack
+from tests.integration.worker_kit import SESSION_UID_BASE, Stack
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 
@@ -19,7 +19,7 @@ async def test_workers_share_the_load_evenly_and_each_capacity_holds(
     capacity = 2
     started = [
         await stack.start_worker(
-            capacity=capacity, ATTUNE__SANDBOX__SLOT_UID_BASE=str(250000 + 100 * i)
+            capacity=capacity, ATTUNE__SANDBOX__SLOT_UID_BASE=str(SESSION_UID_BASE + 128 + 8 * i)
         )
         for i in range(workers)
     ]

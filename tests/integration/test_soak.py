@@ -15,6 +15,7 @@ import trio
 
 from tests.integration.worker_kit import (
     HOSTILE_PACK,
+    SESSION_UID_BASE,
     TERMINAL,
     Stack,
     host_processes_of_uids,
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.services, pytest.mark.sandbox, pytest.mark.soak]
 
 TOTAL = int(os.environ.get("ATTUNE_SOAK_TOTAL", "2000"))
 HOSTILE = ["hostile.fork_bomb", "hostile.memory_bomb", "hostile.stdout_flood", "hostile.daemon"]
-UID_BASE = 240000
+UID_BASE = SESSION_UID_BASE + 192  # this test process's own slot uids
 
 
 def _cgroup_leftovers() -> list[str]:
