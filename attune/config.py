@@ -126,7 +126,7 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ] = None
 
     def effective_name(self, hostname: str | None = None) -> str:
-        """The registration key: same name, same worker row, same queues (protocol §6)."""
+        """The registration key: same name, same worker row, same queues (docs/protocol.md §6)."""
         if self.name:
             return self.name
         return f"worker-{hostname if hostname is not None else socket.gethostname()}"
@@ -173,7 +173,7 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class SecurityConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Secret handling (protocol §8); the other keys belong to the API."""
+    """Secret handling (docs/protocol.md §8); the other keys belong to the API."""
 
     encryption_key: Annotated[
         str | None, msgspec.Meta(description="key shared with the API, >= 32 characters")
