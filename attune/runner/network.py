@@ -112,6 +112,29 @@ async def resolve(policy: egress.EgressPolicy) -> dict[str, list[egress.Address]
     return resolved
 
 
+def probe_nftables() -> str | None:
+    """Load a ruleset like the real one into a throw-away namespace; None when it works.
+
+    `attune doctor` runs this: a kernel without nf_tables (or the reject expressions)
+    would otherwise only show up as failing egress runs.
+    """
+    script = egress.ruleset(egress.EgressPolicy(), egress.HostNetwork())
+    try:
+        result = subprocess.run(
+            [egress.UNSHARE, "--net", "--", egress.NFT, "-f", "-"],
+            input=script.encode(),
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run nft in a new network namespace: {exc}"
+    if result.returncode != 0:
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        return f"nft refused the ruleset: {lines[-1] if lines else result.returncode}"
+    return None
+
+
 # --- attach and tear down ---------------------------------------------------------------
 
 

@@ -535,6 +535,7 @@ async def test_7_layers_are_reported(facts: host.HostFacts) -> None:
         "seccomp",
         "interpreter",
         "network_isolation",
+        "egress",
         "rlimits",
         "per_slot_uids",
         "cgroups",
