@@ -9,7 +9,8 @@ installed by the worker inside the sandbox's network namespace before the action
 instruction, decides what leaves. The action holds no capability over that namespace,
 so it cannot change the rules. In order:
 
-1. the sandbox's own loopback: accepted (it never leaves the sandbox);
+1. the sandbox's own loopback, and IPv6 neighbour discovery with the gateway (the
+   user-mode stack answers it, nothing is forwarded): accepted;
 2. DNS to the stack's resolver, only with `dns: resolver`;
 3. the fixed tier, refused whatever the configuration says: loopback, "this network",
    link-local (cloud metadata), the user-mode network with its gateway, the host's own
@@ -312,6 +313,9 @@ def ruleset(policy: EgressPolicy, host: HostNetwork) -> str:
         "  chain output {",
         "    type filter hook output priority filter; policy drop;",
         '    oifname "lo" accept',
+        # IPv6 neighbour discovery with the gateway: slirp4netns answers it, never forwards.
+        "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } "
+        "ip6 hoplimit 255 accept",
     ]
     if policy.dns == "resolver":
         for keyword, resolver in (("ip", RESOLVER4), ("ip6", RESOLVER6)):

@@ -80,7 +80,7 @@ def test_fixed_tier_comes_first_and_no_allow_entry_opens_it() -> None:
         "type filter hook output priority filter; policy drop;",
         'oifname "lo" accept',
     ]
-    assert fixed4 == 2  # straight after the sandbox's own loopback (dns off: no resolver rule)
+    assert fixed4 == 3  # straight after loopback and neighbour discovery (dns off)
     fixed = chain[fixed4]
     for net in ("0.0.0.0/8", "10.0.2.0/24", "169.254.0.0/16", "198.51.100.2/32"):
         assert net in fixed
