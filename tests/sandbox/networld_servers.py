@@ -11,6 +11,7 @@ with 203.0.113.10 and logs `DNS <name>`. Prints "ready" once everything listens.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import sys
@@ -37,10 +38,8 @@ def tcp(port: int, role: str, path: str) -> None:
             conn, _ = srv.accept()
             local = conn.getsockname()[0].removeprefix("::ffff:")
             log(path, f"HIT {role} {local} {port}")
-            try:
+            with contextlib.suppress(OSError):
                 conn.sendall(f"{role} {local} {port}\n".encode())
-            except OSError:
-                pass
             conn.close()
 
     threading.Thread(target=serve, daemon=True).start()

@@ -15,7 +15,7 @@ def attempt(host, port, proto):
             s.send(b"ping")
         data = s.recv(200)
         return "OK " + data.decode().strip()
-    except socket.timeout:
+    except TimeoutError:
         return "TIMEOUT"
     except OSError as exc:
         return errno.errorcode.get(exc.errno, str(exc.errno))
