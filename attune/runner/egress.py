@@ -342,10 +342,8 @@ def ruleset(policy: EgressPolicy, host: HostNetwork) -> str:
 # --- command lines ---------------------------------------------------------------------
 
 SLIRP4NETNS = "/usr/bin/slirp4netns"
-NSENTER = "/usr/bin/nsenter"
 UNSHARE = "/usr/bin/unshare"
-NFT = "/usr/sbin/nft"
-IP = "/usr/sbin/ip"
+NFT = "/usr/sbin/nft"  # the operator's tool; the worker uses its library, libnftables
 SANDBOX_ADDR6 = "fd00::100"
 
 
@@ -382,22 +380,6 @@ def slirp_argv(
     if dns != "resolver":
         argv.append("--disable-dns")
     return [*argv, f"/proc/self/fd/{netns_fd}", TAP]
-
-
-def nft_argv(netns_fd: int) -> list[str]:
-    """Load a ruleset (stdin) inside the network namespace open at `netns_fd`, only there."""
-    return [NSENTER, f"--net=/proc/self/fd/{netns_fd}", "--", NFT, "-f", "-"]
-
-
-def ip_argv(netns_fd: int) -> list[str]:
-    """Run `ip -batch -` (stdin) inside the network namespace open at `netns_fd`."""
-    return [NSENTER, f"--net=/proc/self/fd/{netns_fd}", "--", IP, "-batch", "-"]
-
-
-def ipv6_batch() -> str:
-    """slirp4netns leaves IPv6 to router advertisements, which arrive seconds later: set
-    the address (no duplicate detection: the link has no other host) and route now."""
-    return f"addr add {SANDBOX_ADDR6}/64 dev {TAP} nodad\nroute add ::/0 via {GATEWAY6} dev {TAP}\n"
 
 
 GATE_READY = b"r"  # the gate's first byte on stdout

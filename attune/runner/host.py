@@ -105,7 +105,7 @@ def egress_detail() -> tuple[bool, str]:
     """Whether the egress tools and the tun device are there (cheap: no process)."""
     from attune.runner import egress
 
-    tools = (egress.SLIRP4NETNS, egress.NFT, egress.NSENTER, egress.UNSHARE, egress.IP)
+    tools = (egress.SLIRP4NETNS, egress.NFT, egress.UNSHARE)
     missing = [tool for tool in tools if not os.access(tool, os.X_OK)]
     if missing:
         return False, (

@@ -2,13 +2,14 @@
 
 The sandbox is started with its gate (egress.gate_command) and stops before the action:
 the worker (root) opens the sandbox's network namespace, loads the nftables ruleset into
-it (`nsenter ... nft -f -`) while slirp4netns attaches the tap interface, and only then
-tells the gate to go. Both tools run beside each other to keep the start-up short.
+it (netns.py, from a thread inside that namespace) while slirp4netns attaches the tap
+interface, sets the IPv6 address, and only then tells the gate to go.
 
 Nothing outlives the run: slirp4netns holds the read end of an exit pipe whose write end
-only the worker has (close-on-exec), so it exits when the worker closes it after the run
-or when the kernel closes it because the worker died; the namespace and its rules vanish
-with the last process in it. This module is the only one that runs these tools.
+only the worker has (close-on-exec), so it exits when the kernel closes that pipe
+because the worker died; after a normal run the worker closes it and kills slirp4netns
+at once (the sandbox is gone, so it has nothing left to do). The namespace and its rules
+vanish with the last process in it. This module is the only one that runs slirp4netns.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import ipaddress
 import os
 import signal
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
 from attune.errors import ExecutionError, SandboxUnavailable
-from attune.runner import egress
+from attune.runner import egress, netns
 
 ATTACH_TIMEOUT = 10.0
 EXIT_WAIT = 5.0
@@ -118,21 +120,7 @@ def probe_nftables() -> str | None:
     `attune doctor` runs this: a kernel without nf_tables (or the reject expressions)
     would otherwise only show up as failing egress runs.
     """
-    script = egress.ruleset(egress.EgressPolicy(), egress.HostNetwork())
-    try:
-        result = subprocess.run(
-            [egress.UNSHARE, "--net", "--", egress.NFT, "-f", "-"],
-            input=script.encode(),
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot run nft in a new network namespace: {exc}"
-    if result.returncode != 0:
-        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        return f"nft refused the ruleset: {lines[-1] if lines else result.returncode}"
-    return None
+    return netns.probe(egress.ruleset(egress.EgressPolicy(), egress.HostNetwork()))
 
 
 # --- attach and tear down ---------------------------------------------------------------
@@ -141,39 +129,62 @@ def probe_nftables() -> str | None:
 class Attachment:
     """A running slirp4netns serving one sandbox; `close` makes it exit and reaps it."""
 
-    def __init__(
-        self,
-        slirp: subprocess.Popen[bytes],
-        exit_w: int,
-        log: int,
-    ) -> None:
+    def __init__(self, slirp: subprocess.Popen[bytes], exit_w: int, log: int, ready_r: int) -> None:
         self.slirp = slirp
         self._exit_w = exit_w
         self._log = log
+        self.ready_r = ready_r
 
     def release(self) -> None:
-        """Start the teardown now (EOF on the exit pipe); cheap, never blocks."""
+        """End slirp4netns now: close the exit pipe and SIGKILL it (the sandbox is gone,
+        so it has nothing left to do; by the pipe alone it takes tens of ms). Never
+        blocks; `close` reaps it."""
         if self._exit_w >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._exit_w)
             self._exit_w = -1
-
-    async def close(self) -> None:
-        """Release, then wait (bounded) for slirp4netns to exit; SIGKILL it if it does not."""
-        self.release()
-        with trio.move_on_after(EXIT_WAIT):
-            await _wait(self.slirp)
         if self.slirp.poll() is None:
             with contextlib.suppress(OSError):
                 self.slirp.send_signal(signal.SIGKILL)
+
+    async def close(self) -> None:
+        """Release, then reap slirp4netns (bounded): for a run that failed to start."""
+        self.release()
+        with trio.move_on_after(EXIT_WAIT):
             await _wait(self.slirp)
-        if self._log >= 0:
-            os.close(self._log)
-            self._log = -1
+        self._close_fds()
+
+    def discard(self) -> None:
+        """Release and leave the reaping to `reap_dying`: the SIGKILLed process tears
+        its mount namespaces down for a few ms, which need not delay the result."""
+        self.release()
+        self._close_fds()
+        if self.slirp.poll() is None:
+            _dying.append(self.slirp)
+        reap_dying()
+
+    def _close_fds(self) -> None:
+        for fd in (self._log, self.ready_r):
+            if fd >= 0:
+                os.close(fd)
+        self._log = self.ready_r = -1
 
     def problem(self) -> str:
         text = os.pread(self._log, 4096, 0).decode("utf-8", "replace").strip()
         return text.splitlines()[-1] if text else f"exit status {self.slirp.poll()}"
+
+
+_dying: list[subprocess.Popen[bytes]] = []  # SIGKILLed slirp4netns not yet reaped
+
+
+def reap_dying() -> int:
+    """Reap the killed slirp4netns processes that have exited; returns how many remain.
+
+    Called after every egress run; whatever is still exiting then is reaped by a later
+    call (or by init, should the worker exit first).
+    """
+    _dying[:] = [proc for proc in _dying if proc.poll() is None]
+    return len(_dying)
 
 
 async def _wait(proc: subprocess.Popen[bytes]) -> None:
@@ -185,87 +196,76 @@ async def _wait(proc: subprocess.Popen[bytes]) -> None:
         os.close(pidfd)
 
 
-async def attach(init_pid: int, rules: str, *, dns: egress.DnsMode) -> Attachment:
+async def attach(
+    init_pid: int, rules: str, *, dns: egress.DnsMode, ready: Callable[[], Awaitable[None]]
+) -> Attachment:
     """Load `rules` into the namespace of `init_pid` and attach slirp4netns to it.
 
-    Returns once both are done: the ruleset is in place and the tap is configured.
-    Raises SandboxUnavailable (the host cannot do it) with the tool's own words.
+    The rules go in at once, while bwrap still sets the sandbox up; slirp4netns starts
+    only after `ready()` returns (the sandbox's gate spoke: bwrap has configured its
+    loopback, which slirp4netns would otherwise race with). Returns once the ruleset is
+    in place and the tap is configured, IPv6 included. Raises SandboxUnavailable (the
+    host cannot do it) with the tool's own words.
     """
     try:
-        netns = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise ExecutionError(
             f"egress: the sandbox's network namespace is gone ({exc.strerror})"
         ) from None
+    attachment: Attachment | None = None
+    try:
+        with trio.fail_after(ATTACH_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(netns.load_rules, netns_fd, rules)
+                await ready()
+                attachment = _start_slirp(netns_fd, dns)
+                await _slirp_ready(attachment)
+                await netns.set_ipv6(netns_fd)
+    except BaseException as exc:
+        if attachment is not None:
+            with trio.CancelScope(shield=True):
+                await attachment.close()
+        if isinstance(exc, trio.TooSlowError):
+            raise SandboxUnavailable("egress: attaching the network took too long") from None
+        raise
+    finally:
+        os.close(netns_fd)
+    assert attachment is not None
+    return attachment
+
+
+def _start_slirp(netns_fd: int, dns: egress.DnsMode) -> Attachment:
     exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     log = os.memfd_create("slirp4netns-log", os.MFD_CLOEXEC)  # its stderr, for errors
     try:
-        try:
-            slirp = subprocess.Popen(
-                egress.slirp_argv(netns, exit_r, ready_w, dns=dns, ipv6=True),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                pass_fds=(netns, exit_r, ready_w),
-                close_fds=True,
-                env={},
-                cwd="/",
-            )
-        except OSError as exc:
-            os.close(exit_w)
-            os.close(log)
-            raise SandboxUnavailable(f"egress: cannot start slirp4netns: {exc.strerror}") from None
-        for fd in (exit_r, ready_w):  # slirp4netns holds them now: EOF means it is gone
+        slirp = subprocess.Popen(
+            egress.slirp_argv(netns_fd, exit_r, ready_w, dns=dns, ipv6=True),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            pass_fds=(netns_fd, exit_r, ready_w),
+            close_fds=True,
+            env={},
+            cwd="/",
+        )
+    except OSError as exc:
+        for fd in (exit_r, exit_w, ready_r, ready_w, log):
             os.close(fd)
-        exit_r = ready_w = -1
-        attachment = Attachment(slirp, exit_w, log)
-        try:
-            with trio.fail_after(ATTACH_TIMEOUT):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_in_netns, egress.nft_argv(netns), rules, netns, "nft")
-                    await _slirp_ready(attachment, ready_r)
-                    await _in_netns(egress.ip_argv(netns), egress.ipv6_batch(), netns, "ip")
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await attachment.close()
-            raise
-        return attachment
-    except trio.TooSlowError:
-        raise SandboxUnavailable("egress: attaching the network took too long") from None
-    finally:
-        for fd in (netns, exit_r, ready_r, ready_w):
-            if fd >= 0:
-                os.close(fd)
+        raise SandboxUnavailable(f"egress: cannot start slirp4netns: {exc.strerror}") from None
+    for fd in (exit_r, ready_w):  # slirp4netns holds them now: EOF means it is gone
+        os.close(fd)
+    return Attachment(slirp, exit_w, log, ready_r)
 
 
-async def _slirp_ready(attachment: Attachment, ready_r: int) -> None:
+async def _slirp_ready(attachment: Attachment) -> None:
     """slirp4netns writes "1" once the tap is up; EOF means it died (its log says why)."""
-    await trio.lowlevel.wait_readable(ready_r)
+    await trio.lowlevel.wait_readable(attachment.ready_r)
     data = b""
     with contextlib.suppress(OSError):
-        data = os.read(ready_r, 16)
+        data = os.read(attachment.ready_r, 16)
     if data != b"1":
         with trio.move_on_after(1):
             await _wait(attachment.slirp)
         raise SandboxUnavailable(f"egress: slirp4netns failed: {attachment.problem()}")
-
-
-async def _in_netns(argv: list[str], script: str, netns: int, tool: str) -> None:
-    """Run one tool (nft, ip) with `script` on stdin inside the sandbox's namespace."""
-    try:
-        result = await trio.run_process(
-            argv,
-            stdin=script.encode(),
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            pass_fds=(netns,),
-            env={},
-        )
-    except OSError as exc:
-        raise SandboxUnavailable(f"egress: cannot run {tool}: {exc.strerror}") from None
-    if result.returncode != 0:
-        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        detail = lines[-1] if lines else f"exit status {result.returncode}"
-        raise SandboxUnavailable(f"egress: {tool} failed in the sandbox's namespace: {detail}")

@@ -217,6 +217,7 @@ class Sandbox:
         uid = self.slot_uid(slot)
         rd = self._make_run_dir(spec, uid)
         cgroup: RunCgroup | None = None
+        attachment: network.Attachment | None = None  # egress: the user-mode network
         try:
             env = dict(spec.env)
             if profile.params_as_env:
@@ -280,7 +281,6 @@ class Sandbox:
                 )
             finally:
                 os.close(seccomp_fd)
-            attachment: network.Attachment | None = None
             try:
                 if plan is not None:
                     attachment = await self._attach_network(proc, plan)
@@ -297,17 +297,17 @@ class Sandbox:
                 )
             finally:
                 if attachment is not None:
-                    attachment.release()  # slirp4netns exits while we clean up
+                    attachment.release()  # slirp4netns ends while we clean up
                 with trio.CancelScope(shield=True):
                     await proc.reap_init()
-                    if attachment is not None:
-                        await attachment.close()
                 proc.close()
             if cgroup is not None and cgroup.oom_killed():
                 report = _replace(report, oom_killed=True)
             status, result = build_result(report)
             return RunOutcome(status, result)
         finally:
+            if attachment is not None:
+                attachment.discard()  # killed now, reaped after it has torn down
             # Both may block briefly (rmdir of a cgroup retries while a process exits).
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_cleanup, rd.root, cgroup)
@@ -333,19 +333,25 @@ class Sandbox:
     async def _attach_network(
         self, proc: process.SandboxProcess, plan: _NetworkPlan
     ) -> network.Attachment:
-        """Wait for the gate, attach the network and its rules, then let the action go.
+        """Load the rules, attach the network once the gate speaks, then let the action go.
 
         Any failure kills the sandbox before the action's first instruction.
         """
-        try:
-            with trio.fail_after(network.ATTACH_TIMEOUT):
-                ready = await proc.pipes.stdout.receive_some(len(egress.GATE_READY))
+
+        async def gate_ready() -> None:
+            ready = await proc.pipes.stdout.receive_some(len(egress.GATE_READY))
             if ready != egress.GATE_READY:
                 raise ExecutionError("egress: the sandbox ended before its network was attached")
+
+        try:
+            with trio.fail_after(network.ATTACH_TIMEOUT):
+                await proc.read_info()  # bwrap names the sandbox's init as soon as it exists
             init_pid = proc.learn_init()
             if init_pid is None:
-                raise ExecutionError("egress: the sandbox's init is unknown")
-            attachment = await network.attach(init_pid, plan.rules, dns=plan.policy.dns)
+                raise ExecutionError("egress: the sandbox ended before its network was attached")
+            attachment = await network.attach(
+                init_pid, plan.rules, dns=plan.policy.dns, ready=gate_ready
+            )
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await proc.kill_and_wait()

@@ -1,8 +1,9 @@
 """Stand-in services of the egress test world, run inside its namespaces.
 
     python3 networld_servers.py host LOG      # the fake host: "PostgreSQL" on :5432
-    python3 networld_servers.py internet LOG  # the fake internet: HTTP-ish :80/:8080,
-                                              # UDP echo :7, DNS on :53
+    python3 networld_servers.py internet LOG  # the fake internet: line servers on
+                                              # :80/:8080, HTTP on :8000, UDP echo :7,
+                                              # DNS on :53
 
 Every TCP server answers one line naming itself and the address it was reached on, and
 appends `HIT <role> <local address> <port>` to LOG; the DNS server answers every A query
@@ -41,6 +42,37 @@ def tcp(port: int, role: str, path: str) -> None:
             with contextlib.suppress(OSError):
                 conn.sendall(f"{role} {local} {port}\n".encode())
             conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def http(port: int, path: str) -> None:
+    """A one-request HTTP/1.0 server: reads the request head, answers 200."""
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind(("::", port))
+    srv.listen(64)
+
+    def serve() -> None:
+        while True:
+            conn, _ = srv.accept()
+            with conn, contextlib.suppress(OSError):
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 8192:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                local = conn.getsockname()[0].removeprefix("::ffff:")
+                line = head.split(b"\r\n", 1)[0].decode("latin-1")
+                log(path, f"HTTP {local} {line}")
+                body = f"hello from {local} ({line})\n".encode()
+                conn.sendall(
+                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
 
     threading.Thread(target=serve, daemon=True).start()
 
@@ -96,6 +128,7 @@ def main() -> None:
     else:
         tcp(80, "web", path)
         tcp(8080, "web", path)
+        http(8000, path)
         udp_echo(path, socket.AF_INET, "203.0.113.10")
         udp_echo(path, socket.AF_INET6, "2001:db8::10")
         dns(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from attune.config import load_config
@@ -201,14 +202,6 @@ def test_slirp_runs_in_a_private_mount_namespace_without_host_loopback() -> None
     ):
         assert flag in args
     assert args[-2:] == ["/proc/self/fd/7", "tap0"]
-    assert egress.nft_argv(7) == [
-        "/usr/bin/nsenter",
-        "--net=/proc/self/fd/7",
-        "--",
-        "/usr/sbin/nft",
-        "-f",
-        "-",
-    ]
 
 
 def test_gate_uses_only_stdin_and_stdout_and_execs_the_command_on_go() -> None:
@@ -257,3 +250,55 @@ def test_network_section_of_the_worker_config_is_strict(tmp_path: Path) -> None:
     path.write_text("network:\n  allow: ['10.0.0.1/8']\n")
     with pytest.raises(ConfigError, match="host bits set"):
         load_config(path, {})
+
+
+def test_worker_refuses_an_egress_action_it_does_not_offer_before_running_it() -> None:
+    from attune.config import Config, NetworkConfig
+    from attune.errors import ExecutionError
+    from attune.models import Action
+    from attune.pipeline import egress_of
+
+    action = Action(
+        id=1,
+        ref="p.fetch",
+        pack_ref="p",
+        entrypoint="fetch.py",
+        runtime_name="python",
+        timeout_seconds=None,
+        parameter_delivery="stdin",
+        parameter_format="json",
+        output_format="json",
+        param_schema=None,
+        out_schema=None,
+        network="egress",
+    )
+    with pytest.raises(ExecutionError, match="does not offer egress"):
+        egress_of(Config(), action)
+    offering = Config(network=NetworkConfig(egress=True, allow=["203.0.113.0/24 tcp/443"]))
+    policy = egress_of(offering, action)
+    assert policy is not None and [str(r) for r in policy.allow] == ["203.0.113.0/24 tcp/443"]
+    plain = Action(**{**msgspec.structs.asdict(action), "network": "none"})
+    assert egress_of(offering, plain) is None
+
+
+def test_netlink_messages_set_the_ipv6_address_without_dad_and_the_default_route() -> None:
+    import socket
+    import struct
+
+    from attune.runner import netlink
+
+    addr = netlink.add_address6(3, "fd00::100", 64, seq=1)
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", addr)
+    assert (length, kind, seq) == (len(addr), netlink.RTM_NEWADDR, 1)
+    assert flags & netlink.NLM_F_ACK and flags & netlink.NLM_F_CREATE
+    family, prefix, ifa_flags, _scope, index = struct.unpack_from("=BBBBI", addr, 16)
+    assert (family, prefix, ifa_flags, index) == (socket.AF_INET6, 64, netlink.IFA_F_NODAD, 3)
+    assert addr[-16:] == ipaddress.IPv6Address("fd00::100").packed
+    route = netlink.add_default_route6(3, "fd00::2", seq=2)
+    assert struct.unpack_from("=IHHII", route)[1] == netlink.RTM_NEWROUTE
+    assert ipaddress.IPv6Address("fd00::2").packed in route
+    assert route.endswith(struct.pack("=HHI", 8, netlink.RTA_OIF, 3))
+    ack = struct.pack("=IHHII", 36, netlink.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", 0) + addr[:16]
+    nack = struct.pack("=IHHII", 36, netlink.NLMSG_ERROR, 0, 2, 0) + struct.pack("=i", -17)
+    nack += route[:16]
+    assert netlink.ack_errors(ack + nack) == {1: 0, 2: 17}
