@@ -2,8 +2,9 @@
 
 Every test runs the real CLI in the fake host of tests/sandbox/networld.py; the only way
 out of it is a veth into the fake internet, whose stray counter records every packet not
-addressed to a test server. Guarantees 1-8 of docs/network.md and the egress rows of the
-hostile-action catalog (docs/security.md) each have a test here, over IPv4 and IPv6.
+addressed to a test server. Tests are named `test_<catalog row>_g<guarantee>_...`: rows
+36-47 of the hostile-action catalog (docs/security.md) and guarantees 1-8 of
+docs/network.md, over IPv4 and IPv6.
 """
 
 from __future__ import annotations
@@ -125,14 +126,14 @@ def test_negative_control_without_rules_the_world_sees_the_leak(world: World) ->
     assert world.stray() > before  # the metadata attempt reached the fake internet
 
 
-def test_g1_host_loopback_services_unreachable_through_every_address(world: World) -> None:
+def test_36_g1_host_loopback_services_unreachable_through_every_address(world: World) -> None:
     pg_before = len(hits(world, "postgres"))
     results = probe(world, [(a, 5432, "tcp") for a in POSTGRES_ADDRESSES])
     refused(results)
     assert len(hits(world, "postgres")) == pg_before
 
 
-def test_g2_fixed_tier_cannot_be_opened_by_any_allowlist(world: World) -> None:
+def test_37_g2_fixed_tier_and_metadata_cannot_be_opened_by_any_allowlist(world: World) -> None:
     opened = [
         "127.0.0.0/8",
         "169.254.0.0/16 tcp/80",
@@ -159,7 +160,7 @@ def test_g2_fixed_tier_cannot_be_opened_by_any_allowlist(world: World) -> None:
     refused(results)
 
 
-def test_g3_default_tier_refused_until_opened_address_by_address(world: World) -> None:
+def test_38_g3_private_addresses_refused_until_opened_address_by_address(world: World) -> None:
     private = [(LAN4, 80, "tcp"), (LAN6, 80, "tcp"), (GW4, 80, "tcp"), (GW6, 80, "tcp")]
     refused(probe(world, private))
     args = ["--allow", f"{LAN4}/32 tcp/80", "--allow", f"{LAN6}/128 tcp/80"]
@@ -170,7 +171,7 @@ def test_g3_default_tier_refused_until_opened_address_by_address(world: World) -
     refused(results)  # the connected subnet stays closed, and so does another port
 
 
-def test_g4_allowlist_refuses_everything_else(world: World) -> None:
+def test_39_g4_allowlist_refuses_everything_else(world: World) -> None:
     args = ["--allow", f"{WEB4}/32 tcp/80", "--allow", f"{WEB6}/128 tcp/80"]
     targets = [
         (WEB4, 80, "tcp"),
@@ -196,7 +197,7 @@ def test_g4_without_an_allowlist_the_public_internet_is_reachable(world: World) 
     }
 
 
-def test_g5_refused_connections_fail_at_once_not_by_timeout(world: World) -> None:
+def test_40_g5_refused_connections_fail_at_once_not_by_timeout(world: World) -> None:
     results = probe(
         world,
         [(HOST4, 5432, "tcp"), (HOST6, 5432, "tcp"), (LAN4, 7, "udp"), (LAN6, 7, "udp")],
@@ -208,7 +209,7 @@ def test_g5_refused_connections_fail_at_once_not_by_timeout(world: World) -> Non
     refused(results)  # UDP: an ICMP error on the connected socket, not silence
 
 
-def test_g6_rules_hold_from_the_first_instruction_and_the_action_cannot_change_them(
+def test_41_42_g6_rules_hold_from_the_first_instruction_and_cannot_be_changed(
     world: World,
 ) -> None:
     pg_before = len(hits(world, "postgres"))
@@ -224,7 +225,7 @@ def test_g6_rules_hold_from_the_first_instruction_and_the_action_cannot_change_t
     assert len(hits(world, "postgres")) == pg_before
 
 
-def test_g7_nothing_outlives_a_run(world: World) -> None:
+def test_47_g7_nothing_outlives_a_run(world: World) -> None:
     probe(world, [(WEB4, 80, "tcp")])
     deadline = time.monotonic() + 10  # SIGKILLed before the run returned
     while world.host_netns_processes("slirp4netns"):
@@ -232,7 +233,7 @@ def test_g7_nothing_outlives_a_run(world: World) -> None:
         time.sleep(0.02)
 
 
-def test_g7_nothing_outlives_a_sigkilled_worker(world: World) -> None:
+def test_47_g7_nothing_outlives_a_sigkilled_worker(world: World) -> None:
     marker = f"sleeper{os.getpid()}"
     action = world.root / f"{marker}.py"
     action.write_text(
@@ -273,7 +274,7 @@ def _processes_running(word: str) -> bool:
     return False
 
 
-def test_g8_dns_resolver_mode_answers_through_the_user_mode_resolver_only(world: World) -> None:
+def test_46_g8_dns_resolver_mode_answers_through_the_user_mode_resolver_only(world: World) -> None:
     out = world.run(
         ACTIONS / "dns.py",
         *EGRESS,
@@ -298,7 +299,7 @@ def test_g8_dns_resolver_mode_answers_through_the_user_mode_resolver_only(world:
 
 
 @pytest.mark.parametrize("mode", ["hosts", "off"])
-def test_g8_dns_exfiltration_is_closed_with_dns_hosts_or_off(world: World, mode: str) -> None:
+def test_45_g8_dns_exfiltration_is_closed_with_dns_hosts_or_off(world: World, mode: str) -> None:
     secret = f"secret-{mode}-{os.getpid()}.exfil.test"
     out = world.run(
         ACTIONS / "dns.py",
@@ -329,7 +330,7 @@ def test_g8_dns_exfiltration_is_closed_with_dns_hosts_or_off(world: World, mode:
     assert not any(secret in line for line in world.log_lines())
 
 
-def test_catalog_raw_and_packet_sockets_are_refused(world: World) -> None:
+def test_42_43_new_network_namespace_raw_and_packet_sockets_are_refused(world: World) -> None:
     out = world.run(ACTIONS / "sockets.py", *EGRESS)
     data: dict[str, Any] = out["result"]["data"]
     assert set(data) == {"packet", "raw4", "raw6", "unshare_net"}
@@ -337,7 +338,7 @@ def test_catalog_raw_and_packet_sockets_are_refused(world: World) -> None:
         assert outcome in ("EPERM", "EACCES", "EAFNOSUPPORT", "EINVAL"), (kind, outcome)
 
 
-def test_catalog_exhausting_the_user_mode_stack_harms_only_its_own_run(world: World) -> None:
+def test_44_exhausting_the_user_mode_stack_harms_only_its_own_run(world: World) -> None:
     out = world.run(ACTIONS / "exhaust.py", *EGRESS)
     assert out["status"] == "completed", out
     assert out["result"]["data"]["opened"] > 100

@@ -255,8 +255,8 @@ def test_network_section_of_the_worker_config_is_strict(tmp_path: Path) -> None:
 def test_worker_refuses_an_egress_action_it_does_not_offer_before_running_it() -> None:
     from attune.config import Config, NetworkConfig
     from attune.errors import ExecutionError
+    from attune.launcher import egress_of
     from attune.models import Action
-    from attune.pipeline import egress_of
 
     action = Action(
         id=1,
