@@ -12,12 +12,6 @@ from pathlib import Path
 import pytest
 
 from attune.errors import TransientError
-from attune.messages import (
-    EXCHANGE_EXECUTIONS,
-    ExecutionRequested,
-    dispatch_routing_key,
-    encode_message,
-)
 from attune.runner import host
 from tests.integration.worker_kit import Stack
 
@@ -49,12 +43,7 @@ async def dispatch_to(stack: Stack, ref: str, worker_id: int) -> int:
     action = await stack.db.get_action(ref)
     assert action is not None
     execution_id = await stack.db.create_execution(action, config={}, worker_id=worker_id)
-    message = encode_message(
-        "ExecutionRequested",
-        ExecutionRequested(execution_id=execution_id, action_ref=ref, worker_id=worker_id),
-        source_service="executor",
-    )
-    await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), message)
+    await stack.dispatch(execution_id, ref, worker_id)
     return execution_id
 
 

@@ -27,12 +27,18 @@ def log(path: str, line: str) -> None:
         handle.write(line + "\n")
 
 
-def tcp(port: int, role: str, path: str) -> None:
+def listener(port: int) -> socket.socket:
+    """TCP on every address of the namespace, IPv4 and IPv6."""
     srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     srv.bind(("::", port))
     srv.listen(512)
+    return srv
+
+
+def tcp(port: int, role: str, path: str) -> None:
+    srv = listener(port)
 
     def serve() -> None:
         while True:
@@ -48,11 +54,7 @@ def tcp(port: int, role: str, path: str) -> None:
 
 def http(port: int, path: str) -> None:
     """A one-request HTTP/1.0 server: reads the request head, answers 200."""
-    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    srv.bind(("::", port))
-    srv.listen(64)
+    srv = listener(port)
 
     def serve() -> None:
         while True:

@@ -256,29 +256,15 @@ def test_worker_refuses_an_egress_action_it_does_not_offer_before_running_it() -
     from attune.config import Config, NetworkConfig
     from attune.errors import ExecutionError
     from attune.launcher import egress_of
-    from attune.models import Action
+    from tests.unit.test_pipeline import ACTION
 
-    action = Action(
-        id=1,
-        ref="p.fetch",
-        pack_ref="p",
-        entrypoint="fetch.py",
-        runtime_name="python",
-        timeout_seconds=None,
-        parameter_delivery="stdin",
-        parameter_format="json",
-        output_format="json",
-        param_schema=None,
-        out_schema=None,
-        network="egress",
-    )
+    action = msgspec.structs.replace(ACTION, network="egress")
     with pytest.raises(ExecutionError, match="does not offer egress"):
         egress_of(Config(), action)
     offering = Config(network=NetworkConfig(egress=True, allow=["203.0.113.0/24 tcp/443"]))
     policy = egress_of(offering, action)
     assert policy is not None and [str(r) for r in policy.allow] == ["203.0.113.0/24 tcp/443"]
-    plain = Action(**{**msgspec.structs.asdict(action), "network": "none"})
-    assert egress_of(offering, plain) is None
+    assert egress_of(offering, ACTION) is None
 
 
 def test_netlink_messages_set_the_ipv6_address_without_dad_and_the_default_route() -> None:
