@@ -56,6 +56,7 @@ SECRETS_FILE = "/attune/out/secrets.json"  # keystore secrets of the run, read-o
 ACTION_DIR = "/attune/action"
 INIT_PATH = "/attune-init"  # pid 1, on the sandbox's read-only root (not a host mount)
 MiB = 1024 * 1024
+NET_ETC_FILES = ("hosts", "nsswitch.conf", "resolv.conf")  # per run with egress
 
 # Host-wide /proc files an action has no use for and that tell about the host or leak
 # timing (kernel memory, symbols and modules, keyrings, timers and scheduler internals,
@@ -155,16 +156,21 @@ def proc_mask_args(masks: Sequence[tuple[str, bool]]) -> list[str]:
     return args
 
 
-ETC_FILES = ("passwd", "group", "hosts", "nsswitch.conf")
+ETC_FILES = ("passwd", "group", "hosts", "nsswitch.conf", "resolv.conf")
 
 
 def run_files(
-    action_file: str, wrapper: str | None, *, params: bool, secrets: bool
+    action_file: str, wrapper: str | None, *, params: bool, secrets: bool, net: bool = False
 ) -> list[tuple[str, str]]:
     """What one run gets copied in, as (source key, path inside): the key is an
-    `etc/NAME` or sandbox asset name, `action`, `parameters` or `secrets`; the caller
+    `etc/NAME` or sandbox asset name, `net/NAME` (an egress run's own hosts,
+    nsswitch.conf and resolv.conf), `action`, `parameters` or `secrets`; the caller
     opens an fd for each."""
-    files = [(f"etc/{name}", f"/etc/{name}") for name in ETC_FILES]
+    files = [
+        (f"net/{name}" if net and name in NET_ETC_FILES else f"etc/{name}", f"/etc/{name}")
+        for name in ETC_FILES
+        if name != "resolv.conf" or net
+    ]
     files.append(("action", f"{ACTION_DIR}/{action_file}"))
     if wrapper is not None:
         files.append((wrapper, f"{ATTUNE_DIR}/{wrapper}"))
@@ -274,9 +280,8 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "sandbox",
         "--cap-drop",
         "ALL",
+        "--unshare-net",  # always: egress attaches its own network to this namespace
     ]
-    if not profile.network:
-        args.append("--unshare-net")
     for path in profile.mounts.ro_bind:
         args += ["--ro-bind", path, path]
     for path in profile.mounts.ro_bind_try:

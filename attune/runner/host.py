@@ -40,6 +40,9 @@ class HostFacts:
     def usable(self) -> bool:
         return all(layer.active for layer in self.layers if layer.required)
 
+    def layer_active(self, name: str) -> bool:
+        return any(layer.name == name and layer.active for layer in self.layers)
+
     def problems(self) -> list[str]:
         return [
             f"{layer.name}: {layer.detail}"
@@ -101,6 +104,22 @@ def _seccomp_detail() -> tuple[bool, str]:
     return True, f"denylist compiled to {size} bytes of BPF"
 
 
+def egress_detail() -> tuple[bool, str]:
+    """Whether the egress tools and the tun device are there (cheap: no process)."""
+    from attune.runner import egress
+
+    tools = (egress.SLIRP4NETNS, egress.NFT, egress.UNSHARE)
+    missing = [tool for tool in tools if not os.access(tool, os.X_OK)]
+    if missing:
+        return False, (
+            f"missing {', '.join(missing)} (apt-get install slirp4netns nftables iproute2 "
+            "util-linux, or run scripts/setup)"
+        )
+    if not os.path.exists("/dev/net/tun"):
+        return False, "/dev/net/tun missing (modprobe tun)"
+    return True, "slirp4netns + nftables rules in the sandbox's namespace, for `network: egress`"
+
+
 def detect(bwrap: str | None = None, *, probe_version: bool = True) -> HostFacts:
     """The host's isolation facts.
 
@@ -118,6 +137,7 @@ def detect(bwrap: str | None = None, *, probe_version: bool = True) -> HostFacts
     seccomp_ok, seccomp_detail = _seccomp_detail()
     cg = cgroups.detect() if is_root else cgroups.CgroupSupport(0, None, None, "not root")
     init = str(SANDBOX_INIT) if os.access(SANDBOX_INIT, os.X_OK) else None
+    egress_ok, egress_text = egress_detail()
     layers = [
         Layer(
             "bubblewrap",
@@ -142,7 +162,8 @@ def detect(bwrap: str | None = None, *, probe_version: bool = True) -> HostFacts
             if init
             else f"{SANDBOX_INIT} not built (run scripts/setup; needs gcc and libc6-dev)",
         ),
-        Layer("network_isolation", True, "network namespace without interfaces but lo"),
+        Layer("network_isolation", True, "own network namespace: loopback only unless egress"),
+        Layer("egress", egress_ok and is_root, egress_text if is_root else "needs root", False),
         Layer(
             "rlimits",
             True,

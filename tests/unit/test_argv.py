@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 import pytest
 
 from attune.runner import argv
@@ -255,11 +254,22 @@ def test_the_result_file_is_the_runs_only_host_mount() -> None:
     assert [p for p in host_sources if p.startswith("/runs")] == ["/runs/r1/out/result.json"]
 
 
-def test_network_opt_in_drops_only_the_network_namespace() -> None:
-    closed = argv.bwrap_args(PROFILES["shell"], layout())
-    opened = argv.bwrap_args(msgspec.structs.replace(PROFILES["shell"], network=True), layout())
-    assert "--unshare-net" in closed
-    assert [a for a in closed if a != "--unshare-net"] == opened
+def test_every_sandbox_has_its_own_network_namespace() -> None:
+    assert "--unshare-net" in argv.bwrap_args(PROFILES["shell"], layout())
+    assert not hasattr(PROFILES["shell"], "network")  # no host-network profile key
+
+
+def test_egress_run_gets_its_own_hosts_nsswitch_and_resolv_conf() -> None:
+    files = dict(argv.run_files("a.py", None, params=False, secrets=False, net=True))
+    assert {key: path for key, path in files.items() if key.startswith("net/")} == {
+        "net/hosts": "/etc/hosts",
+        "net/nsswitch.conf": "/etc/nsswitch.conf",
+        "net/resolv.conf": "/etc/resolv.conf",
+    }
+    assert files["etc/passwd"] == "/etc/passwd"
+    plain = dict(argv.run_files("a.py", None, params=False, secrets=False))
+    assert "/etc/resolv.conf" not in plain.values()
+    assert plain["etc/hosts"] == "/etc/hosts"
 
 
 def test_remount_ro_root_comes_after_every_mount_and_seccomp_is_last() -> None:
