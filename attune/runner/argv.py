@@ -58,25 +58,23 @@ INIT_PATH = "/attune-init"  # pid 1, on the sandbox's read-only root (not a host
 MiB = 1024 * 1024
 NET_ETC_FILES = ("hosts", "nsswitch.conf", "resolv.conf")  # per run with egress
 
-# Host-wide /proc files an action has no use for and that tell about the host or leak
-# timing (kernel memory, symbols and modules, keyrings, timers and scheduler internals,
-# disks and swap, I/O memory and ports, interrupt counters, memory zones, file locks,
-# the kernel's build config and command line): /dev/null is bound over each, so opening
-# one fails with EACCES (a device node on a nodev mount). Directories of the same kind
-# (ACPI, buses, IRQs, filesystems' internals, pressure stall data, ...) get an empty
-# read-only tmpfs. What stays: the process's own entries and namespace-scoped ones
-# (self, net, sysvipc, mounts), /proc/sys read-only, and the usual system summary and
-# trivia (cpuinfo, meminfo, stat, loadavg, uptime, version, vmstat, filesystems, crypto,
-# devices, misc, consoles, tty, driver, ...).
+# Host-wide /proc files an action has no use for that tell about the host or leak timing
+# (kernel memory, keyrings, timers and scheduler internals, disks and their I/O,
+# interrupt counters, file locks, the kernel's build config and command line): /dev/null
+# is bound over each, so opening one fails with EACCES (a device node on a nodev mount).
+# Directories of the same kind (ACPI, sound, SCSI, dynamic debug, pressure stall data)
+# get an empty read-only tmpfs. Each mask is a mount (set-up and tear-down time per
+# run), so entries the action cannot open anyway (owner-only, see present_proc_masks)
+# and low-value ones are left alone. What stays: the process's own entries and
+# namespace-scoped ones (self, net, sysvipc, mounts), /proc/sys read-only, and the usual
+# system summary and trivia (cpuinfo, meminfo, stat, vmstat, loadavg, uptime, version,
+# filesystems, crypto, devices, misc, tty, driver, bus, fs, irq, kallsyms with its
+# addresses zeroed, iomem/ioports without addresses, buddyinfo, zoneinfo, swaps, ...).
 MASKED_PROC_FILES = (
-    "buddyinfo",
     "cmdline",
     "config.gz",
     "diskstats",
     "interrupts",
-    "iomem",
-    "ioports",
-    "kallsyms",
     "kcore",
     "key-users",
     "keys",
@@ -93,23 +91,12 @@ MASKED_PROC_FILES = (
     "schedstat",
     "slabinfo",
     "softirqs",
-    "swaps",
     "sysrq-trigger",
     "timer_list",
     "timer_stats",
     "vmallocinfo",
-    "zoneinfo",
 )
-MASKED_PROC_DIRS = (
-    "acpi",
-    "asound",
-    "bus",
-    "dynamic_debug",
-    "fs",
-    "irq",
-    "pressure",
-    "scsi",
-)
+MASKED_PROC_DIRS = ("acpi", "asound", "dynamic_debug", "pressure", "scsi")
 
 
 @dataclass(frozen=True)
