@@ -390,6 +390,7 @@ def slirp_argv(
     return [*argv, f"/proc/self/fd/{netns_fd}", TAP]
 
 
+GATE_ENV = "ATTUNE_NETWORK_GATE"  # "stdio": the python wrapper is the gate itself
 GATE_READY = b"r"  # the gate's first byte on stdout
 GATE_GO = b"go\n"  # the worker's first line on stdin
 
@@ -402,7 +403,9 @@ def gate_command(command: Sequence[str]) -> list[str]:
     stdin (the shell reads a pipe byte by byte, so nothing after it is consumed) and
     execs the command only if that line is "go". The worker takes the byte off stdout
     before it collects output. EOF (the worker died or gave up) ends the run unrun.
-    Only stdin and stdout are used, so no extra descriptor reaches the action.
+    Only stdin and stdout are used, so no extra descriptor reaches the action. The
+    python wrapper speaks the same protocol itself (GATE_ENV), after its interpreter has
+    started and before it loads the action, so that start-up overlaps the attach.
     """
     script = 'printf r && read -r go && [ "$go" = go ] && exec "$@"; exit 125'
     return ["/bin/sh", "-c", script, "attune-gate", *command]
