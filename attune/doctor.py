@@ -591,6 +591,7 @@ async def probe_database(url: str, timeout: float = SERVICE_TIMEOUT) -> ServiceP
 
 async def probe_broker(url: str, timeout: float = SERVICE_TIMEOUT) -> ServiceProbe:
     from attune.broker import open_broker
+    from attune.config import describe_amqp_url
     from attune.errors import AttuneError
 
     try:
@@ -598,20 +599,7 @@ async def probe_broker(url: str, timeout: float = SERVICE_TIMEOUT) -> ServicePro
             pass
     except AttuneError as exc:
         return ServiceProbe(False, str(exc))
-    return ServiceProbe(True, f"RabbitMQ at {_amqp_where(url)}")
-
-
-def _amqp_where(url: str) -> str:
-    """host:port and vhost; never the URL itself, which may hold a password."""
-    from urllib.parse import unquote, urlsplit
-
-    parts = urlsplit(url)
-    try:
-        port = parts.port or 5672
-    except ValueError:
-        port = 5672
-    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return f"{parts.hostname or 'localhost'}:{port} (vhost {vhost!r})"
+    return ServiceProbe(True, f"RabbitMQ at {describe_amqp_url(url)}")
 
 
 async def probe_services(config: Config, timeout: float = SERVICE_TIMEOUT) -> Services:

@@ -12,17 +12,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast, get_args
 
 from attune.cli import EXIT_BY_STATUS, EXIT_USAGE
 from attune.errors import AttuneError, InputError, SandboxUnavailable
+from attune.models import OutputFormat
 
 if TYPE_CHECKING:
     import argparse
 
     import typer
 
-OUTPUT_FORMATS = ("text", "json", "yaml", "jsonl")
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 
 
 def default_run_dir() -> Path:
@@ -109,7 +110,7 @@ async def run_file(
         profile = choose_runtime(profiles, code_path.name, first_line, runtime)
     meta = _metadata(code_path) or {}
     params = apply_schema(meta.get("parameters"), params)
-    fmt = output_format or meta.get("output_format") or "json"
+    fmt = _output_format(output_format or meta.get("output_format") or "json")
     delivery = meta.get("parameter_delivery", "stdin")
     param_format = meta.get("parameter_format", "json")
     seconds = timeout or meta.get("timeout") or profile.default_timeout
@@ -130,7 +131,7 @@ async def run_file(
         env=env,
         parameter_delivery=delivery,
         parameter_format=param_format,
-        output_format=fmt,  # type: ignore[arg-type]
+        output_format=fmt,
         secrets=dict(secrets or {}),
     )
     outcome = await sandbox.run(spec, timeout=float(seconds))
@@ -140,6 +141,13 @@ async def run_file(
 
         result, _ = redact_result(result, Masker(secrets.values()), meta.get("output_schema"))
     return {"status": outcome.status, "result": result}
+
+
+def _output_format(value: Any) -> OutputFormat:
+    """The metadata's or the option's output format, checked against the known ones."""
+    if value not in OUTPUT_FORMATS:
+        raise InputError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}")
+    return cast(OutputFormat, value)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -62,6 +62,10 @@ def sandbox_env(profile: Profile, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+# The synthetic /etc: copies of sandbox/etc/, the only files an action sees there besides
+# what a profile binds (docs/sandbox.md guarantee 4).
+ETC_FILES = ("passwd", "group", "hosts", "nsswitch.conf")
+
 PRLIMIT = "/usr/bin/prlimit"
 CPU_HARD_GRACE = 1  # seconds between SIGXCPU (soft) and SIGKILL (hard)
 
@@ -157,7 +161,7 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--dir",
         "/etc",
     ]
-    for name in ("passwd", "group", "hosts", "nsswitch.conf"):
+    for name in ETC_FILES:
         args += ["--ro-bind", f"{layout.etc_dir}/{name}", f"/etc/{name}"]
     args += [
         "--ro-bind",
