@@ -21,7 +21,6 @@ from attune.models import OutputFormat
 if TYPE_CHECKING:
     import argparse
 
-    import typer
 
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 
@@ -264,21 +263,3 @@ def main(argv: list[str]) -> int:
     shown = outcome if args.with_status else outcome["result"]
     sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
     return EXIT_BY_STATUS[outcome["status"]]
-
-
-def register(app: typer.Typer) -> None:
-    """List `exec` in `attune --help`; its arguments are parsed by `main` above."""
-    import typer
-
-    def exec_command(ctx: typer.Context) -> None:
-        """Run one action locally in the sandbox and print its result JSON."""
-        raise typer.Exit(main(list(ctx.args)))
-
-    # Real objects, not strings: typer evaluates annotations in this module's globals,
-    # where typer is deliberately not imported.
-    exec_command.__annotations__ = {"ctx": typer.Context, "return": None}
-    app.command(
-        "exec",
-        add_help_option=False,
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(exec_command)
