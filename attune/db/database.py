@@ -95,6 +95,7 @@ class Database:
         min_size: int = 1,
         max_size: int = 4,
         connect_timeout: float = 5.0,
+        max_idle: float = 600.0,
         statement_timeout: float = 30.0,
         acquire_timeout: float = 10.0,
     ) -> Database:
@@ -131,6 +132,7 @@ class Database:
                     url,
                     min_size=min_size,
                     max_size=max_size,
+                    max_idle=max_idle,
                     kwargs=kwargs,
                     configure=configure,
                     check=ConnectionPool.check_connection,

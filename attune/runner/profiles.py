@@ -166,3 +166,17 @@ def _shebang_interpreter(first_line: bytes) -> str | None:
         name = Path(parts[1]).name
     # python3.11 and python3 both mean the python runtime's "python" entry
     return "python" if name.startswith("python") else name
+
+
+def capped_output(profiles: dict[str, Profile], stdout: int, stderr: int) -> dict[str, Profile]:
+    """Profiles whose output limits are at most the worker-wide `worker.max_std*_bytes`."""
+
+    def cap(profile: Profile) -> Profile:
+        limits = msgspec.structs.replace(
+            profile.limits,
+            max_stdout_bytes=min(profile.limits.max_stdout_bytes, stdout),
+            max_stderr_bytes=min(profile.limits.max_stderr_bytes, stderr),
+        )
+        return msgspec.structs.replace(profile, limits=limits)
+
+    return {name: cap(p) for name, p in profiles.items()}

@@ -320,6 +320,7 @@ def rabbit_queue_depth(vhost: str, queue: str) -> int:
 
 __all__ = [
     "HOSTILE_PACK",
+    "SESSION_UID_BASE",
     "TERMINAL",
     "Stack",
     "WorkerProcess",
