@@ -153,7 +153,17 @@ def gather_host(config: Config, facts: host.HostFacts | None = None) -> HostSnap
         profiles_error=error,
         python_version=_python_version(),
         umask=_umask(),
+        nftables_problem=_nftables_problem(config, facts),
     )
+
+
+def _nftables_problem(config: Config, facts: host.HostFacts) -> str | None:
+    layer = next((x for x in facts.layers if x.name == "egress"), None)
+    if not config.network.egress or layer is None or not layer.active:
+        return None
+    from attune.runner.network import probe_nftables
+
+    return probe_nftables()
 
 
 def preflight(config: Config, facts: host.HostFacts) -> list[Check]:

@@ -39,6 +39,7 @@ def test_a_worker_view_has_heartbeat_age_load_and_staleness() -> None:
     assert fresh["heartbeat_age_seconds"] == 5 and not fresh["stale"]
     assert (fresh["running"], fresh["capacity"]) == (1, 4)
     assert fresh["runtimes"] == ["python", "shell"]
+    assert fresh["egress"] is False  # not advertised: no egress actions go there
     stale = worker_view(_worker(now - timedelta(seconds=300)), now)
     assert stale["stale"]
     table = workers_table([fresh, stale])
