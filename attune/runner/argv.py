@@ -143,7 +143,9 @@ def proc_mask_args(masks: Sequence[tuple[str, bool]]) -> list[str]:
     return args
 
 
-ETC_FILES = ("passwd", "group", "hosts", "nsswitch.conf", "resolv.conf")
+# The synthetic /etc: copies of sandbox/etc/, the only files an action sees there besides
+# what a profile binds (docs/sandbox.md guarantee 4).
+ETC_FILES = ("passwd", "group", "hosts", "nsswitch.conf")
 
 
 def run_files(
@@ -155,8 +157,8 @@ def run_files(
     opens an fd for each."""
     files = [
         (f"net/{name}" if net and name in NET_ETC_FILES else f"etc/{name}", f"/etc/{name}")
-        for name in ETC_FILES
-        if name != "resolv.conf" or net
+        for name in dict.fromkeys((*ETC_FILES, *NET_ETC_FILES))
+        if name in ETC_FILES or net
     ]
     files.append(("action", f"{ACTION_DIR}/{action_file}"))
     if wrapper is not None:
