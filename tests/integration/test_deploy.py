@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+import trio
 
+from attune.messages import (
+    EXCHANGE_EXECUTIONS,
+    ExecutionRequested,
+    dispatch_routing_key,
+    encode_message,
+)
 from attune.runner import host
+from tests.integration.amqp_fixtures import Collector
 from tests.integration.worker_kit import ATTUNE, Stack
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
@@ -38,6 +49,42 @@ async def test_worker_starts_from_a_reference_shaped_config_file_and_honours_its
     execution_id = await stack.submit("demo.add", {"x": 2, "y": 3})
     row = await stack.wait(execution_id)
     assert row.status == "completed" and row.result["data"] == 5
+
+
+async def test_an_execution_whose_action_was_deleted_gets_no_completion_message(
+    stack: Stack, pg: psycopg.Connection[tuple[object, ...]], execution_events: Collector
+) -> None:
+    # The reference's ExecutionCompleted.action_id is required; its worker publishes no
+    # completion when the action row is gone, and neither does this one.
+    worker = await stack.start_worker()
+    worker_id = await stack.worker_id(worker.name)
+    action = await stack.db.get_action("demo.add")
+    assert action is not None
+    orphan = await stack.db.create_execution(action, config={"x": 1, "y": 2}, worker_id=worker_id)
+    pg.execute("DELETE FROM action WHERE ref = 'demo.add'")
+    message = encode_message(
+        "ExecutionRequested",
+        ExecutionRequested(execution_id=orphan, action_ref="demo.add", worker_id=worker_id),
+        source_service="executor",
+    )
+    await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), message)
+    assert (await stack.wait(orphan)).status == "failed"
+    # The outbox publishes in order: once a later run's completion has arrived, a
+    # completion for the orphan would have arrived before it.
+    later = await stack.submit("demo.hello", {"name": "x"})
+    completed: list[dict[str, Any]] = []
+    with trio.fail_after(30):
+        while not any(c["execution_id"] == later for c in completed):
+            body = json.loads((await execution_events.next(timeout=30)).body)
+            if body["message_type"] == "ExecutionCompleted":
+                completed.append(body["payload"])
+    assert [c for c in completed if c["execution_id"] == orphan] == []
+    statuses = [
+        json.loads(d.body)["payload"]
+        for d in execution_events.deliveries
+        if json.loads(d.body)["message_type"] == "ExecutionStatusChanged"
+    ]
+    assert any(p["execution_id"] == orphan and p["new_status"] == "failed" for p in statuses)
 
 
 # --- a worker without root -----------------------------------------------------------------
