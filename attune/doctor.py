@@ -188,8 +188,8 @@ def _layer_checks(snapshot: HostSnapshot) -> list[Check]:
 ENFORCED = {
     2: "memory.max, memory.swap.max=0, pids.max, cpu.max; OOM kills from memory.events; "
     "teardown by cgroup.kill",
-    1: "memory.limit_in_bytes (+memsw), pids.max, cpu.cfs_quota_us where the cpu hierarchy "
-    "is mounted; OOM kills from memory.oom_control",
+    1: "memory.limit_in_bytes (+memsw), pids.max, cpu.cfs_quota_us; OOM kills from "
+    "memory.oom_control",
     0: "rlimits only: address space and CPU seconds per process, processes per uid",
 }
 _RLIMITS_ONLY = (
