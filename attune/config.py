@@ -22,6 +22,7 @@ import msgspec
 from attune import config_shared as shared
 from attune.config_shared import WorkerTaint
 from attune.errors import ConfigError
+from attune.runner.egress import EgressPolicy, parse_policy
 
 ENV_PREFIX = "ATTUNE__"
 _SEP = "__"
@@ -207,6 +208,35 @@ class ArtifactsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sensor_log_max_files: Annotated[int, unused("sensor log rotation count")] = 4
 
 
+class NetworkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Egress for actions that declare `network: egress` (docs/network.md)."""
+
+    egress: Annotated[
+        bool, msgspec.Meta(description="offer egress to actions that ask for it; off: none gets it")
+    ] = False
+    allow: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="`CIDR|HOST [tcp|udp[/PORT[-PORT]]]`; set: nothing else is reachable"
+        ),
+    ] = msgspec.field(default_factory=list)
+    deny: Annotated[
+        list[str],
+        msgspec.Meta(description="`CIDR [tcp|udp[/PORT]]` refused on top of the built-in tiers"),
+    ] = msgspec.field(default_factory=list)
+    dns: Annotated[
+        Literal["resolver", "hosts", "off"],
+        msgspec.Meta(
+            description="resolver: the user-mode resolver; "
+            "hosts: allowlisted names in /etc/hosts; off: no DNS"
+        ),
+    ] = "resolver"
+
+    def policy(self) -> EgressPolicy:
+        """The validated policy (ConfigError names a bad entry)."""
+        return parse_policy(self.allow, self.deny, self.dns)
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration: the worker's sections and the shared ones it accepts."""
 
@@ -219,6 +249,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sandbox: SandboxConfig = msgspec.field(default_factory=SandboxConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     artifacts: ArtifactsConfig = msgspec.field(default_factory=ArtifactsConfig)
+    network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
     packs_base_dir: Annotated[str, msgspec.Meta(description="root of installed packs")] = (
         "/var/lib/attune/packs"
     )
@@ -526,4 +557,5 @@ def _build(values: Mapping[str, Any]) -> Config:
             f"database.min_connections: {db.min_connections} exceeds "
             f"database.max_connections ({db.max_connections})"
         )
+    config.network.policy()  # every allow/deny entry must parse
     return config

@@ -210,6 +210,8 @@ def capabilities(config: Config, facts: host.HostFacts, runtimes: list[str]) -> 
         "max_concurrent_executions": config.worker.max_concurrent_tasks,
         "worker_version": attune.__version__,
         "sandbox": facts.capabilities(),
+        # `attune submit` sends `network: egress` actions only to workers saying true.
+        "egress": config.network.egress and facts.layer_active("egress"),
     }
 
 

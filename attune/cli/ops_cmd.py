@@ -148,6 +148,7 @@ def worker_view(w: Worker, now: datetime) -> dict[str, Any]:
         "runtimes": list(caps.get("runtimes") or []),
         "version": caps.get("worker_version"),
         "sandbox": caps.get("sandbox"),
+        "egress": bool(caps.get("egress")),
     }
 
 

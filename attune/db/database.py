@@ -245,9 +245,14 @@ class Database:
     async def list_workers(self) -> list[Worker]:
         return await self._run(queries.list_workers)
 
-    async def pick_worker(self, runtime_name: str, *, stale_after: float = 90.0) -> Worker | None:
-        """The least-loaded fresh active worker serving the runtime, as the executor picks."""
-        return await self._run(lambda c: queries.pick_worker(c, runtime_name, stale_after))
+    async def pick_worker(
+        self, runtime_name: str, *, stale_after: float = 90.0, egress: bool = False
+    ) -> Worker | None:
+        """The least-loaded fresh active worker serving the runtime (and offering egress
+        when asked), as the executor picks."""
+        return await self._run(
+            lambda c: queries.pick_worker(c, runtime_name, stale_after, egress=egress)
+        )
 
     # --- executions --------------------------------------------------------------------
 

@@ -65,7 +65,6 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     function_wrapper: str | None = None
     params_as_env: bool = False
     default_timeout: int = 300
-    network: bool = False
     default_output_format: Literal["text", "json", "yaml", "jsonl"] = "text"
     env: dict[str, str] = msgspec.field(default_factory=dict)
     mounts: Mounts = msgspec.field(default_factory=Mounts)
@@ -82,7 +81,13 @@ def load_profile(path: Path) -> Profile:
     try:
         profile = msgspec.toml.decode(data, type=Profile)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"profile {path}: {exc}") from None
+        hint = (
+            "; the host-network profile key is gone: an action that needs the network "
+            "declares `network: egress` and the worker's config enables `network.egress`"
+            if "`network`" in str(exc)
+            else ""
+        )
+        raise ConfigError(f"profile {path}: {exc}{hint}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"profile {path}: invalid TOML: {exc}") from None
     _check(profile, path)
