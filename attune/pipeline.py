@@ -209,6 +209,11 @@ def build_spec(
     ctx: WorkerContext, execution: Execution, action: Action, secrets: RunSecrets
 ) -> tuple[RunSpec, float]:
     """Resolve code, profile, parameters and timeout; ExecutionError when it cannot run."""
+    if not action.enabled:
+        raise ExecutionError(
+            f"action {action.ref} is disabled (enabled: false in its pack); "
+            "it is loaded but refuses to run until it is enabled"
+        )
     runtime = runtime_of(action)
     profile = ctx.profiles.get(runtime)
     if profile is None:

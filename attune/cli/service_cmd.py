@@ -53,6 +53,8 @@ def register(app: typer.Typer) -> None:
             from attune.packs import install_pack, load_pack
 
             spec = load_pack(directory)
+            for warning in spec.warnings:
+                typer.echo(f"warning: {warning}", err=True)
             async with Database.open_ctx(cfg.database.url) as db:
                 installed = install_pack(spec, Path(cfg.packs_base_dir))
                 ids = await db.upsert_pack(spec)
