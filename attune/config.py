@@ -151,6 +151,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     artifacts_dir: Annotated[str, msgspec.Meta(description="root of per-execution artifacts")] = (
         "/var/lib/attune/artifacts"
     )
+    runtime_envs_dir: Annotated[
+        str, msgspec.Meta(description="root of the packs' built runtime environments (venvs)")
+    ] = "/var/lib/attune/runtime_envs"
 
 
 # Keys whose values must never appear in an error message or a printed config.

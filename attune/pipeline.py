@@ -38,10 +38,11 @@ from attune.messages import (
 )
 from attune.metrics import Metrics
 from attune.models import Action, Execution
+from attune.pack_env import pack_source
 from attune.packs import read_code, resolve_code
 from attune.params import context_env
 from attune.runner.profiles import Profile
-from attune.runner.sandbox import RunControl, RunSpec, Sandbox
+from attune.runner.sandbox import PackSource, RunControl, RunSpec, Sandbox
 from attune.secrets import OutputGuard, RunSecrets, load_run_secrets
 from attune.states import completed_status_name, status_value
 
@@ -225,8 +226,10 @@ def build_spec(
     resolved = resolve_code(
         Path(ctx.config.packs_base_dir), action.pack_ref, action.entrypoint, runtime
     )
+    pack: PackSource | None = None
     if resolved.path is not None:
         code, code_name = read_code(resolved.path), resolved.path.name
+        pack = pack_source(ctx.config, action.pack_ref, resolved.path, runtime)
     else:
         code, code_name = (resolved.inline or "").encode(), "inline.sh"
     params = secrets.params  # execution.config with the secret markers restored (§8)
@@ -238,6 +241,8 @@ def build_spec(
         fmt=action.parameter_format,
         env_vars=execution.env_vars,
     )
+    if pack is not None and runtime == "python":
+        env["PYTHONPATH"] = f"{pack.pack_dir}/lib"  # as the reference's python runtime does
     timeout = next(
         (
             t
@@ -261,6 +266,7 @@ def build_spec(
         output_format=action.output_format,  # type: ignore[arg-type]
         label=f"execution-{execution.id}",
         secrets=secrets.keystore,
+        pack=pack,
     )
     return spec, float(timeout)
 

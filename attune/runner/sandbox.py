@@ -72,6 +72,20 @@ class RunSpec:
     output_format: OutputFormat | None = None
     label: str = "exec"
     secrets: dict[str, str] = field(default_factory=dict)  # keystore: name -> value
+    pack: PackSource | None = None  # run the action in place inside its whole pack
+
+
+@dataclass(frozen=True)
+class PackSource:
+    """Host paths of an action's pack: `action_path` is a file under `pack_dir`.
+
+    `env_dir` is the pack's built Python environment, or None to use the system
+    interpreter (a pack without dependencies, or a shell action).
+    """
+
+    pack_dir: str
+    action_path: str
+    env_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +256,13 @@ class Sandbox:
             cgroup = self._make_cgroup(rd.root.name, profile)
             seccomp_fd = bpf_fd(self._bpf)
             try:
+                pack_mount: argv_mod.PackMount | None = None
+                if spec.pack is not None:
+                    pack_mount = argv_mod.PackMount(
+                        pack_dir=spec.pack.pack_dir,
+                        action_path=spec.pack.action_path,
+                        env_dir=spec.pack.env_dir,
+                    )
                 layout = argv_mod.RunLayout(
                     code_dir=str(rd.code),
                     result_file=str(rd.result_file),
@@ -252,6 +273,7 @@ class Sandbox:
                     seccomp_fd=seccomp_fd,
                     env=env,
                     secrets_file=secrets_file,
+                    pack=pack_mount,
                 )
                 args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
                 started = trio.current_time()
