@@ -16,20 +16,27 @@ FAILED file holds pip's output), and that pack's Python runs fail with
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import shutil
+import stat
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import trio
 import yaml
 
 from attune.config import Config
 from attune.errors import ExecutionError, InputError
 from attune.packs import PACK_REF_RE
+from attune.pip_config import PipSettings, host_settings
+from attune.runner.env_build import BuildLimits, BuildNetwork, BuildPlan, run_build
 from attune.runner.host import untraversable_ancestors
-from attune.runner.sandbox import PackSource
+from attune.runner.sandbox import SANDBOX_ASSETS, PackSource
 
 READY = ".attune-ready"
 BUILDING = ".attune-building"
@@ -148,3 +155,180 @@ def pack_source(config: Config, pack_ref: str, action_path: Path, runtime: str) 
         action_path=str(action_path),
         env_dir=None if env is None else str(env),
     )
+
+
+# --- building -------------------------------------------------------------------------
+
+
+def _chain(path: Path) -> None:
+    """Create `path` and missing parents traversable (0711): the build uid binds below."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        os.chmod(created, 0o711)
+
+
+def _seal(tree: Path) -> None:
+    """Root-owned and read-only for everyone else; symlinks are left as they are."""
+    for top, dirs, files in os.walk(tree):
+        for name in (*dirs, *files):
+            p = os.path.join(top, name)
+            os.lchown(p, 0, 0)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111:
+                os.chmod(p, 0o755)
+            else:
+                os.chmod(p, 0o644)
+    os.lchown(tree, 0, 0)
+    os.chmod(tree, 0o755)
+
+
+def _pip_config_copies(base: Path, pip: PipSettings) -> tuple[tuple[str, str], ...]:
+    """World-readable copies of the host's pip config files (they may sit under /root)."""
+    folder = base / ".pip-config"
+    folder.mkdir(exist_ok=True)
+    os.chmod(folder, 0o755)
+    copies = []
+    for i, source in enumerate(pip.config_files):
+        copy = folder / f"{i}.conf"
+        shutil.copyfile(source, copy)
+        os.chmod(copy, 0o644)
+        copies.append((str(copy), source))
+    return tuple(copies)
+
+
+def _etc_dir(root: Path) -> Path:
+    etc = root / ".etc"
+    etc.mkdir(exist_ok=True)
+    os.chmod(etc, 0o755)
+    for name in ("passwd", "group", "hosts", "nsswitch.conf"):
+        shutil.copyfile(SANDBOX_ASSETS / "etc" / name, etc / name)
+        os.chmod(etc / name, 0o644)
+    return etc
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    status: EnvStatus
+    built: bool  # False: it was ready already (or the pack needs none)
+    seconds: float
+    output: str = ""
+
+
+async def build(
+    config: Config,
+    pack_ref: str,
+    pack_dir: Path,
+    *,
+    pip: PipSettings | None = None,
+    network: BuildNetwork | None = None,
+    limits: BuildLimits | None = None,
+    force: bool = False,
+) -> BuildOutcome:
+    """Make the pack's environment ready; a no-op when the manifest's one already is."""
+    started = time.monotonic()
+    text = manifest(pack_dir)
+    if text is None:
+        return BuildOutcome(EnvStatus("none", None), False, 0.0)
+    base = Path(config.runtime_envs_dir)
+    root = env_root(base, pack_ref)
+    path = env_dir(base, pack_ref, text)
+    _chain(root)
+    lock_fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        await trio.to_thread.run_sync(fcntl.flock, lock_fd, fcntl.LOCK_EX, abandon_on_cancel=True)
+        if (path / READY).is_file() and not force:
+            return BuildOutcome(EnvStatus("ready", path), False, time.monotonic() - started)
+        return await _build_locked(
+            config, root, path, pack_dir, text, pip, network, limits, started
+        )
+    finally:
+        os.close(lock_fd)
+
+
+async def _build_locked(
+    config: Config,
+    root: Path,
+    path: Path,
+    pack_dir: Path,
+    text: str,
+    pip: PipSettings | None,
+    network: BuildNetwork | None,
+    limits: BuildLimits | None,
+    started: float,
+) -> BuildOutcome:
+    building = path.parent / f"{path.name}{BUILDING}"
+    failed = path.parent / f"{path.name}{FAILED}"
+    building.write_text(f"{os.getpid()}\n")
+    failed.unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+    uid = config.sandbox.slot_uid_base + config.worker.max_concurrent_tasks
+    is_root = os.geteuid() == 0
+    manifest_file = root / f".manifest-{path.name}"
+    try:
+        path.mkdir(mode=0o700)
+        manifest_file.write_text(text)
+        os.chmod(manifest_file, 0o644)
+        if is_root:
+            os.chown(path, uid, uid)
+        settings = pip if pip is not None else host_settings()
+        plan = BuildPlan(
+            env_dir=str(path),
+            stage_dir=str(path),
+            pack_dir=str(pack_dir),
+            manifest_file=str(manifest_file),
+            etc_dir=str(_etc_dir(root.parent)),
+            pip=settings,
+            config_copies=_pip_config_copies(root.parent, settings),
+            network=network or BuildNetwork(),
+            limits=limits or BuildLimits(),
+        )
+        bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
+        result = await run_build(plan, bwrap, uid if is_root else None)
+        if not result.ok:
+            shutil.rmtree(path, ignore_errors=True)
+            failed.write_text(f"{result.reason}\n{result.output}")
+            st = EnvStatus("failed", path, f"{result.reason}")
+            return BuildOutcome(st, True, time.monotonic() - started, result.output)
+        await trio.to_thread.run_sync(_seal, path)
+        (path / READY).write_text(text)
+        os.chmod(path / READY, 0o644)
+        return BuildOutcome(
+            EnvStatus("ready", path), True, time.monotonic() - started, result.output
+        )
+    finally:
+        building.unlink(missing_ok=True)
+        manifest_file.unlink(missing_ok=True)
+
+
+def remove(config: Config, pack_ref: str) -> list[Path]:
+    """Delete every environment of the pack (PackDeleted, `attune pack env remove`)."""
+    root = env_root(Path(config.runtime_envs_dir), pack_ref)
+    if not root.is_dir():
+        return []
+    gone = sorted(p for p in root.iterdir() if p.name.startswith("python-"))
+    shutil.rmtree(root, ignore_errors=True)
+    return gone
+
+
+def listing(config: Config) -> list[tuple[str, str, str]]:
+    """(pack_ref, environment dir name, state) for every environment on this host."""
+    base = Path(config.runtime_envs_dir)
+    rows: list[tuple[str, str, str]] = []
+    if not base.is_dir():
+        return rows
+    for root in sorted(p for p in base.iterdir() if PACK_REF_RE.match(p.name) and p.is_dir()):
+        for entry in sorted(root.iterdir()):
+            if entry.is_dir() and entry.name.startswith("python-"):
+                if (entry / READY).is_file():
+                    state = "ready"
+                elif (root / f"{entry.name}{BUILDING}").is_file():
+                    state = "building"
+                else:
+                    state = "incomplete"
+                rows.append((root.name, entry.name, state))
+            elif entry.name.endswith(FAILED):
+                rows.append((root.name, entry.name.removesuffix(FAILED), "failed"))
+    return rows

@@ -6,6 +6,7 @@
         ├── heartbeat                 UPDATE worker SET last_heartbeat every interval
         ├── outbox                    re-publishes status messages the broker missed
         ├── cancel consumer           worker.{id}.cancel -> RunControl.cancel()
+        ├── pack events consumer      worker.{id}.packs -> build / remove pack environments
         ├── retention                 prunes old artifact directories
         ├── metrics                   GET /metrics for Prometheus (if worker.metrics_port)
         └── serve (consumer)          worker.{id}.executions, holds the executions nursery;
@@ -40,6 +41,7 @@ from attune.errors import SandboxUnavailable, TransientError
 from attune.log import log_event
 from attune.messages import cancel_queue, executions_queue
 from attune.metrics import serve_metrics
+from attune.pack_events import consume_pack_events, declare_packs_queue
 from attune.pipeline import (
     SHUTDOWN_REASON,
     Outbox,
@@ -268,6 +270,7 @@ async def run_worker(config: Config) -> None:
             )
             await broker.declare_topology()
             await broker.declare_worker_queues(worker_id)
+            await declare_packs_queue(broker, worker_id)
             ctx = _context(config, db, broker, sandbox, profiles, worker_id, name)
             ctx.metrics.bind(
                 worker=name,
@@ -294,6 +297,7 @@ async def run_worker(config: Config) -> None:
                     await services.start(heartbeat, ctx)
                     await services.start(ctx.outbox.run)
                     await services.start(consume_cancels, ctx)
+                    await services.start(consume_pack_events, config, broker, worker_id)
                     await services.start(retention, ctx)
                     await services.start(serve, ctx, shutdown, services.cancel_scope)
                     log_event(log, "worker_ready", worker=name, worker_id=worker_id)

@@ -11,10 +11,26 @@ import typer
 
 from attune.cli import EXIT_BY_STATUS
 from attune.cli.common import ConfigOpt, fail, load, run
+from attune.cli.pack_env_cmd import build_with_progress, register_env
 from attune.errors import AttuneError
 
 if TYPE_CHECKING:
-    pass
+    from attune.config import Config
+
+
+async def _announce(
+    cfg: Config, pack_id: int, pack_ref: str, version: str, runtimes: list[str]
+) -> None:
+    """Publish pack.registered so every worker prepares the pack (best effort)."""
+    from attune.broker import open_broker
+    from attune.pack_events import publish_registered
+
+    try:
+        async with open_broker(cfg.message_queue.url, connect_timeout=5) as broker:
+            await broker.declare_topology()
+            await publish_registered(broker, pack_id, pack_ref, version, runtimes)
+    except AttuneError as exc:
+        typer.echo(f"warning: workers were not notified (pack.registered): {exc}", err=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +38,7 @@ def register(app: typer.Typer) -> None:
     pack_app = typer.Typer(help="Packs of actions.", no_args_is_help=True)
     app.add_typer(db_app, name="db")
     app.add_typer(pack_app, name="pack")
+    register_env(pack_app)
 
     @db_app.command("migrate")
     def db_migrate(config: ConfigOpt = None) -> None:
@@ -48,7 +65,7 @@ def register(app: typer.Typer) -> None:
         """Validate a pack, install it under packs_base_dir, and upsert its rows."""
         cfg = load(config)
 
-        async def main() -> tuple[str, Path, dict[str, int]]:
+        async def main() -> bool:
             from attune.db import Database
             from attune.packs import install_pack, load_pack
 
@@ -58,13 +75,18 @@ def register(app: typer.Typer) -> None:
             async with Database.open_ctx(cfg.database.url) as db:
                 installed = install_pack(spec, Path(cfg.packs_base_dir))
                 ids = await db.upsert_pack(spec)
-            return spec.ref, installed, ids
+                pack_id = await db.pack_id(spec.ref)
+            typer.echo(
+                f"pack {spec.ref} installed at {installed}; actions: "
+                + ", ".join(f"{r} (id {i})" for r, i in sorted(ids.items()))
+            )
+            ok = await build_with_progress(cfg, spec.ref, installed, force=False)
+            runtimes = sorted({a.runtime for a in spec.actions if a.runtime})
+            await _announce(cfg, pack_id, spec.ref, spec.version, runtimes)
+            return ok
 
-        ref, installed, ids = run(main)
-        typer.echo(
-            f"pack {ref} installed at {installed}; actions: "
-            + ", ".join(f"{r} (id {i})" for r, i in sorted(ids.items()))
-        )
+        if not run(main):
+            raise typer.Exit(1)
 
     @app.command("run-worker")
     def run_worker_cmd(

@@ -483,3 +483,10 @@ def upsert_pack(conn: Conn, pack: PackSpec) -> dict[str, int]:
         (pack_id, list(ids)),
     )
     return ids
+
+
+def pack_id(conn: Conn, ref: str) -> int:
+    row = _row(conn, "SELECT id FROM pack WHERE ref = %s", (ref,))
+    if row is None:
+        raise InputError(f"no pack {ref!r}")
+    return int(row["id"])
