@@ -17,6 +17,7 @@ FAILED file holds pip's output), and that pack's Python runs fail with
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -112,9 +113,28 @@ def env_dir(runtime_envs_dir: Path, pack_ref: str, manifest_text: str) -> Path:
     return env_root(runtime_envs_dir, pack_ref) / f"python-{digest(manifest_text)}"
 
 
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_manifest(pack_dir: Path, _stamps: object) -> str | None:
+    return manifest(pack_dir)
+
+
+def current_manifest(pack_dir: Path) -> str | None:
+    """`manifest`, re-read only when pack.yaml or requirements.txt changed (every run asks)."""
+    stamps = (_stamp(pack_dir / "pack.yaml"), _stamp(pack_dir / REQUIREMENTS))
+    return _cached_manifest(pack_dir, stamps)
+
+
 def status(runtime_envs_dir: Path, pack_ref: str, pack_dir: Path) -> EnvStatus:
     """The state of the environment the pack's current manifest calls for."""
-    text = manifest(pack_dir)
+    text = current_manifest(pack_dir)
     if text is None:
         return EnvStatus("none", None)
     path = env_dir(runtime_envs_dir, pack_ref, text)
