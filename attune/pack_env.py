@@ -37,7 +37,7 @@ from attune.packs import PACK_REF_RE
 from attune.pip_config import PipSettings, host_settings
 from attune.runner.env_build import BuildLimits, BuildNetwork, BuildPlan, run_build
 from attune.runner.host import untraversable_ancestors
-from attune.runner.sandbox import SANDBOX_ASSETS, PackSource
+from attune.runner.sandbox import PackSource, write_etc
 
 READY = ".attune-ready"
 BUILDING = ".attune-building"
@@ -219,16 +219,6 @@ def _pip_config_copies(base: Path, pip: PipSettings) -> tuple[tuple[str, str], .
     return tuple(copies)
 
 
-def _etc_dir(root: Path) -> Path:
-    etc = root / ".etc"
-    etc.mkdir(exist_ok=True)
-    os.chmod(etc, 0o755)
-    for name in ("passwd", "group", "hosts", "nsswitch.conf"):
-        shutil.copyfile(SANDBOX_ASSETS / "etc" / name, etc / name)
-        os.chmod(etc / name, 0o644)
-    return etc
-
-
 @dataclass(frozen=True)
 class BuildOutcome:
     status: EnvStatus
@@ -299,7 +289,7 @@ async def _build_locked(
             stage_dir=str(path),
             pack_dir=str(pack_dir),
             manifest_file=str(manifest_file),
-            etc_dir=str(_etc_dir(root.parent)),
+            etc_dir=str(write_etc(root.parent / ".etc")),
             pip=settings,
             config_copies=_pip_config_copies(root.parent, settings),
             network=network or BuildNetwork(),

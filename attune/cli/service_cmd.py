@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
         """Validate a pack, install it under packs_base_dir, and upsert its rows."""
         cfg = load(config)
 
-        async def main() -> bool:
+        async def main() -> None:
             from attune.db import Database
             from attune.packs import install_pack, load_pack
 
@@ -80,13 +80,18 @@ def register(app: typer.Typer) -> None:
                 f"pack {spec.ref} installed at {installed}; actions: "
                 + ", ".join(f"{r} (id {i})" for r, i in sorted(ids.items()))
             )
-            ok = await build_with_progress(cfg, spec.ref, installed, force=False)
+            # A failed build leaves the pack loaded: its Python runs then fail with
+            # "environment not ready" and pip's output until `attune pack env build`.
+            if not await build_with_progress(cfg, spec.ref, installed, force=False):
+                typer.echo(
+                    f"warning: pack {spec.ref} is loaded, but its Python actions cannot run "
+                    f"until its environment builds (attune pack env build {spec.ref})",
+                    err=True,
+                )
             runtimes = sorted({a.runtime for a in spec.actions if a.runtime})
             await _announce(cfg, pack_id, spec.ref, spec.version, runtimes)
-            return ok
 
-        if not run(main):
-            raise typer.Exit(1)
+        run(main)
 
     @app.command("run-worker")
     def run_worker_cmd(

@@ -132,13 +132,9 @@ def action_command(profile: Profile, layout: RunLayout) -> list[str]:
     ]
 
 
-def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
-    """bwrap's options, sent through `--args FD`; the command goes on its real argv.
-
-    bwrap stops parsing an --args file at the first non-option, so the command itself
-    cannot travel there; it holds no secret (parameters go through stdin or a file).
-    """
-    args: list[str] = [
+def isolation_args(hostname: str) -> list[str]:
+    """The namespaces, identity and capabilities every sandbox of this worker starts with."""
+    return [
         "--unshare-user",
         "--unshare-ipc",
         "--unshare-pid",
@@ -152,10 +148,19 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--gid",
         str(SANDBOX_GID),
         "--hostname",
-        "sandbox",
+        hostname,
         "--cap-drop",
         "ALL",
     ]
+
+
+def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
+    """bwrap's options, sent through `--args FD`; the command goes on its real argv.
+
+    bwrap stops parsing an --args file at the first non-option, so the command itself
+    cannot travel there; it holds no secret (parameters go through stdin or a file).
+    """
+    args = isolation_args("sandbox")
     if not profile.network:
         args.append("--unshare-net")
     for path in profile.mounts.ro_bind:

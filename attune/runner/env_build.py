@@ -30,7 +30,7 @@ import trio
 
 from attune.errors import SandboxUnavailable
 from attune.pip_config import PipSettings
-from attune.runner.argv import PRLIMIT, encode_args
+from attune.runner.argv import PRLIMIT, encode_args, isolation_args
 from attune.runner.process import SETPRIV
 from attune.runner.seccomp import bpf_fd, default_bpf
 
@@ -91,22 +91,7 @@ def build_args(plan: BuildPlan, seccomp_fd: int) -> list[str]:
     """bwrap's options for a build (sent through --args FD); pure, golden-testable."""
     lim = plan.limits
     args = [
-        "--unshare-user",
-        "--unshare-ipc",
-        "--unshare-pid",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--disable-userns",
-        "--die-with-parent",
-        "--new-session",
-        "--uid",
-        "1000",
-        "--gid",
-        "1000",
-        "--hostname",
-        "build",
-        "--cap-drop",
-        "ALL",
+        *isolation_args("build"),
         *plan.network.bwrap_args(),
         "--ro-bind",
         "/usr",
@@ -236,24 +221,32 @@ def _tail(output: bytearray) -> str:
 
 
 async def _run(argv: list[str], fds: tuple[int, ...], output: bytearray) -> int:
-    """Run argv with stdout and stderr on one pipe, kept (bounded) in `output`."""
+    """Run argv with stdout and stderr on one pipe, kept (bounded) in `output`.
+
+    Spawned from the trio thread itself, not a worker thread: setpriv's parent-death
+    signal fires when the *thread* that forked exits, and trio retires idle threads.
+    """
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
-        proc = await trio.lowlevel.open_process(
+        popen = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end, pass_fds=fds
         )
     finally:
         os.close(write_end)
+    pidfd = os.pidfd_open(popen.pid)
     stream = trio.lowlevel.FdStream(read_end)
     try:
         while chunk := await stream.receive_some(65536):
             output += chunk
             if len(output) > 4 * MAX_LOG_BYTES:
                 del output[: len(output) - MAX_LOG_BYTES]
-        return await proc.wait()
+        await trio.lowlevel.wait_readable(pidfd)
+        return popen.wait()
     finally:
         with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            if popen.poll() is None:
+                popen.kill()
+                await trio.lowlevel.wait_readable(pidfd)
+                popen.wait()
+            os.close(pidfd)
             await stream.aclose()

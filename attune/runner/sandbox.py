@@ -128,6 +128,16 @@ class _RunDir:
         return self.out / "parameters"
 
 
+def write_etc(etc: Path) -> Path:
+    """The synthetic /etc files bound into sandboxes, readable by the sandbox uids."""
+    etc.mkdir(exist_ok=True)
+    os.chmod(etc, 0o755)
+    for name in ("passwd", "group", "hosts", "nsswitch.conf"):
+        shutil.copyfile(SANDBOX_ASSETS / "etc" / name, etc / name)
+        os.chmod(etc / name, 0o644)
+    return etc
+
+
 class Sandbox:
     """Runs actions; one instance per process, shared by all concurrent runs."""
 
@@ -157,13 +167,7 @@ class Sandbox:
                 f"{blocked[0]} is not searchable by others (chmod o+x {blocked[0]}, "
                 "or choose another sandbox.run_dir)"
             )
-        etc = self.run_dir / ".etc"
-        etc.mkdir(exist_ok=True)
-        os.chmod(etc, 0o755)
-        for name in ("passwd", "group", "hosts", "nsswitch.conf"):
-            shutil.copyfile(SANDBOX_ASSETS / "etc" / name, etc / name)
-            os.chmod(etc / name, 0o644)
-        return etc
+        return write_etc(self.run_dir / ".etc")
 
     def slot_uid(self, slot: int) -> int | None:
         return self.slot_uid_base + slot if self.facts.is_root else None
