@@ -194,7 +194,7 @@ def test_result_symlink_is_not_followed(
     assert target.read_text() == "precious"
 
 
-# --- the worker's side: read_wrapper_report (sandbox.md guarantee 10) -------------------
+# --- the worker's side: read_wrapper_report (docs/sandbox.md guarantee 10) -------------------
 
 
 def test_report_is_read(tmp_path: Path) -> None:
