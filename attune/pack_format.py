@@ -24,6 +24,8 @@ ParameterDelivery = Literal["stdin", "file"]
 ParameterFormat = Literal["dotenv", "json", "yaml"]
 OutputFormat = Literal["text", "json", "yaml", "jsonl"]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+# `network: egress`: the action gets the operator's egress network (docs/network.md).
+NetworkMode = Literal["none", "egress"]
 
 # runner_type (any case) -> the runtime this worker runs it with; others load, but
 # have no runtime row here (the reference resolves them against its runtime catalog).
@@ -68,7 +70,7 @@ class ActionSpec(msgspec.Struct, frozen=True, kw_only=True):
     artifact_retention_limit: int | None = None
     timeout_seconds: PositiveInt | None = None
     timeout: PositiveInt | None = None  # this worker's first format; same as timeout_seconds
-    network: str | None = None  # network access the action asks for (see docs/packs.md)
+    network: NetworkMode | None = None  # this worker's key; unset: the pack's `network`
 
     @property
     def name(self) -> str:
@@ -119,7 +121,7 @@ class PackYaml(msgspec.Struct, frozen=True, kw_only=True):
     worker_selector: dict[str, Any] = msgspec.field(default_factory=dict)
     worker_tolerations: list[Any] = msgspec.field(default_factory=list)
     worker_affinity: dict[str, Any] = msgspec.field(default_factory=dict)
-    network: str | None = None
+    network: NetworkMode = "none"  # this worker's key: the default of the pack's actions
 
 
 # Legacy pack.yaml names and the canonical key each stands for (reference pack_manifest).

@@ -24,7 +24,14 @@ import msgspec
 import yaml
 
 from attune.errors import ExecutionError, InputError
-from attune.pack_format import RUNNER_RUNTIMES, ActionSpec, PackYaml, action_fields, pack_fields
+from attune.pack_format import (
+    RUNNER_RUNTIMES,
+    ActionSpec,
+    NetworkMode,
+    PackYaml,
+    action_fields,
+    pack_fields,
+)
 
 PACK_REF_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _ACTION_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -60,6 +67,14 @@ class PackSpec(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def description(self) -> str | None:
         return self.meta.description
+
+    @property
+    def network(self) -> NetworkMode:
+        return self.meta.network
+
+    def network_of(self, action: ActionSpec) -> NetworkMode:
+        """An action's own `network`, else its pack's."""
+        return action.network or self.meta.network
 
 
 class ResolvedCode(msgspec.Struct, frozen=True, kw_only=True):

@@ -36,7 +36,8 @@ SELECT a.id, a.ref, coalesce(p.ref, a.pack_ref) AS pack_ref, a.entrypoint,
        coalesce(a.parameter_delivery, 'stdin') AS parameter_delivery,
        coalesce(a.parameter_format, 'json') AS parameter_format,
        coalesce(a.output_format, 'text') AS output_format,
-       a.param_schema, a.out_schema, coalesce(a.enabled, true) AS enabled
+       a.param_schema, a.out_schema, coalesce(a.enabled, true) AS enabled,
+       coalesce(a.network, 'none') AS network
 FROM action a
 LEFT JOIN runtime r ON r.id = a.runtime
 LEFT JOIN pack p ON p.id = a.pack
@@ -204,7 +205,9 @@ def list_workers(conn: Conn) -> list[Worker]:
     return [_to(Worker, r, "worker") for r in _rows(conn, _WORKER_SELECT + " ORDER BY w.id")]
 
 
-def pick_worker(conn: Conn, runtime_name: str, stale_after: float) -> Worker | None:
+def pick_worker(
+    conn: Conn, runtime_name: str, stale_after: float, *, egress: bool = False
+) -> Worker | None:
     # A worker advertising a runtime's alias ("python3") also serves that runtime.
     # Least loaded first: work already assigned (scheduled or running) per unit of
     # capacity, so a burst of submissions spreads before any of it starts.
@@ -221,13 +224,14 @@ def pick_worker(conn: Conn, runtime_name: str, stale_after: float) -> Worker | N
                OR lower(c.rt) IN (
                     SELECT lower(x) FROM runtime r, unnest(r.aliases || r.name) AS x
                     WHERE lower(r.name) = lower(%s)))
+          AND (NOT %s OR coalesce((w.capabilities ->> 'egress')::boolean, false))
         ORDER BY (SELECT count(*) FROM execution e
                    WHERE e.worker = w.id AND e.status IN ('scheduled', 'running'))::float
                  / greatest(coalesce((w.capabilities ->> 'max_concurrent_executions')::int, 1), 1),
                  w.id
         LIMIT 1
         """,
-        (stale_after, runtime_name, runtime_name),
+        (stale_after, runtime_name, runtime_name, egress),
     )
     return None if row is None else _to(Worker, row, "worker")
 
@@ -501,6 +505,7 @@ def upsert_pack(conn: Conn, pack: PackSpec) -> dict[str, int]:
             raise InputError(f"action {a.ref} belongs to pack {owner['pack_ref']!r}")
         runtime_id = runtimes.get(a.runtime) if a.runtime else None
         ids[a.ref] = _upsert_action(conn, action_row(pack_id, m.ref, runtime_id, a))
+        _set_action_network(conn, ids[a.ref], pack.network_of(a))
     conn.execute(
         "DELETE FROM action WHERE pack = %s AND NOT (ref = ANY(%s))",
         (pack_id, list(ids)),
@@ -513,3 +518,8 @@ def pack_id(conn: Conn, ref: str) -> int:
     if row is None:
         raise InputError(f"no pack {ref!r}")
     return int(row["id"])
+
+
+def _set_action_network(conn: Conn, action_id: int, network: str) -> None:
+    """`network: egress` (action or pack); a column of this worker's own (migration 0004)."""
+    conn.execute("UPDATE action SET network = %s WHERE id = %s", (network, action_id))

@@ -53,14 +53,15 @@ _SCRIPT = (
 class BuildNetwork:
     """The build sandbox's network. Default: none (a local index or find-links only).
 
-    `extra_args` replaces `--unshare-net` when a network namespace with an egress path
-    to the package index is provided by the caller (e.g. one joined by its fd).
+    The sandbox always gets a network namespace of its own (`--unshare-net` in
+    isolation_args); `extra_args` are added bwrap options for a caller that attaches
+    an egress path to the package index to that namespace.
     """
 
     extra_args: tuple[str, ...] = ()
 
     def bwrap_args(self) -> list[str]:
-        return list(self.extra_args) if self.extra_args else ["--unshare-net"]
+        return list(self.extra_args)
 
 
 @dataclass(frozen=True)

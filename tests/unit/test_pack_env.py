@@ -128,9 +128,10 @@ def test_build_sandbox_has_no_network_by_default_and_a_capped_env_tmpfs() -> Non
 
 
 def test_build_network_is_a_parameter() -> None:
-    net = env_build.BuildNetwork(extra_args=("--share-net",))
+    net = env_build.BuildNetwork(extra_args=("--ro-bind", "/run/x/resolv.conf", "/etc/resolv.conf"))
     args = env_build.build_args(_plan(network=net), 9)
-    assert "--unshare-net" not in args and "--share-net" in args
+    assert args.count("--unshare-net") == 1  # always a namespace of its own
+    assert "/run/x/resolv.conf" in args
 
 
 def test_build_command_is_capped_and_uses_the_system_python() -> None:
