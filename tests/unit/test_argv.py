@@ -54,6 +54,16 @@ COMMON_HEAD = [
     "--ro-bind-try",
     "/etc/localtime",
     "/etc/localtime",
+    "--ro-bind-try",
+    "/etc/ssl",
+    "/etc/ssl",
+    "--ro-bind-try",
+    "/etc/ca-certificates",
+    "/etc/ca-certificates",
+    # /usr/bin/awk and friends are links through /etc/alternatives.
+    "--ro-bind-try",
+    "/etc/alternatives",
+    "/etc/alternatives",
 ]
 SYMLINKS = [
     "--symlink",
@@ -155,12 +165,6 @@ def test_python_profile_golden_argv() -> None:
     lay = layout(wrapper="python_wrapper.py")
     assert argv.bwrap_args(profile, lay) == [
         *COMMON_HEAD,
-        "--ro-bind-try",
-        "/etc/ssl",
-        "/etc/ssl",
-        "--ro-bind-try",
-        "/etc/ca-certificates",
-        "/etc/ca-certificates",
         *SYMLINKS,
         *FILESYSTEMS,
         *TAIL,
