@@ -17,12 +17,10 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from attune.errors import InputError
+from attune.models import OutputFormat, ParameterDelivery, ParameterFormat
 
 _T = TypeVar("_T")
 
-ParameterDelivery = Literal["stdin", "file"]
-ParameterFormat = Literal["dotenv", "json", "yaml"]
-OutputFormat = Literal["text", "json", "yaml", "jsonl"]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 # `network: egress`: the action gets the operator's egress network (docs/network.md).
 NetworkMode = Literal["none", "egress"]

@@ -32,6 +32,7 @@ from attune.pack_format import (
     action_fields,
     pack_fields,
 )
+from attune.schema_form import schema_form
 
 PACK_REF_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _ACTION_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -241,7 +242,7 @@ def _validate_schema(schema: dict[str, Any], file: Path, field: str) -> None:
     may be any JSON Schema (`{type: number}`) or the flat per-field form.
     """
     typ = schema.get("type")
-    json_form = isinstance(typ, str) or "properties" in schema
+    json_form = schema_form(schema) == "json-schema"
     if field == "parameters" and isinstance(typ, str) and typ != "object":
         raise InputError(f"{file}: {field}.type: must be 'object', got {typ!r}")
     if json_form:

@@ -21,6 +21,7 @@ from attune.errors import ExecutionError, InputError, UnreadableExecution
 from attune.models import Action, Claim, Execution, Worker
 from attune.pack_format import ActionSpec
 from attune.packs import PackSpec
+from attune.runtimes import CORE_RUNTIMES
 
 _T = TypeVar("_T")
 Conn = psycopg.Connection[Any]
@@ -50,85 +51,6 @@ SELECT w.id, w.name, w.worker_type::text AS worker_type, w.status::text AS statu
          WHERE e.worker = w.id AND e.status = 'running')::int AS running
 FROM worker w
 """
-
-# The runtime rows of the reference's platform catalog that this worker runs
-# (runtimes/python.yaml and shell.yaml there): ref, name, aliases, description,
-# distributions, installation, execution_config. pack NULL, pack_ref 'core'.
-CORE_RUNTIMES: Final[dict[str, tuple[str, str, list[str], str, Any, Any, Any]]] = {
-    "python": (
-        "core.python",
-        "Python",
-        ["python", "python3"],
-        "Python 3 runtime for actions and sensors with automatic environment management",
-        {
-            "verification": {
-                "commands": [
-                    {
-                        "binary": "python3",
-                        "args": ["--version"],
-                        "exit_code": 0,
-                        "pattern": "Python 3\\.",
-                        "priority": 1,
-                    },
-                ]
-            },
-            "min_version": "3.8",
-        },
-        {"package_managers": ["pip"], "virtual_env_support": True},
-        {
-            "interpreter": {"binary": "python3", "args": ["-u"], "file_extension": ".py"},
-            "environment": {
-                "env_type": "virtualenv",
-                "dir_name": ".venv",
-                "create_command": ["python3", "-m", "venv", "--copies", "{env_dir}"],
-                "interpreter_path": "{env_dir}/bin/python3",
-            },
-            "dependencies": {
-                "manifest_file": "requirements.txt",
-                "install_command": [
-                    "{interpreter}",
-                    "-m",
-                    "pip",
-                    "install",
-                    "-r",
-                    "{manifest_path}",
-                ],
-            },
-            "env_vars": {
-                "PYTHONPATH": {"operation": "prepend", "value": "{pack_dir}/lib", "separator": ":"}
-            },
-        },
-    ),
-    "shell": (
-        "core.shell",
-        "Shell",
-        ["shell", "bash", "sh"],
-        "Shell (bash/sh) runtime for script execution - always available",
-        {
-            "verification": {
-                "commands": [
-                    {
-                        "binary": "bash",
-                        "args": ["--version"],
-                        "exit_code": 0,
-                        "optional": True,
-                        "priority": 2,
-                    },
-                ],
-                "always_available": True,
-            }
-        },
-        {"interpreters": ["sh", "bash", "dash"], "portable": True},
-        {
-            "interpreter": {"binary": "/bin/bash", "args": [], "file_extension": ".sh"},
-            "inline_execution": {
-                "strategy": "temp_file",
-                "extension": ".sh",
-                "inject_shell_helpers": True,
-            },
-        },
-    ),
-}
 
 
 def _to(typ: type[_T], row: dict[str, Any], what: str) -> _T:
@@ -374,7 +296,7 @@ def _ensure_core_runtimes(conn: Conn) -> dict[str, int]:
     DO NOTHING, then SELECT: an operator's edits to a runtime row survive re-loads.
     """
     ids: dict[str, int] = {}
-    for runtime, (ref, name, aliases, desc, dist, inst, exe) in sorted(CORE_RUNTIMES.items()):
+    for key, runtime in sorted(CORE_RUNTIMES.items()):
         conn.execute(
             """
             INSERT INTO runtime (ref, pack, pack_ref, name, aliases, description,
@@ -382,11 +304,19 @@ def _ensure_core_runtimes(conn: Conn) -> dict[str, int]:
             VALUES (%s, NULL, 'core', %s, %s, %s, %s, %s, %s)
             ON CONFLICT (ref) DO NOTHING
             """,
-            (ref, name, aliases, desc, Jsonb(dist), Jsonb(inst), Jsonb(exe)),
+            (
+                runtime.ref,
+                runtime.name,
+                list(runtime.aliases),
+                runtime.description,
+                Jsonb(dict(runtime.distributions)),
+                Jsonb(dict(runtime.installation)),
+                Jsonb(dict(runtime.execution_config)),
+            ),
         )
-        row = _row(conn, "SELECT id FROM runtime WHERE ref = %s", (ref,))
+        row = _row(conn, "SELECT id FROM runtime WHERE ref = %s", (runtime.ref,))
         assert row is not None
-        ids[runtime] = int(row["id"])
+        ids[key] = int(row["id"])
     return ids
 
 

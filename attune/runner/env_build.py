@@ -30,7 +30,7 @@ import trio
 
 from attune.errors import SandboxUnavailable
 from attune.pip_config import PipSettings
-from attune.runner.argv import PRLIMIT, encode_args, isolation_args
+from attune.runner.argv import ETC_FILES, PRLIMIT, encode_args, isolation_args
 from attune.runner.process import SETPRIV
 from attune.runner.seccomp import bpf_fd, default_bpf
 
@@ -120,7 +120,7 @@ def build_args(plan: BuildPlan, seccomp_fd: int) -> list[str]:
         "--dir",
         "/etc",
     ]
-    for name in ("passwd", "group", "hosts", "nsswitch.conf"):
+    for name in ETC_FILES:
         args += ["--ro-bind", f"{plan.etc_dir}/{name}", f"/etc/{name}"]
     for path in ("/etc/ld.so.cache", "/etc/ssl", "/etc/ca-certificates", "/etc/resolv.conf"):
         args += ["--ro-bind-try", path, path]
