@@ -115,6 +115,7 @@ class RunLayout:
     # The masked /proc entries this kernel has, with whether each is a directory: bwrap
     # cannot mount over an entry that does not exist (`present_proc_masks`).
     proc_masks: tuple[tuple[str, bool], ...] = ()
+    pack: PackMount | None = None  # the action's whole pack, when it comes from one
 
 
 def present_proc_masks(kind: Callable[[str], bool | None]) -> tuple[tuple[str, bool], ...]:
@@ -169,6 +170,21 @@ def run_files(
     if secrets:
         files.append(("secrets", SECRETS_FILE))
     return files
+
+
+@dataclass(frozen=True)
+class PackMount:
+    """The action's pack (and its Python environment) as the sandbox sees them.
+
+    Both are bound read-only at the same paths as on the host, the paths the
+    reference's worker uses: the action runs as `{pack_dir}/actions/<entry>` with the
+    pack directory as its working directory. A venv must sit at its build path: its
+    scripts and pyvenv.cfg carry it.
+    """
+
+    pack_dir: str  # absolute path, inside and outside the sandbox
+    action_path: str  # absolute path of the action file under pack_dir
+    env_dir: str | None = None  # the pack's Python environment (a venv), if it has one
 
 
 def sandbox_env(profile: Profile, extra: dict[str, str]) -> dict[str, str]:
@@ -234,24 +250,40 @@ def rlimit_prefix(profile: Profile) -> list[str]:
     return [PRLIMIT, "--core=0:0", *opts, "--"]
 
 
+def interpreter_command(profile: Profile, pack: PackMount | None) -> list[str]:
+    """The profile's command, adapted to a pack: its venv's python, PYTHONPATH honoured.
+
+    `-I` (isolated mode) would ignore PYTHONPATH, which is how a pack's lib/ reaches
+    its actions (as in the reference); `-s` keeps the one part of it that matters here
+    (no user site-packages). The environment is cleared by bwrap, so PYTHONPATH holds
+    only what the worker sets; execution env_vars cannot set PYTHON* names.
+    """
+    command = list(profile.command)
+    if pack is None or "-I" not in command:
+        return command
+    command[command.index("-I")] = "-s"
+    if pack.env_dir is not None:
+        command[0] = f"{pack.env_dir}/bin/python3"
+    return command
+
+
 def action_command(profile: Profile, layout: RunLayout) -> list[str]:
     """What bwrap runs as pid 1: attune-init, which forks and execs the rest."""
     wrapper = [f"{ATTUNE_DIR}/{layout.wrapper}"] if layout.wrapper else []
+    target = (
+        layout.pack.action_path if layout.pack is not None else f"{ACTION_DIR}/{layout.action_file}"
+    )
     return [
         INIT_PATH,
-        *profile.command,
+        *interpreter_command(profile, layout.pack),
         *wrapper,
-        f"{ACTION_DIR}/{layout.action_file}",
+        target,
     ]
 
 
-def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
-    """bwrap's options, sent through `--args FD`; the command goes on its real argv.
-
-    bwrap stops parsing an --args file at the first non-option, so the command itself
-    cannot travel there; it holds no secret (parameters go through stdin or a file).
-    """
-    args: list[str] = [
+def isolation_args(hostname: str) -> list[str]:
+    """The namespaces, identity and capabilities every sandbox of this worker starts with."""
+    return [
         "--unshare-user",
         "--unshare-ipc",
         "--unshare-pid",
@@ -266,11 +298,20 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--gid",
         str(SANDBOX_GID),
         "--hostname",
-        "sandbox",
+        hostname,
         "--cap-drop",
         "ALL",
         "--unshare-net",  # always: egress attaches its own network to this namespace
     ]
+
+
+def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
+    """bwrap's options, sent through `--args FD`; the command goes on its real argv.
+
+    bwrap stops parsing an --args file at the first non-option, so the command itself
+    cannot travel there; it holds no secret (parameters go through stdin or a file).
+    """
+    args = isolation_args("sandbox")
     for path in profile.mounts.ro_bind:
         args += ["--ro-bind", path, path]
     for path in profile.mounts.ro_bind_try:
@@ -321,8 +362,15 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--file",
         str(layout.init_fd),
         INIT_PATH,
+    ]
+    pack = layout.pack
+    if pack is not None:
+        args += ["--ro-bind", pack.pack_dir, pack.pack_dir]
+        if pack.env_dir is not None:
+            args += ["--ro-bind", pack.env_dir, pack.env_dir]
+    args += [
         "--chdir",
-        WORK_DIR,
+        pack.pack_dir if pack is not None else WORK_DIR,
         "--remount-ro",
         "/",
         "--clearenv",

@@ -73,8 +73,22 @@ class RunSpec:
     output_format: OutputFormat | None = None
     label: str = "exec"
     secrets: dict[str, str] = field(default_factory=dict)  # keystore: name -> value
+    pack: PackSource | None = None  # run the action in place inside its whole pack
     # Egress: a user-mode network limited by this policy; None keeps loopback only.
     network: egress.EgressPolicy | None = None
+
+
+@dataclass(frozen=True)
+class PackSource:
+    """Host paths of an action's pack: `action_path` is a file under `pack_dir`.
+
+    `env_dir` is the pack's built Python environment, or None to use the system
+    interpreter (a pack without dependencies, or a shell action).
+    """
+
+    pack_dir: str
+    action_path: str
+    env_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,16 @@ class _RunDir:
     @property
     def result_file(self) -> Path:
         return self.out / "result.json"
+
+
+def write_etc(etc: Path) -> Path:
+    """The synthetic /etc files bound into sandboxes, readable by the sandbox uids."""
+    etc.mkdir(exist_ok=True)
+    os.chmod(etc, 0o755)
+    for name in argv_mod.ETC_FILES:
+        shutil.copyfile(SANDBOX_ASSETS / "etc" / name, etc / name)
+        os.chmod(etc / name, 0o644)
+    return etc
 
 
 class Sandbox:
@@ -241,6 +265,13 @@ class Sandbox:
                     )
                     opened.append(fd)
                     files.append((fd, path))
+                pack_mount: argv_mod.PackMount | None = None
+                if spec.pack is not None:
+                    pack_mount = argv_mod.PackMount(
+                        pack_dir=spec.pack.pack_dir,
+                        action_path=spec.pack.action_path,
+                        env_dir=spec.pack.env_dir,
+                    )
                 layout = argv_mod.RunLayout(
                     result_file=str(rd.result_file),
                     proc_masks=self._proc_masks,
@@ -250,6 +281,7 @@ class Sandbox:
                     init_fd=init_fd,
                     env=env,
                     files=tuple(files),
+                    pack=pack_mount,
                 )
                 args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
                 command = argv_mod.action_command(profile, layout)
@@ -365,6 +397,7 @@ class Sandbox:
                 name,
                 profile.limits.memory_mb * 1024 * 1024,
                 profile.limits.processes,
+                profile.limits.cpus,
             )
         except OSError:
             return None
