@@ -21,9 +21,9 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
-import yaml
 
 from attune.errors import ExecutionError, InputError
+from attune.yamlsafe import load_yaml
 
 PACK_REF_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _ACTION_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -169,10 +169,7 @@ def _read_yaml(file: Path) -> Any:
         raise InputError(f"{file}: cannot read: {exc.strerror}") from None
     if len(raw) > _MAX_YAML_BYTES:
         raise InputError(f"{file}: larger than {_MAX_YAML_BYTES} bytes")
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise InputError(f"{file}: invalid YAML: {exc}") from None
+    return load_yaml(raw, source=str(file))
 
 
 def _convert(data: Any, typ: type[_T], file: Path) -> _T:

@@ -7,7 +7,6 @@ imported only inside the functions that read or write YAML.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -94,28 +93,10 @@ def parse_params_json(text: str, source: str = "parameters JSON") -> dict[str, A
     return _as_params(data, source)
 
 
-@functools.cache
-def _yaml_loader() -> type:
-    """SafeLoader minus timestamps, so `2024-01-01` stays the string an action expects."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    return Loader
-
-
 def _parse_yaml(text: str, source: str) -> Any:
-    import yaml
+    from attune.yamlsafe import load_yaml
 
-    try:
-        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise InputError(f"{source}: invalid YAML: {exc}") from None
+    return load_yaml(text, source=source)
 
 
 def load_params_file(path: Path) -> dict[str, Any]:

@@ -302,7 +302,7 @@ async def run_claimed(
                 spec, timeout=timeout, slot=slot, control=control, on_output=guard.write
             )
             result = await guard.redact(outcome.result)
-            artifacts.write_result(outcome.status, result)
+            await trio.to_thread.run_sync(artifacts.write_result, outcome.status, result)
     except AttuneError as exc:
         return "failed", {"succeeded": False, "error": secrets.masker.text(str(exc))}
     finally:

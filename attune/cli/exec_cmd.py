@@ -63,12 +63,14 @@ def _metadata(code_path: Path) -> dict[str, Any] | None:
     """The action's metadata file beside the code (same name, .yaml), if any."""
     for candidate in (code_path.with_suffix(".yaml"), code_path.with_suffix(".yml")):
         if candidate.is_file():
-            import yaml
+            from attune.yamlsafe import METADATA_LIMITS, load_yaml
 
             try:
-                data = yaml.safe_load(candidate.read_text())
-            except (OSError, yaml.YAMLError) as exc:
+                with open(candidate, "rb") as handle:
+                    raw = handle.read(METADATA_LIMITS.max_bytes + 1)
+            except OSError as exc:
                 raise InputError(f"{candidate}: cannot read action metadata: {exc}") from None
+            data = load_yaml(raw, source=f"{candidate}: action metadata")
             if not isinstance(data, dict):
                 raise InputError(f"{candidate}: action metadata must be a mapping")
             return data

@@ -29,6 +29,7 @@ from typing import Any
 import trio
 
 from attune.errors import ExecutionError, SandboxUnavailable
+from attune.jsonsafe import DataInvalid, DataLimits, DataRefused, decode_json
 from attune.params import encode_params, shell_env
 from attune.runner import argv as argv_mod
 from attune.runner import process
@@ -284,7 +285,9 @@ class Sandbox:
                 proc.close()
             if cgroup is not None and cgroup.oom_killed():
                 report = _replace(report, oom_killed=True)
-            status, result = build_result(report)
+            # Parsing and normalising up to 10 MiB of output takes a while: off the trio
+            # thread, so other runs and the heartbeat never wait for it.
+            status, result = await trio.to_thread.run_sync(build_result, report)
             return RunOutcome(status, result)
         finally:
             # Both may block briefly (rmdir of a cgroup retries while a process exits).
@@ -439,7 +442,6 @@ def _replace(report: RunReport, **changes: Any) -> RunReport:
 
 def read_wrapper_report(out_dir: Path, max_bytes: int) -> tuple[dict[str, Any] | None, str | None]:
     """Read result.json the wrapper left, refusing symlinks, non-files and huge files."""
-    import json
 
     try:
         dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -472,9 +474,16 @@ def read_wrapper_report(out_dir: Path, max_bytes: int) -> tuple[dict[str, Any] |
     if len(data) > max_bytes:
         return None, f"result exceeds the {max_bytes} byte limit"
     try:
-        report = json.loads(data)
-    except ValueError:
+        report = decode_json(
+            data,
+            what="the return value",
+            limits=DataLimits(max_bytes=max_bytes + 1024),
+            normalised=False,  # build_result normalises the value
+        )
+    except DataInvalid:
         return None, "the result file is not valid JSON"
+    except DataRefused as exc:
+        return None, f"Result refused: {exc}"
     if not isinstance(report, dict) or "ok" not in report:
         return None, "the result file is malformed"
     return report, None

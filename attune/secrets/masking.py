@@ -314,12 +314,15 @@ class OutputGuard:
     async def redact(self, result: dict[str, Any]) -> dict[str, Any]:
         """The result as it may be stored and published; call after the run ended."""
         await self.flush()
-        masked, masker = redact_result(result, self.masker, self._out_schema)
+        # Masking a result of tens of MB is regex work over all of it: off the trio thread.
+        masked, masker = await trio.to_thread.run_sync(
+            redact_result, result, self.masker, self._out_schema
+        )
         if masker is not self.masker:
             self.masker = masker
             if self._token is not None:
                 ACTIVE.set(self._token, masker)
             if self._log_dir is not None:
                 for name in ("stdout.log", "stderr.log"):
-                    mask_file(self._log_dir / name, masker)
+                    await trio.to_thread.run_sync(mask_file, self._log_dir / name, masker)
         return masked
