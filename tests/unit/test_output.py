@@ -288,9 +288,7 @@ def test_nul_in_text_output_is_stored_as_the_replacement_character() -> None:
 
 
 def test_nan_in_json_output_is_stored_as_text() -> None:
-    status, result = build_result(
-        report(stdout=b'{"x": NaN, "y": Infinity}', output_format="json")
-    )
+    status, result = build_result(report(stdout=b'{"x": NaN, "y": Infinity}', output_format="json"))
     assert status == "completed"
     assert result["data"] == {"x": "NaN", "y": "Infinity"}
     stored(result)
@@ -333,7 +331,7 @@ def test_a_run_function_value_nested_900_deep_fails_cleanly() -> None:
 
 def test_control_bytes_are_bounded_once_escaped() -> None:
     b = buf(b"\x01" * 6000, limit=6000)
-    status, result = build_result(report(stdout=b))
+    _, result = build_result(report(stdout=b))
     text = result["stdout"]
     assert text.endswith(NOTICE) and result["stdout_truncated"]
     assert len(stored({"s": text[: -len(NOTICE)]})) - 9 <= 6000
