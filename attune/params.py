@@ -44,18 +44,16 @@ def _is_type(value: Any, name: str) -> bool:
     return actual == name or (name == "number" and actual == "integer")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
 def _parse_value(text: str) -> Any:
     """JSON when it parses (`1`, `true`, `{"a":1}`), else the text itself.
 
     NaN and Infinity stay text: they are not JSON and could not be delivered as such.
     """
+    from attune.jsonsafe import DataInvalid, decode_json
+
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
+        return decode_json(text, what="parameter value", strict=True)
+    except DataInvalid:
         return text
 
 
@@ -86,9 +84,11 @@ def parse_kv_params(
 
 def parse_params_json(text: str, source: str = "parameters JSON") -> dict[str, Any]:
     """A JSON object of parameters; `source` names where it came from in errors."""
+    from attune.jsonsafe import DataInvalid, decode_json
+
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
+        data = decode_json(text, what=source, strict=True)
+    except DataInvalid as exc:
         raise InputError(f"{source}: invalid JSON: {exc}") from None
     return _as_params(data, source)
 
@@ -112,9 +112,11 @@ def load_params_file(path: Path) -> dict[str, Any]:
     if suffix == ".json":
         return parse_params_json(text, source)
     if suffix not in (".yaml", ".yml"):
+        from attune.jsonsafe import DataInvalid, decode_json
+
         try:
-            data = json.loads(text, parse_constant=_reject_constant)
-        except ValueError:
+            data = decode_json(text, what=source, strict=True)
+        except DataInvalid:
             pass
         else:
             return _as_params(data, source)

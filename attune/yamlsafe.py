@@ -51,13 +51,15 @@ class YamlLimits:
 
 # Action and pack metadata, parameter files, the CLI's inputs.
 METADATA_LIMITS = YamlLimits()
-# An action's stdout (output_format: yaml): the bounds of any stored result data.
+# An action's stdout (output_format: yaml). Tighter than JSON: the loader builds about
+# 1 KiB of nodes per value (240,000 values took 230 MB and 11 s), so YAML output is
+# kept to sizes that cost a run tens of MB at most.
 OUTPUT_LIMITS = YamlLimits(
-    max_bytes=10 * MiB,
+    max_bytes=1 * MiB,
     max_depth=100,
-    max_values=250_000,
+    max_values=25_000,
     max_aliases=100,
-    max_expanded_bytes=10 * MiB,
+    max_expanded_bytes=4 * MiB,
 )
 
 
@@ -66,7 +68,9 @@ class _Frame:
     start_values: int
     start_bytes: int
     anchor: str | None
+    mapping: bool
     height: int = 0  # the deepest child's height, collections only
+    children: int = 0  # events directly inside: in a mapping, even ones are keys
 
 
 def measure(text: str | bytes, limits: YamlLimits, source: str) -> None:
@@ -108,13 +112,17 @@ def measure(text: str | bytes, limits: YamlLimits, source: str) -> None:
                     raise YamlInvalid(f"{source}: invalid YAML: undefined alias {event.anchor!r}")
                 add(*anchors[event.anchor])
             elif isinstance(event, yaml.ScalarEvent):
+                # A mapping's keys are names, not values (as in JSON): bytes only.
+                is_key = bool(stack) and stack[-1].mapping and stack[-1].children % 2 == 0
                 size = len(event.value)
-                add(1, size, 0)
+                add(0 if is_key else 1, size, 0)
                 if event.anchor is not None:
                     anchors[event.anchor] = (1, size, 0)
             elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
                 add(1, 0, 1)
-                stack.append(_Frame(values - 1, text_bytes, event.anchor))
+                mapping = isinstance(event, yaml.MappingStartEvent)
+                stack.append(_Frame(values - 1, text_bytes, event.anchor, mapping))
+                continue  # counted as a child of its parent when it ends
             elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
                 frame = stack.pop()
                 height = frame.height + 1
@@ -126,6 +134,10 @@ def measure(text: str | bytes, limits: YamlLimits, source: str) -> None:
                         text_bytes - frame.start_bytes,
                         height,
                     )
+            else:
+                continue  # stream and document events
+            if stack:
+                stack[-1].children += 1
     except yaml.YAMLError as exc:
         if "maximum nesting depth" in str(exc):  # libyaml's own bound (1000 levels)
             raise refuse(f"nested deeper than {limits.max_depth} levels") from None

@@ -9,6 +9,7 @@ rich is imported unless the run needs it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -77,6 +78,26 @@ def _metadata(code_path: Path) -> dict[str, Any] | None:
     return None
 
 
+def metadata_timeout(value: Any, code_path: Path) -> float | None:
+    """The metadata `timeout`: a positive, finite number of seconds, or absent.
+
+    `-1`, `0`, `.inf`, `.nan`, `true` or text are errors, never "no limit".
+    """
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise InputError(
+            f"{code_path.with_suffix('.yaml')}: timeout: must be a positive number of "
+            f"seconds, got {value!r}"
+        )
+    return float(value)
+
+
 async def run_file(
     code_path: Path,
     *,
@@ -114,7 +135,17 @@ async def run_file(
     fmt = output_format or meta.get("output_format") or "json"
     delivery = meta.get("parameter_delivery", "stdin")
     param_format = meta.get("parameter_format", "json")
-    seconds = timeout or meta.get("timeout") or profile.default_timeout
+    for key, value, allowed in (
+        ("output_format", fmt, OUTPUT_FORMATS),
+        ("parameter_delivery", delivery, ("stdin", "file")),
+        ("parameter_format", param_format, ("json", "yaml", "dotenv")),
+    ):
+        if value not in allowed:
+            raise InputError(
+                f"{code_path.with_suffix('.yaml')}: {key}: must be one of "
+                f"{', '.join(allowed)}, got {value!r}"
+            )
+    seconds = timeout or metadata_timeout(meta.get("timeout"), code_path) or profile.default_timeout
     facts = host.detect(probe_version=False)
     if not facts.usable:
         raise SandboxUnavailable("sandbox unavailable: " + "; ".join(facts.problems()))
@@ -230,8 +261,8 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if args.timeout is not None and args.timeout <= 0:
-        print("attune: error: --timeout must be positive", file=sys.stderr)
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        print("attune: error: --timeout must be a positive number of seconds", file=sys.stderr)
         return EXIT_USAGE
     import trio
 

@@ -20,6 +20,7 @@ from attune.jsonsafe import (
     decode_json,
     fit_text,
     normalise,
+    utf8_len,
 )
 
 OutputFormat = Literal["text", "json", "yaml", "jsonl"]
@@ -76,9 +77,9 @@ class BoundedBuffer:
 
         Invalid UTF-8 and NUL become U+FFFD (see attune.jsonsafe).
         """
-        text = clean_text(bytes(self.kept).decode("utf-8", "replace"))
+        text = clean_text(self.kept.decode("utf-8", "replace"))
         fitted = fit_text(text, self.limit)
-        self.cut = len(text[len(fitted) :].encode("utf-8")) if len(fitted) < len(text) else 0
+        self.cut = utf8_len(text[len(fitted) :]) if len(fitted) < len(text) else 0
         return fitted + truncation_notice(stream) if self.truncated else fitted
 
     def last_line(self) -> str:

@@ -10,8 +10,10 @@ rest. Nothing the action writes there ever reaches a disk.
 
 The worker holds both ends from before the sandbox starts: the read end (so the
 action's open() never blocks) and a write end (so a read never sees end-of-file while
-the action has not opened the FIFO yet). Once the sandbox is gone, `writers_gone`
-drops the worker's write end and the pump reads to end-of-file.
+the action has not opened the FIFO yet); then it makes the FIFO write-only (0200), so
+an action that reads every file it sees gets EACCES instead of a read that never ends.
+Once the sandbox is gone, `writers_gone` drops the worker's write end and the pump reads
+to end-of-file.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class ResultPipe:
             if not stat.S_ISFIFO(os.fstat(read_fd).st_mode):
                 raise ExecutionError(f"{path} is not the FIFO the worker made")
             self._keep = os.open(path, os.O_WRONLY | _OPEN)
+            # Write-only from now on: an action that reads every file it can see gets
+            # EACCES here instead of blocking forever on an empty pipe.
+            os.fchmod(read_fd, 0o200)
         except BaseException:
             os.close(read_fd)
             raise
