@@ -1,6 +1,6 @@
 """RabbitMQ for trio code: aio-pika behind trio-asyncio, and the only module that knows it.
 
-Why this shape (stack.md):
+Why this shape:
 - `open_broker` opens its own `trio_asyncio.open_loop()`; nothing else in the process
   needs asyncio. Opening it inside another trio-asyncio loop also works (loops nest, each
   bound by a contextvar). Every call into aio-pika passes the broker's loop explicitly,
@@ -240,7 +240,7 @@ class Broker:
             raise TransientError(f"{what} on {self._where}: {last}") from None
 
     async def declare_topology(self) -> None:
-        """Declare the four durable exchanges of protocol.md §1; safe to repeat.
+        """Declare the four durable exchanges of docs/protocol.md §1; safe to repeat.
 
         Declared on the robust topology channel, so they are declared again on reconnect.
         """
@@ -393,7 +393,7 @@ class Broker:
         """Publish persistently and wait for the broker's confirm, retrying across reconnects.
 
         A lost confirm is retried too, so a consumer may see a message twice: at least
-        once is the contract (protocol.md §4: the DB row is the truth). TransientError
+        once is the contract (docs/protocol.md §4: the DB row is the truth). TransientError
         when the broker has not confirmed within `timeout`, or at once when the exchange
         does not exist (retrying cannot create it).
         """

@@ -86,7 +86,7 @@ class WorkerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ] = None
 
     def effective_name(self, hostname: str | None = None) -> str:
-        """The registration key: same name, same worker row, same queues (protocol §6)."""
+        """The registration key: same name, same worker row, same queues (docs/protocol.md §6)."""
         if self.name:
             return self.name
         return f"worker-{hostname if hostname is not None else socket.gethostname()}"
@@ -118,7 +118,7 @@ class SandboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class SecurityConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Secret handling (protocol §8)."""
+    """Secret handling (docs/protocol.md §8)."""
 
     encryption_key: Annotated[
         str | None, msgspec.Meta(description="key shared with the API, >= 32 characters")

@@ -5,6 +5,7 @@
     │   ├── ConfigError       config file, env override or profile is invalid
     │   └── MessageError      an AMQP body that cannot be decoded into a known message
     ├── ExecutionError        this execution cannot run: record it `failed` with the reason
+    │   └── UnreadableExecution   its row cannot be read; carries what names it
     ├── SandboxUnavailable    the host cannot provide the sandbox: refuse to run anything
     └── TransientError        a server is unreachable or busy: retry later, lose nothing
 
@@ -31,6 +32,22 @@ class MessageError(InputError):
 
 class ExecutionError(AttuneError):
     """The execution cannot run (missing code, escaping path, bad secret...)."""
+
+
+class UnreadableExecution(ExecutionError):
+    """A claimed row (or its action's row) has a shape the worker cannot read.
+
+    The claim is rolled back; the ids travel with the error so the pipeline can still
+    record the execution `failed` and announce it by name.
+    """
+
+    def __init__(
+        self, reason: str, *, execution_id: int, action_id: int | None, action_ref: str
+    ) -> None:
+        super().__init__(reason)
+        self.execution_id = execution_id
+        self.action_id = action_id
+        self.action_ref = action_ref
 
 
 class SandboxUnavailable(AttuneError):

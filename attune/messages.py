@@ -1,4 +1,4 @@
-"""The wire contract with the rest of Attune (protocol.md §1-§4), as frozen msgspec Structs.
+"""The wire contract with the rest of Attune (docs/protocol.md §1-§4), as frozen msgspec Structs.
 
 Everything here is pure: no broker, no I/O. Names and string values are exact because the
 reference executor and API parse them. Decoding is lenient where the reference is lenient
@@ -18,7 +18,6 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 import msgspec
 
 from attune.errors import MessageError
-from attune.states import CompletedStatusName, StatusValue
 
 # --- §1 topology ---------------------------------------------------------------------------
 
@@ -90,11 +89,23 @@ Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 # DB ids are bigserial: positive and int64. Anything else cannot name a row.
 Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 
-# Status fields are typed with the Literals of attune.states, so a status the executor
-# rejects ("unknown") fails type checking, and encode_message refuses it at run time.
-ExecutionStatus = StatusValue
+# The values of `execution_status_enum` (attune.lifecycle.ExecutionStatus spells the same
+# list). Status fields are typed with them, so a status the executor rejects ("unknown")
+# fails type checking, and encode_message refuses it at run time.
+StatusValue = Literal[
+    "requested",
+    "scheduling",
+    "scheduled",
+    "running",
+    "completed",
+    "failed",
+    "canceling",
+    "cancelled",
+    "timeout",
+    "abandoned",
+]
 # ExecutionCompleted.status is capitalised in the reference, unlike the DB enum.
-CompletedStatus = CompletedStatusName
+CompletedStatusName = Literal["Completed", "Failed", "Cancelled", "Timeout", "Abandoned"]
 
 
 def _new_id() -> str:
@@ -150,12 +161,12 @@ class ExecutionCancelRequested(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ExecutionStatusChanged(msgspec.Struct, frozen=True, kw_only=True):
-    """Published on every transition the worker owns (protocol.md §4)."""
+    """Published on every transition the worker owns (docs/protocol.md §4)."""
 
     execution_id: int
     action_ref: str
-    previous_status: ExecutionStatus
-    new_status: ExecutionStatus
+    previous_status: StatusValue
+    new_status: StatusValue
     changed_at: Timestamp
 
 
@@ -165,7 +176,7 @@ class ExecutionCompleted(msgspec.Struct, frozen=True, kw_only=True):
     execution_id: int
     action_id: int | None
     action_ref: str
-    status: CompletedStatus
+    status: CompletedStatusName
     result: Any
     completed_at: Timestamp
 

@@ -45,7 +45,7 @@ log = logging.getLogger("attune.metrics")
 # upper end of task_timeout.
 RUN_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 # The sandbox's own cost around the action (run dir, cgroup, filter fd, teardown):
-# milliseconds normally (sandbox.md measures 8-25 ms), seconds when the host struggles.
+# milliseconds normally (docs/sandbox.md measures 8-25 ms), seconds when the host struggles.
 OVERHEAD_BUCKETS: Final = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 STREAMS: Final = ("stdout", "stderr")
 # The ways the worker rejects a message without requeue (pre-created so they read 0).

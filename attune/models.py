@@ -2,7 +2,7 @@
 
 These are what `attune.db` hands to the rest of the code, so nothing outside the DB
 adapter ever touches a psycopg row. They carry only the columns the worker uses
-(protocol.md §5); the schema holds more.
+(docs/protocol.md §5); the schema holds more.
 """
 
 from __future__ import annotations

@@ -352,7 +352,7 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-# --- code resolution (protocol.md §7) ---------------------------------------------------
+# --- code resolution (docs/protocol.md §7) ---------------------------------------------------
 
 
 def resolve_code(

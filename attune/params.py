@@ -234,7 +234,7 @@ def apply_schema(schema: Mapping[str, Any] | None, params: Mapping[str, Any]) ->
 
     Parameters the schema does not declare pass through: the reference worker delivers
     them too. Defaults come from the pack and are not type-checked, so a sloppy default
-    does not make every run fail. A secret marker (protocol §8) passes the checks; it is
+    does not make every run fail. A secret marker (docs/protocol.md §8) passes the checks; it is
     replaced by the real value later. All problems are reported in one InputError.
     """
     props, required = _schema_properties(schema)
@@ -257,7 +257,7 @@ def secret_paths(schema: Mapping[str, Any] | None) -> list[str]:
     return [name for name, prop in props.items() if prop.get("secret") is True]
 
 
-# --- encodings (protocol §7) ---------------------------------------------------------
+# --- encodings (docs/protocol.md §7) ---------------------------------------------------------
 
 
 def _json_text(value: Any) -> str:
@@ -445,7 +445,7 @@ def context_env(
     fmt: str,
     env_vars: Mapping[str, Any] | None,
 ) -> dict[str, str]:
-    """The execution context variables, then the execution's own `env_vars` (protocol §7).
+    """The execution context variables, then the execution's own `env_vars` (docs/protocol.md §7).
 
     `env_vars` entries are skipped when the value is not a string, holds a NUL or is
     longer than ENV_VALUE_MAX_BYTES, or when `env_name_refusal` refuses the name: a

@@ -1,334 +1,242 @@
-"""One execution from dispatch to completion: the only place that walks the steps.
+"""One execution from dispatch to its recorded end: the only place that walks the steps.
 
-    decode -> claim (CAS scheduled->running) -> ack -> publish running -> resolve code
-    -> run in the sandbox -> store artifacts -> write result (CAS from running)
-    -> publish terminal status -> publish ExecutionCompleted
+    decode -> claim (CAS scheduled -> running) -> ack -> announce running
+    -> run (Runner) -> record the end (CAS from running) -> announce it
 
-Every write is a compare-and-set, so a redelivered or duplicated dispatch never runs
-an execution twice. A database outage delays the result write (retried with backoff);
-a broker outage delays the status messages (the outbox retries them); neither loses
-the outcome, which is also in the artifacts directory.
+Every status write is a `lifecycle.transition()` handed to the store, and every write
+that lands is announced through the same `record()`, so each end is written once and
+announced the same way (docs/protocol.md §5, "Execution lifecycle"). A redelivered or
+duplicated dispatch never runs an execution twice (the claim is a compare-and-set). A
+database outage delays a write (retried with backoff); a broker outage delays the
+announcements (the outbox keeps them). Once an execution is claimed, nothing leaves it
+`running`: an unexpected error anywhere in the run or the recording ends it `failed`.
+
+The functions take narrow interfaces (`ExecutionStore`, `Announcer`, `Runner`) bundled
+in `Pipeline`, so unit tests drive every branch with small in-memory fakes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 import trio
 
-from attune.artifacts import ArtifactStore
-from attune.broker import Broker, Delivery
-from attune.config import Config
-from attune.db import Database
-from attune.errors import AttuneError, ExecutionError, MessageError, TransientError
+from attune.errors import AttuneError, MessageError, TransientError, UnreadableExecution
+from attune.lifecycle import (
+    SUBMITTED,
+    Announcement,
+    Event,
+    ExecutionRef,
+    ExecutionStatus,
+    Transition,
+    abandoned,
+    cancelled_before_start,
+    internal_failure,
+    outcome_event,
+    rejected,
+    transition,
+)
 from attune.log import log_event
 from attune.messages import (
     EXCHANGE_EXECUTIONS,
-    ExecutionCompleted,
-    ExecutionStatusChanged,
     OutgoingMessage,
     decode_cancel,
     decode_dispatch,
     encode_message,
 )
 from attune.metrics import Metrics
-from attune.models import Action, Execution
-from attune.packs import read_code, resolve_code
-from attune.params import context_env
-from attune.runner.profiles import Profile
-from attune.runner.sandbox import RunControl, RunSpec, Sandbox
-from attune.secrets import OutputGuard, RunSecrets, load_run_secrets
-from attune.states import completed_status_name, status_value
+from attune.models import Action, Claim, Execution
+from attune.retry import with_db_retry
+from attune.runner.sandbox import RunControl
+from attune.runs import Runs
 
 log = logging.getLogger("attune.worker")
-T = TypeVar("T")
-
-ROUTING_STATUS = "execution.status.changed"
-ROUTING_COMPLETED = "execution.completed"
-RUNTIME_ALIASES = {"python3": "python", "py": "python", "bash": "shell", "sh": "shell"}
-SHUTDOWN_REASON = "Execution cancelled: the worker shut down before it finished"
 
 
-class Outbox:
-    """Publishes now, or keeps the message and retries once the broker is back."""
-
-    def __init__(self, broker: Broker, *, limit: int = 100_000) -> None:
-        self.broker = broker
-        self.pending: list[tuple[str, str, OutgoingMessage]] = []
-        self.limit = limit
-        self.wakeup = trio.Event()
-
-    async def publish(self, exchange: str, routing_key: str, message: OutgoingMessage) -> None:
-        if not self.pending:
-            try:
-                await self.broker.publish(exchange, routing_key, message, timeout=10)
-                return
-            except TransientError as exc:
-                log_event(log, "publish_deferred", logging.WARNING, reason=str(exc))
-        if len(self.pending) < self.limit:
-            self.pending.append((exchange, routing_key, message))
-            self.wakeup.set()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Drain the pending messages in order, pausing while the broker is away."""
-        task_status.started()
-        while True:
-            await self.wakeup.wait()
-            self.wakeup = trio.Event()
-            while self.pending:
-                exchange, routing_key, message = self.pending[0]
-                try:
-                    await self.broker.publish(exchange, routing_key, message, timeout=30)
-                except TransientError:
-                    await trio.sleep(1)
-                    continue
-                self.pending.pop(0)
+# --- the narrow interfaces ------------------------------------------------------------
 
 
-class SlotPool:
-    """The capacity limiter plus a slot number per run (slot -> sandbox host uid)."""
+class Delivery(Protocol):
+    """A message taken off a queue (attune.broker.Delivery is one)."""
 
-    def __init__(self, capacity: int) -> None:
-        self.limiter = trio.CapacityLimiter(capacity)
-        self.free = list(range(capacity - 1, -1, -1))
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def delivery_tag(self) -> int: ...
+    async def ack(self) -> bool: ...
+    async def nack(self, *, requeue: bool) -> bool: ...
+
+
+class ExecutionStore(Protocol):
+    """The execution rows (attune.db.Database is one); writes take lifecycle transitions."""
+
+    async def claim_execution(self, execution_id: int, worker_id: int, step: Transition) -> Claim:
+        """Raises TransientError in an outage, UnreadableExecution for a bad row."""
+
+    async def finish_execution(
+        self, execution_id: int, step: Transition, result: dict[str, Any]
+    ) -> bool: ...
+    async def orphaned_executions(self, worker_id: int) -> list[Execution]: ...
+
+
+class Announcer(Protocol):
+    """Where announcements go (attune.outbox.Outbox is one); waits out broker outages."""
+
+    async def publish(self, exchange: str, routing_key: str, message: OutgoingMessage) -> None: ...
+
+
+class Runner(Protocol):
+    """Runs one claimed execution (attune.launcher.Launcher is one)."""
+
+    def runtime_label(self, action: Action | None) -> str: ...
+    async def run(
+        self, execution: Execution, action: Action, control: RunControl, slot: int
+    ) -> tuple[str, dict[str, Any]]:
+        """(outcome word, result): completed, failed, timeout or cancelled."""
 
 
 @dataclass
-class WorkerContext:
-    config: Config
-    db: Database
-    broker: Broker
-    sandbox: Sandbox
-    profiles: dict[str, Profile]
-    artifacts: ArtifactStore
-    outbox: Outbox
-    slots: SlotPool
+class Pipeline:
+    """What handling an execution needs, and nothing else."""
+
+    store: ExecutionStore
+    announcer: Announcer
+    runner: Runner
+    runs: Runs
     worker_id: int
     worker_name: str
-    runs: dict[int, RunControl] = field(default_factory=dict)
-    early_cancels: dict[int, float] = field(default_factory=dict)
+    record_timeout: float = 60.0  # bound on recording an end once the run is over
     metrics: Metrics = field(default_factory=Metrics)
-
-
-async def with_db_retry(what: str, fn: Callable[[], Awaitable[T]]) -> T:
-    """Retry a unit of DB work across an outage, backing off up to 30 s; cancellable."""
-    delay = 0.5
-    while True:
-        try:
-            return await fn()
-        except TransientError as exc:
-            log_event(log, "db_retry", logging.WARNING, what=what, reason=str(exc), retry_in=delay)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 30.0)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def publish_status(
-    ctx: WorkerContext,
-    execution_id: int,
-    action_ref: str,
-    previous: str,
-    new: str,
-    correlation_id: str | None,
+def ref_of(execution: Execution) -> ExecutionRef:
+    return ExecutionRef(execution.id, execution.action, execution.action_ref)
+
+
+# --- recording: every status write that lands is announced here ------------------------
+
+
+def _encode(
+    announcements: tuple[Announcement, ...], correlation_id: str | None
+) -> list[tuple[str, OutgoingMessage]]:
+    return [
+        (a.routing_key, encode_message(a.message_type, a.payload, correlation_id=correlation_id))
+        for a in announcements
+    ]
+
+
+async def announce(
+    p: Pipeline, messages: list[tuple[str, OutgoingMessage]], execution_id: int
 ) -> None:
-    payload = ExecutionStatusChanged(
-        execution_id=execution_id,
-        action_ref=action_ref,
-        previous_status=status_value(previous),
-        new_status=status_value(new),
-        changed_at=_now(),
-    )
-    message = encode_message("ExecutionStatusChanged", payload, correlation_id=correlation_id)
-    await ctx.outbox.publish(EXCHANGE_EXECUTIONS, ROUTING_STATUS, message)
+    """Hand the messages to the announcer in order; an error is logged, never raised."""
+    for routing_key, message in messages:
+        try:
+            await p.announcer.publish(EXCHANGE_EXECUTIONS, routing_key, message)
+        except Exception as exc:  # the row is written; the worker must keep going
+            log_event(
+                log,
+                "announce_failed",
+                logging.ERROR,
+                execution_id=execution_id,
+                routing_key=routing_key,
+                reason=f"{type(exc).__name__}: {exc}",
+            )
 
 
-async def publish_completed(
-    ctx: WorkerContext,
-    execution: Execution,
-    status: str,
+async def record(
+    p: Pipeline,
+    step: Transition,
+    ref: ExecutionRef,
     result: dict[str, Any],
     correlation_id: str | None,
-) -> None:
-    payload = ExecutionCompleted(
-        execution_id=execution.id,
-        action_id=execution.action,
-        action_ref=execution.action_ref,
-        status=completed_status_name(status),
-        result=result,
-        completed_at=_now(),
-    )
-    message = encode_message("ExecutionCompleted", payload, correlation_id=correlation_id)
-    await ctx.outbox.publish(EXCHANGE_EXECUTIONS, ROUTING_COMPLETED, message)
-
-
-async def finish(
-    ctx: WorkerContext,
-    execution: Execution,
-    status: str,
-    result: dict[str, Any],
-    correlation_id: str | None,
-    *,
-    from_status: str = "running",
 ) -> bool:
-    """Write the terminal state (CAS) and announce it; False if someone else ended it."""
+    """Write an end (CAS) and announce it; False if the row had already left `cas_from`.
+
+    The messages are built before the write, so a result that cannot be announced
+    raises before anything is recorded and the caller can record a plainer one.
+    """
+    messages = _encode(step.announcements(ref, result, _now()), correlation_id)
     written = await with_db_retry(
-        f"finish execution {execution.id}",
-        lambda: ctx.db.finish_execution(execution.id, status, result, from_statuses=(from_status,)),
+        f"record execution {ref.id} {step.new}",
+        lambda: p.store.finish_execution(ref.id, step, result),
     )
     if not written:
         log_event(
             log,
             "finish_skipped",
             logging.WARNING,
-            execution_id=execution.id,
-            reason=f"execution is no longer {from_status}; not overwritten",
+            execution_id=ref.id,
+            reason=f"execution is no longer {'/'.join(step.cas_from)}; not overwritten",
         )
         return False
-    await publish_status(
-        ctx, execution.id, execution.action_ref, from_status, status, correlation_id
-    )
-    await publish_completed(ctx, execution, status, result, correlation_id)
+    await announce(p, messages, ref.id)
     return True
 
 
-def runtime_of(action: Action) -> str:
-    """The profile name for an action's runtime row (name or alias, any case)."""
-    runtime = (action.runtime_name or "").lower()
-    return RUNTIME_ALIASES.get(runtime, runtime)
+async def end_run(
+    p: Pipeline, ref: ExecutionRef, outcome: str, result: dict[str, Any], corr: str | None
+) -> bool:
+    """Record a claimed run's end; if that fails unexpectedly, record it `failed` instead.
 
-
-def build_spec(
-    ctx: WorkerContext, execution: Execution, action: Action, secrets: RunSecrets
-) -> tuple[RunSpec, float]:
-    """Resolve code, profile, parameters and timeout; ExecutionError when it cannot run."""
-    runtime = runtime_of(action)
-    profile = ctx.profiles.get(runtime)
-    if profile is None:
-        known = ", ".join(sorted(ctx.profiles))
-        raise ExecutionError(
-            f"unknown runtime {action.runtime_name!r} for action "
-            f"{action.ref}; this worker runs: {known}"
-        )
-    resolved = resolve_code(
-        Path(ctx.config.packs_base_dir), action.pack_ref, action.entrypoint, runtime
-    )
-    if resolved.path is not None:
-        code, code_name = read_code(resolved.path), resolved.path.name
-    else:
-        code, code_name = (resolved.inline or "").encode(), "inline.sh"
-    params = secrets.params  # execution.config with the secret markers restored (§8)
-    env = context_env(
-        exec_id=execution.id,
-        action_ref=action.ref,
-        pack_ref=action.pack_ref,
-        delivery=action.parameter_delivery,
-        fmt=action.parameter_format,
-        env_vars=execution.env_vars,
-    )
-    timeout = next(
-        (
-            t
-            for t in (
-                execution.timeout_seconds,
-                action.timeout_seconds,
-                ctx.config.worker.task_timeout,
-            )
-            if t and t > 0
-        ),
-        300,
-    )
-    spec = RunSpec(
-        profile=profile,
-        code=code,
-        code_name=code_name,
-        params=params,
-        env=env,
-        parameter_delivery=action.parameter_delivery,
-        parameter_format=action.parameter_format,
-        output_format=action.output_format,  # type: ignore[arg-type]
-        label=f"execution-{execution.id}",
-        secrets=secrets.keystore,
-    )
-    return spec, float(timeout)
-
-
-async def run_claimed(
-    ctx: WorkerContext, execution: Execution, action: Action | None, control: RunControl, slot: int
-) -> tuple[str, dict[str, Any]]:
-    if action is None:
-        return "failed", {
-            "succeeded": False,
-            "error": f"action {execution.action_ref} no longer exists",
-        }
+    Only if the plain `failed` cannot be written either (the database refuses it, not
+    an outage) does the row stay `running`; the log says so, and the next start of this
+    worker records it `abandoned`.
+    """
     try:
-        secrets = await with_db_retry(
-            f"load secrets of execution {execution.id}",
-            lambda: load_run_secrets(ctx.db, execution, action, ctx.config.security.encryption_key),
-        )
-        spec, timeout = build_spec(ctx, execution, action, secrets)
-    except AttuneError as exc:
-        return "failed", {"succeeded": False, "error": str(exc)}
-    if secrets.too_short:
-        log_event(
-            log,
-            "secret_too_short_to_mask",
-            logging.WARNING,
-            execution_id=execution.id,
-            sources=",".join(secrets.too_short),
-        )
-    if control.reason is not None:  # cancelled before it started
-        return "cancelled", {
-            "succeeded": False,
-            "cancelled": True,
-            "exit_code": -1,
-            "duration_ms": 0,
-            "error": control.reason,
-        }
-    artifacts = ctx.artifacts.open_run(execution.id)
+        step = transition(ExecutionStatus.RUNNING, outcome_event(outcome))
+        return await record(p, step, ref, result, corr)
+    except Exception as exc:
+        log.exception("execution %s: recording its end failed; recording it failed", ref.id)
+        fallback = internal_failure(exc, "recording its result")
     try:
-        # Output, result and log lines of the run pass through the masker (secrets §8).
-        async with OutputGuard(
-            secrets.masker, artifacts.write, action.out_schema, artifacts.directory
-        ) as guard:
-            outcome = await ctx.sandbox.run(
-                spec, timeout=timeout, slot=slot, control=control, on_output=guard.write
-            )
-            result = await guard.redact(outcome.result)
-            await trio.to_thread.run_sync(artifacts.write_result, outcome.status, result)
-    except AttuneError as exc:
-        return "failed", {"succeeded": False, "error": secrets.masker.text(str(exc))}
-    finally:
-        artifacts.close()
-    return outcome.status, result
+        return await record(p, transition(ExecutionStatus.RUNNING, Event.FAIL), ref, fallback, corr)
+    except Exception:
+        log.exception("execution %s: cannot record any end; left running until restart", ref.id)
+        return False
+
+
+# --- the dispatch --------------------------------------------------------------------
 
 
 async def dead_letter(
-    ctx: WorkerContext, delivery: Delivery, queue: str, event: str, reason: str
+    p: Pipeline, delivery: Delivery, queue: str, event: str, reason: str, why: str
 ) -> None:
-    """A body we cannot use: one log line, then nack without requeue (to attune.dlx)."""
+    """A message we cannot use: one log line, then nack without requeue (to attune.dlx)."""
     log_event(log, event, logging.WARNING, delivery_tag=delivery.delivery_tag, reason=reason)
-    ctx.metrics.message_dead_lettered(queue, "undecodable")
+    p.metrics.message_dead_lettered(queue, why)
     await delivery.nack(requeue=False)
 
 
-async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
+async def reject_unreadable(
+    p: Pipeline, exc: AttuneError, execution_id: int, corr: str | None
+) -> None:
+    """A dispatched row that cannot be read can never run: record it `failed`, announced."""
+    log_event(log, "claim_failed", logging.WARNING, execution_id=execution_id, reason=str(exc))
+    if isinstance(exc, UnreadableExecution):
+        ref = ExecutionRef(exc.execution_id, exc.action_id, exc.action_ref)
+    else:
+        ref = ExecutionRef(execution_id, None, "")
+    await record(p, transition(SUBMITTED, Event.REJECT), ref, rejected(str(exc)), corr)
+
+
+async def handle_dispatch(p: Pipeline, delivery: Delivery) -> None:
     """Everything about one dispatch message; never raises for bad input."""
     try:
         envelope, request = decode_dispatch(delivery.body)
     except MessageError as exc:
-        await dead_letter(ctx, delivery, "executions", "dispatch_rejected", str(exc))
+        await dead_letter(p, delivery, "executions", "dispatch_rejected", str(exc), "undecodable")
         return
-    execution_id = request.execution_id
+    execution_id, corr = request.execution_id, envelope.correlation_id
+    claiming = transition(SUBMITTED, Event.CLAIM)
     try:
-        claim = await ctx.db.claim_execution(execution_id, ctx.worker_id)
+        claim = await p.store.claim_execution(execution_id, p.worker_id, claiming)
     except TransientError as exc:
         log_event(
             log, "claim_deferred", logging.WARNING, execution_id=execution_id, reason=str(exc)
@@ -336,27 +244,15 @@ async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
         await trio.sleep(1)
         await delivery.nack(requeue=True)
         return
-    except AttuneError as exc:  # the row cannot be read as an execution: fail it
-        log_event(log, "claim_failed", logging.WARNING, execution_id=execution_id, reason=str(exc))
-        invalid = {"succeeded": False, "error": f"invalid execution: {exc}"}
-        await with_db_retry(
-            f"fail execution {execution_id}",
-            lambda: ctx.db.finish_execution(
-                execution_id, "failed", invalid, from_statuses=("scheduled",)
-            ),
-        )
+    except AttuneError as exc:  # the row cannot be read as an execution
+        await reject_unreadable(p, exc, execution_id, corr)
         await delivery.ack()
         return
     if claim.status is None or claim.execution is None:
-        log_event(
-            log,
-            "dispatch_rejected",
-            logging.WARNING,
-            execution_id=execution_id,
-            reason="no such execution",
+        reason = "no such execution"
+        await dead_letter(
+            p, delivery, "executions", "dispatch_rejected", reason, "no_such_execution"
         )
-        ctx.metrics.message_dead_lettered("executions", "no_such_execution")
-        await delivery.nack(requeue=False)
         return
     if not claim.claimed:
         log_event(
@@ -369,95 +265,97 @@ async def handle_dispatch(ctx: WorkerContext, delivery: Delivery) -> None:
         await delivery.ack()
         return
     await delivery.ack()
-    execution = claim.execution
-    corr = envelope.correlation_id
+    await run_claimed(p, claiming, claim.execution, claim.action, corr)
+
+
+async def run_claimed(
+    p: Pipeline,
+    claiming: Transition,
+    execution: Execution,
+    action: Action | None,
+    corr: str | None,
+) -> None:
+    """Run a claimed execution and record its end, whatever happens on the way."""
+    ref = ref_of(execution)
     log_event(
         log,
         "execution_started",
-        execution_id=execution_id,
-        action_ref=execution.action_ref,
-        worker=ctx.worker_name,
-        status="running",
+        execution_id=ref.id,
+        action_ref=ref.action_ref,
+        worker=p.worker_name,
+        status=claiming.new.value,
     )
-    control = RunControl()
-    ctx.runs[execution_id] = control
-    if ctx.early_cancels.pop(execution_id, None) is not None:
-        control.cancel()
-    slot = ctx.slots.free.pop()
     began = trio.current_time()
-    try:
-        # The `running` announcement overlaps the sandbox start-up; the terminal
-        # messages wait for it, so consumers still see running -> terminal -> completed.
-        async with trio.open_nursery() as announcing:
-            announcing.start_soon(
-                publish_status,
-                ctx,
-                execution_id,
-                execution.action_ref,
-                "scheduled",
-                "running",
-                corr,
-            )
-            status, result = await run_claimed(ctx, execution, claim.action, control, slot)
-    finally:
-        ctx.slots.free.append(slot)
-        ctx.runs.pop(execution_id, None)
-    runtime = runtime_of(claim.action) if claim.action else ""
-    ctx.metrics.execution_finished(
-        runtime if runtime in ctx.profiles else "other", status, result, trio.current_time() - began
+    with p.runs.run(ref.id) as (control, slot):
+        try:
+            running = _encode(claiming.announcements(ref, None, _now()), corr)
+            # The `running` announcement overlaps the sandbox start-up; the end's messages
+            # wait for it, so consumers still see running -> end -> completed.
+            async with trio.open_nursery() as announcing:
+                announcing.start_soon(announce, p, running, ref.id)
+                outcome, result = await _outcome(p, execution, action, control, slot)
+        except Exception as exc:  # last resort: nothing may leave a claimed run `running`
+            log.exception("execution %s: unexpected error while running", ref.id)
+            outcome, result = "failed", internal_failure(exc, "running it")
+    p.metrics.execution_finished(
+        p.runner.runtime_label(action), outcome, result, trio.current_time() - began
     )
     log_event(
         log,
         "execution_finished",
-        execution_id=execution_id,
-        action_ref=execution.action_ref,
-        worker=ctx.worker_name,
-        status=status,
+        execution_id=ref.id,
+        action_ref=ref.action_ref,
+        worker=p.worker_name,
+        status=outcome,
         duration_ms=result.get("duration_ms"),
-        error=result.get("error") if status != "completed" else None,
+        error=result.get("error") if outcome != "completed" else None,
     )
-    with trio.CancelScope(shield=True):
-        with trio.move_on_after(ctx.config.worker.shutdown_timeout + 30):
-            await finish(ctx, execution, status, result, corr)
+    with trio.CancelScope(shield=True), trio.move_on_after(p.record_timeout):
+        await end_run(p, ref, outcome, result, corr)
 
 
-async def handle_cancel(ctx: WorkerContext, delivery: Delivery) -> None:
+async def _outcome(
+    p: Pipeline, execution: Execution, action: Action | None, control: RunControl, slot: int
+) -> tuple[str, dict[str, Any]]:
+    if action is None:
+        return "failed", {
+            "succeeded": False,
+            "error": f"action {execution.action_ref} no longer exists",
+        }
+    if control.reason is not None:  # a cancel arrived before the dispatch
+        return "cancelled", cancelled_before_start(control.reason)
+    return await p.runner.run(execution, action, control, slot)
+
+
+# --- cancels and recovery ------------------------------------------------------------
+
+
+async def handle_cancel(p: Pipeline, delivery: Delivery) -> None:
+    """A cancel request: reaches the live run, or waits for the run's dispatch."""
     try:
         _, request = decode_cancel(delivery.body)
     except MessageError as exc:
-        await dead_letter(ctx, delivery, "cancel", "cancel_rejected", str(exc))
+        await dead_letter(p, delivery, "cancel", "cancel_rejected", str(exc), "undecodable")
         return
-    control = ctx.runs.get(request.execution_id)
-    if control is not None:
-        control.cancel()
+    if p.runs.cancel(request.execution_id):
         log_event(log, "execution_cancel_requested", execution_id=request.execution_id)
     else:
-        # Before its dispatch: remembered (bounded) and applied when it arrives.
-        ctx.early_cancels[request.execution_id] = trio.current_time()
-        if len(ctx.early_cancels) > 10_000:
-            oldest = min(ctx.early_cancels, key=ctx.early_cancels.__getitem__)
-            ctx.early_cancels.pop(oldest)
         log_event(log, "execution_cancel_remembered", execution_id=request.execution_id)
     await delivery.ack()
 
 
-async def recover_orphans(ctx: WorkerContext) -> int:
+async def recover_orphans(p: Pipeline) -> int:
     """Executions this worker left `running` when it died end `abandoned`, announced."""
-    orphans = await ctx.db.orphaned_executions(ctx.worker_id)
+    orphans = await p.store.orphaned_executions(p.worker_id)
     for execution in orphans:
-        result = {
-            "succeeded": False,
-            "abandoned": True,
-            "error": "Execution abandoned: the worker stopped while it was running "
-            "(worker died or was killed); it was not run to completion",
-        }
-        if await finish(ctx, execution, "abandoned", result, None):
+        step = transition(execution.status, Event.ABANDON)
+        if await record(p, step, ref_of(execution), abandoned(), None):
             log_event(
                 log,
                 "execution_abandoned",
                 logging.WARNING,
                 execution_id=execution.id,
                 action_ref=execution.action_ref,
-                status="abandoned",
+                status=step.new.value,
             )
     return len(orphans)

@@ -20,6 +20,7 @@ from attune.artifacts import ArtifactStore
 from attune.broker import Broker
 from attune.db import Database
 from attune.errors import InputError, TransientError
+from attune.lifecycle import is_terminal
 from attune.messages import (
     EXCHANGE_EXECUTIONS,
     ExecutionRequested,
@@ -28,7 +29,6 @@ from attune.messages import (
 )
 from attune.models import Execution, Worker
 from attune.params import apply_schema
-from attune.states import is_terminal
 
 
 async def schedule(

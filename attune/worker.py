@@ -10,11 +10,12 @@
         ├── metrics                   GET /metrics for Prometheus (if worker.metrics_port)
         └── serve (consumer)          worker.{id}.executions, holds the executions nursery;
             │                         when drained it flushes the outbox, stops the rest
-            └── execution x N         pipeline.handle_dispatch under the capacity limiter
+            └── execution x N         pipeline.handle_dispatch, admitted by runs.Runs
 
 Shutdown is cancellation with a deadline: the intake scope is cancelled (unread
-deliveries go back to the broker), in-flight runs get `shutdown_timeout` seconds, then
-their RunControls are cancelled and they are recorded `cancelled`.
+deliveries go back to the broker), in-flight runs get `shutdown_timeout` seconds (the
+drain waits on `Runs.wait_idle`, an event), then `Runs.cancel_all` cancels the rest and
+they are recorded `cancelled`, announced like every other end.
 """
 
 from __future__ import annotations
@@ -34,24 +35,19 @@ import attune
 from attune import doctor
 from attune.artifacts import ArtifactStore
 from attune.broker import Broker, Delivery, open_broker
-from attune.config import Config
+from attune.config import ArtifactsConfig, Config
 from attune.db import Database
 from attune.errors import SandboxUnavailable, TransientError
+from attune.launcher import Launcher
 from attune.log import log_event
 from attune.messages import cancel_queue, executions_queue
-from attune.metrics import serve_metrics
-from attune.pipeline import (
-    SHUTDOWN_REASON,
-    Outbox,
-    SlotPool,
-    WorkerContext,
-    handle_cancel,
-    handle_dispatch,
-    recover_orphans,
-)
+from attune.metrics import Metrics, serve_metrics
+from attune.outbox import Outbox
+from attune.pipeline import Pipeline, handle_cancel, handle_dispatch, recover_orphans
 from attune.runner import host, process
-from attune.runner.profiles import Profile, load_profiles
+from attune.runner.profiles import load_profiles
 from attune.runner.sandbox import Sandbox
+from attune.runs import SHUTDOWN_REASON, Runs
 
 log = logging.getLogger("attune.worker")
 
@@ -90,14 +86,19 @@ async def watch_signals(
 
 
 async def heartbeat(
-    ctx: WorkerContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    db: Database,
+    worker_id: int,
+    interval: float,
+    metrics: Metrics,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     task_status.started()
     while True:
-        await trio.sleep(ctx.config.worker.heartbeat_interval)
+        await trio.sleep(interval)
         try:
-            alive = await ctx.db.heartbeat(ctx.worker_id)
-            ctx.metrics.heartbeat("ok" if alive else "lost")
+            alive = await db.heartbeat(worker_id)
+            metrics.heartbeat("ok" if alive else "lost")
             if not alive:
                 log_event(
                     log,
@@ -106,18 +107,20 @@ async def heartbeat(
                     reason="worker row is gone; re-registering on restart",
                 )
         except TransientError as exc:
-            ctx.metrics.heartbeat("failed")
+            metrics.heartbeat("failed")
             log_event(log, "heartbeat_failed", logging.WARNING, reason=str(exc))
 
 
 async def retention(
-    ctx: WorkerContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    artifacts: ArtifactStore,
+    cfg: ArtifactsConfig,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    cfg = ctx.config.artifacts
     task_status.started()
     while True:
         removed = await trio.to_thread.run_sync(
-            lambda: ctx.artifacts.prune(
+            lambda: artifacts.prune(
                 max_age_seconds=cfg.retention_days * 86400, max_count=cfg.max_count
             )
         )
@@ -127,57 +130,57 @@ async def retention(
 
 
 async def consume_cancels(
-    ctx: WorkerContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    broker: Broker,
+    pipeline: Pipeline,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with ctx.broker.consume(cancel_queue(ctx.worker_id), prefetch=32) as deliveries:
+    async with broker.consume(cancel_queue(pipeline.worker_id), prefetch=32) as deliveries:
         task_status.started()
         async for delivery in deliveries:
-            await handle_cancel(ctx, delivery)
+            await handle_cancel(pipeline, delivery)
 
 
 async def consume_executions(
-    ctx: WorkerContext,
+    broker: Broker,
+    pipeline: Pipeline,
     shutdown: Shutdown,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Take dispatches under the capacity limiter until shutdown, then drain in-flight runs."""
-    limiter = ctx.slots.limiter
+    runs = pipeline.runs
 
     async def one(delivery: Delivery) -> None:
         try:
-            await handle_dispatch(ctx, delivery)
+            await handle_dispatch(pipeline, delivery)
         except Exception:  # a bug must not take the worker down; the message dead-letters
             log.exception("unexpected error handling delivery %s", delivery.delivery_tag)
-            ctx.metrics.message_dead_lettered("executions", "handler_error")
+            pipeline.metrics.message_dead_lettered("executions", "handler_error")
             with trio.CancelScope(shield=True):
                 await delivery.nack(requeue=False)
         finally:
-            limiter.release_on_behalf_of(delivery)
+            runs.release(delivery)
 
     async with trio.open_nursery() as executions:
         with shutdown.intake:
-            async with ctx.broker.consume(
-                executions_queue(ctx.worker_id), prefetch=int(limiter.total_tokens)
+            async with broker.consume(
+                executions_queue(pipeline.worker_id), prefetch=runs.capacity
             ) as deliveries:
                 task_status.started()
                 async for delivery in deliveries:
                     try:
-                        await limiter.acquire_on_behalf_of(delivery)
+                        await runs.admit(delivery)
                     except trio.Cancelled:
                         with trio.CancelScope(shield=True):
                             await delivery.nack(requeue=True)
                         raise
                     executions.start_soon(one, delivery)
         # Intake stopped: unread deliveries are back in the broker. Let runs finish.
-        log_event(
-            log, "draining", in_flight=len(ctx.runs), timeout=ctx.config.worker.shutdown_timeout
-        )
+        log_event(log, "draining", in_flight=runs.in_flight, timeout=shutdown.drain_seconds)
         with shutdown.drain:
-            while ctx.runs or limiter.borrowed_tokens:
-                await trio.sleep(0.05)
-        for control in list(ctx.runs.values()):
-            control.cancel(SHUTDOWN_REASON)
+            await runs.wait_idle()
+        runs.cancel_all(SHUTDOWN_REASON)
 
 
 def pin_malloc_thresholds() -> bool:
@@ -268,14 +271,25 @@ async def run_worker(config: Config) -> None:
             )
             await broker.declare_topology()
             await broker.declare_worker_queues(worker_id)
-            ctx = _context(config, db, broker, sandbox, profiles, worker_id, name)
-            ctx.metrics.bind(
+            artifacts = ArtifactStore(Path(config.artifacts_dir), name)
+            outbox = Outbox(broker)
+            pipeline = Pipeline(
+                store=db,
+                announcer=outbox,
+                runner=Launcher(config, db, sandbox, profiles, artifacts),
+                runs=Runs(config.worker.max_concurrent_tasks),
+                worker_id=worker_id,
+                worker_name=name,
+                record_timeout=config.worker.shutdown_timeout + 30,
+            )
+            metrics = pipeline.metrics
+            metrics.bind(
                 worker=name,
                 version=attune.__version__,
-                in_flight=lambda: len(ctx.runs),
-                capacity=lambda: ctx.slots.limiter.total_tokens,
+                in_flight=lambda: pipeline.runs.in_flight,
+                capacity=lambda: pipeline.runs.capacity,
                 reconnects=lambda: broker.reconnects,
-                outbox_pending=lambda: len(ctx.outbox.pending),
+                outbox_pending=lambda: len(outbox.pending),
             )
             log_event(
                 log,
@@ -286,16 +300,19 @@ async def run_worker(config: Config) -> None:
                 pid=os.getpid(),
                 layers=",".join(layer.name for layer in facts.layers if layer.active),
             )
-            await recover_orphans(ctx)
+            await recover_orphans(pipeline)
             try:
                 async with trio.open_nursery() as services:
                     if config.worker.metrics_port is not None:
-                        await services.start(serve_metrics, ctx.metrics, config.worker.metrics_port)
-                    await services.start(heartbeat, ctx)
-                    await services.start(ctx.outbox.run)
-                    await services.start(consume_cancels, ctx)
-                    await services.start(retention, ctx)
-                    await services.start(serve, ctx, shutdown, services.cancel_scope)
+                        await services.start(serve_metrics, metrics, config.worker.metrics_port)
+                    interval = config.worker.heartbeat_interval
+                    await services.start(heartbeat, db, worker_id, interval, metrics)
+                    await services.start(outbox.run)
+                    await services.start(consume_cancels, broker, pipeline)
+                    await services.start(retention, artifacts, config.artifacts)
+                    await services.start(
+                        serve, broker, pipeline, outbox, shutdown, services.cancel_scope
+                    )
                     log_event(log, "worker_ready", worker=name, worker_id=worker_id)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -305,42 +322,16 @@ async def run_worker(config: Config) -> None:
 
 
 async def serve(
-    ctx: WorkerContext,
+    broker: Broker,
+    pipeline: Pipeline,
+    outbox: Outbox,
     shutdown: Shutdown,
     services: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The consumer's life: serve until drained, flush the outbox, stop the services."""
-    await consume_executions(ctx, shutdown, task_status=task_status)
-    await _flush_outbox(ctx)
-    services.cancel()
-
-
-async def _flush_outbox(ctx: WorkerContext) -> None:
+    await consume_executions(broker, pipeline, shutdown, task_status=task_status)
     with trio.move_on_after(10):
-        while ctx.outbox.pending:
-            await trio.sleep(0.05)
-
-
-def _context(
-    config: Config,
-    db: Database,
-    broker: Broker,
-    sandbox: Sandbox,
-    profiles: dict[str, Profile],
-    worker_id: int,
-    name: str,
-) -> WorkerContext:
-    return WorkerContext(
-        config=config,
-        db=db,
-        broker=broker,
-        sandbox=sandbox,
-        profiles=profiles,
-        artifacts=ArtifactStore(Path(config.artifacts_dir), name),
-        outbox=Outbox(broker),
-        slots=SlotPool(config.worker.max_concurrent_tasks),
-        worker_id=worker_id,
-        worker_name=name,
-    )
+        await outbox.wait_empty()
+    services.cancel()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import psycopg
@@ -22,10 +22,10 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from attune.db import migrations, queries, secret_queries
 from attune.errors import ConfigError, InputError, TransientError
+from attune.lifecycle import SUBMITTED, Event, ExecutionStatus, IllegalTransition, Transition
 from attune.models import Action, Claim, Execution, Worker
 from attune.packs import PackSpec
 from attune.secrets.records import KeyRecord, StoredSecret
-from attune.states import TERMINAL, ExecutionStatus
 
 _T = TypeVar("_T")
 
@@ -249,35 +249,31 @@ class Database:
 
     # --- executions --------------------------------------------------------------------
 
-    async def claim_execution(self, execution_id: int, worker_id: int) -> Claim:
-        """Move `scheduled -> running` if and only if it is still scheduled."""
-        return await self._run(lambda c: queries.claim_execution(c, execution_id, worker_id))
+    async def claim_execution(self, execution_id: int, worker_id: int, step: Transition) -> Claim:
+        """Take the claim edge (`scheduled -> running`) if and only if the row allows it.
+
+        A row that cannot be read raises UnreadableExecution and stays as it was.
+        """
+        if step.event is not Event.CLAIM:
+            raise IllegalTransition(f"claim_execution needs the claim edge, not {step.event}")
+        sources = [s.value for s in step.cas_from]
+        return await self._run(
+            lambda c: queries.claim_execution(c, execution_id, worker_id, step.new.value, sources)
+        )
 
     async def finish_execution(
-        self,
-        execution_id: int,
-        new_status: str,
-        result: dict[str, Any],
-        *,
-        from_statuses: Sequence[str] = ("running",),
+        self, execution_id: int, step: Transition, result: dict[str, Any]
     ) -> bool:
-        """CAS the status and result; False if the row was not in `from_statuses`.
+        """Write an end and its result where the row is still in `step.cas_from`.
 
-        Terminal statuses are refused as `from_statuses` so no call can rewrite an end.
+        False if it was not (someone else ended it): an end is never rewritten.
         """
-        try:
-            ExecutionStatus(new_status)
-            sources = [ExecutionStatus(s) for s in from_statuses]
-        except ValueError as exc:
-            raise InputError(f"finish_execution: {exc}") from None
-        if not sources:
-            raise InputError("finish_execution: from_statuses must not be empty")
-        if any(s in TERMINAL for s in sources):
-            raise InputError(f"finish_execution: cannot overwrite terminal {list(from_statuses)}")
-        statuses = [s.value for s in sources]
+        if not step.terminal:
+            raise IllegalTransition(f"finish_execution needs an end, not {step.new}")
+        sources = [s.value for s in step.cas_from]
         large = sum(len(v) for v in result.values() if isinstance(v, str)) > _LARGE_RESULT
         return await self._run(
-            lambda c: queries.finish_execution(c, execution_id, new_status, result, statuses),
+            lambda c: queries.finish_execution(c, execution_id, step.new.value, result, sources),
             retire=large,
         )
 
@@ -309,7 +305,7 @@ class Database:
         """Insert a `scheduled` execution, as the executor would after picking a worker."""
         return await self._run(
             lambda c: queries.create_execution(
-                c, action, config, worker_id, timeout_seconds, env_vars
+                c, action, config, worker_id, timeout_seconds, env_vars, SUBMITTED.value
             )
         )
 

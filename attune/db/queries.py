@@ -2,7 +2,8 @@
 
 Each function is one unit of work that `Database` runs in a worker thread: the whole
 transaction happens in one thread hop, so a trio task never holds a connection across
-an await. Every status write is a compare-and-set (protocol.md §5) so redelivered
+an await. Every status write is a compare-and-set whose statuses come from
+attune.lifecycle (docs/protocol.md §5, "Execution lifecycle"), so redelivered
 messages and racing workers cannot run an execution twice or rewrite a terminal state.
 """
 
@@ -16,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from attune.errors import ExecutionError, InputError
+from attune.errors import ExecutionError, InputError, UnreadableExecution
 from attune.models import Action, Claim, Execution, Worker
 from attune.packs import ActionSpec, PackSpec
 
@@ -160,16 +161,30 @@ def pick_worker(conn: Conn, runtime_name: str, stale_after: float) -> Worker | N
 # --- executions ----------------------------------------------------------------------
 
 
-def claim_execution(conn: Conn, execution_id: int, worker_id: int) -> Claim:
+def _identity(row: dict[str, Any]) -> tuple[int | None, str]:
+    """The action id and ref of a row, as far as they can be read at all."""
+    action = row.get("action")
+    ref = row.get("action_ref")
+    return (action if isinstance(action, int) else None, ref if isinstance(ref, str) else "")
+
+
+def claim_execution(
+    conn: Conn, execution_id: int, worker_id: int, new_status: str, from_statuses: Sequence[str]
+) -> Claim:
+    """The claim's compare-and-set; `new_status`/`from_statuses` come from attune.lifecycle.
+
+    A row that cannot be read raises UnreadableExecution, which rolls the claim back.
+    """
     row = _row(
         conn,
         f"""
         UPDATE execution
-           SET status = 'running', started_at = now(), updated = now(), worker = %s
-         WHERE id = %s AND status = 'scheduled'
+           SET status = %s::execution_status_enum, started_at = now(), updated = now(),
+               worker = %s
+         WHERE id = %s AND status = ANY(%s::execution_status_enum[])
         RETURNING {_EXECUTION_COLS}
         """,
-        (worker_id, execution_id),
+        (new_status, worker_id, execution_id, list(from_statuses)),
     )
     if row is None:
         current = _row(
@@ -179,11 +194,17 @@ def claim_execution(conn: Conn, execution_id: int, worker_id: int) -> Claim:
             return Claim(claimed=False, status=None, execution=None, action=None)
         execution = _to(Execution, current, "execution")
         return Claim(claimed=False, status=execution.status, execution=execution, action=None)
-    execution = _to(Execution, row, "execution")
-    action = None
-    if execution.action is not None:
-        arow = _row(conn, _ACTION_SELECT + " WHERE a.id = %s", (execution.action,))
-        action = None if arow is None else _to(Action, arow, "action")
+    try:
+        execution = _to(Execution, row, "execution")
+        action = None
+        if execution.action is not None:
+            arow = _row(conn, _ACTION_SELECT + " WHERE a.id = %s", (execution.action,))
+            action = None if arow is None else _to(Action, arow, "action")
+    except ExecutionError as exc:
+        action_id, action_ref = _identity(row)
+        raise UnreadableExecution(
+            str(exc), execution_id=execution_id, action_id=action_id, action_ref=action_ref
+        ) from None
     return Claim(claimed=True, status=execution.status, execution=execution, action=action)
 
 
@@ -194,6 +215,7 @@ def finish_execution(
     result: Any,
     from_statuses: Sequence[str],
 ) -> bool:
+    """The end's compare-and-set; `new_status`/`from_statuses` come from attune.lifecycle."""
     cur = conn.execute(
         """
         UPDATE execution
@@ -244,16 +266,17 @@ def create_execution(
     worker_id: int,
     timeout_seconds: int | None,
     env_vars: dict[str, Any] | None,
+    status: str,
 ) -> int:
     row = _row(
         conn,
         """
         INSERT INTO execution (action, action_ref, config, env_vars, worker, status,
                                timeout_seconds)
-        VALUES (%s, %s, %s, %s, %s, 'scheduled', %s)
+        VALUES (%s, %s, %s, %s, %s, %s::execution_status_enum, %s)
         RETURNING id
         """,
-        (action.id, action.ref, Jsonb(config), _json(env_vars), worker_id, timeout_seconds),
+        (action.id, action.ref, Jsonb(config), _json(env_vars), worker_id, status, timeout_seconds),
     )
     assert row is not None
     return int(row["id"])

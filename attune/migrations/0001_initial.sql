@@ -1,5 +1,5 @@
 -- Attune schema: the tables and enums the worker shares with the executor and API
--- (protocol.md §5). Objects are created only if missing so that this file can also run
+-- (docs/protocol.md §5). Objects are created only if missing so that this file can also run
 -- against a database where another Attune service already created some of them.
 -- Columns the reference services write but the worker does not read are nullable or
 -- defaulted, so their inserts keep working.

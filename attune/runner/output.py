@@ -1,4 +1,4 @@
-"""Bounded output capture and the result JSON of protocol.md §7 (pure).
+"""Bounded output capture and the result JSON of docs/protocol.md §7 (pure).
 
 A stream is kept up to its cap and the rest only counted, so a 100 MB line without a
 newline costs the worker no more than the cap. The result builder is the single place
@@ -174,7 +174,7 @@ def _last_line(text: str) -> str:
 
 
 def build_result(report: RunReport) -> tuple[Status, dict[str, Any]]:
-    """Status and `execution.result` for one run (protocol.md §7 table)."""
+    """Status and `execution.result` for one run (docs/protocol.md §7 table)."""
     stdout = report.stdout.text("stdout")
     stderr = report.stderr.text("stderr")
     result: dict[str, Any] = {

@@ -108,7 +108,7 @@ class Rule:
 
 
 def default_rules() -> list[Rule]:
-    """The full denylist of sandbox.md guarantee 6, as data."""
+    """The full denylist of docs/sandbox.md guarantee 6, as data."""
     rules = [Rule(name, errno.EPERM) for name in EPERM_SYSCALLS]
     rules += [Rule(name, errno.ENOSYS) for name in ENOSYS_SYSCALLS]
     # clone() with any namespace flag: one rule per flag (rules on a syscall are OR-ed).

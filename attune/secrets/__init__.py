@@ -1,4 +1,4 @@
-"""Secrets (protocol §8): the shared encryption format, restoring secret parameters,
+"""Secrets (docs/protocol.md §8): the shared encryption format, restoring secret parameters,
 keystore values for a run, and masking them in everything that leaves the run.
 
     crypto     AES-256-GCM token format shared with the API (pure)

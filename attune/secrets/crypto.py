@@ -1,4 +1,4 @@
-"""The secret format shared with the Attune API (protocol §8), byte for byte.
+"""The secret format shared with the Attune API (docs/protocol.md §8), byte for byte.
 
     AES key      = SHA-256(key string, UTF-8)
     token        = base64 (standard, padded) of nonce(12 random bytes) || ciphertext || tag(16)

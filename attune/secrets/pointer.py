@@ -3,7 +3,7 @@
 The API replaces each secret parameter in `execution.config` with a marker and keeps
 the encrypted value in `execution_secret_value` under a JSON pointer (`/db/password`,
 `/a~1b` for the key `a/b`, `/t~0x` for `t~x`). The worker puts the values back at
-those pointers before the parameters are delivered (protocol §8).
+those pointers before the parameters are delivered (docs/protocol.md §8).
 """
 
 from __future__ import annotations

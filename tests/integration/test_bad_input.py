@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
@@ -19,7 +20,7 @@ from attune.messages import (
     dispatch_routing_key,
     encode_message,
 )
-from tests.integration.amqp_fixtures import collect
+from tests.integration.amqp_fixtures import Collector, collect
 from tests.integration.worker_kit import Stack
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
@@ -127,3 +128,35 @@ async def test_broken_execution_fails_with_a_precise_error_and_the_worker_keeps_
         )
     if case not in {"action deleted", "missing code file"}:
         await _still_serving(stack)
+
+
+async def test_an_unreadable_row_ends_failed_and_the_end_is_announced(
+    stack: Stack, pg: Pg, execution_events: Collector
+) -> None:
+    worker = await stack.start_worker()
+    worker_id = await stack.worker_id(worker.name)
+    action = await stack.db.get_action("demo.add")
+    assert action is not None
+    execution_id = await stack.db.create_execution(action, config={}, worker_id=worker_id)
+    pg.execute("UPDATE execution SET config = '[1, 2]' WHERE id = %s", (execution_id,))
+    await _dispatch(stack, worker_id, execution_id, "demo.add")
+    seen = []
+    while len(seen) < 2:
+        body = msgspec.json.decode((await execution_events.next(timeout=15)).body)
+        if body["payload"].get("execution_id") == execution_id:
+            seen.append(body)
+    changed, completed = seen
+    assert changed["message_type"] == "ExecutionStatusChanged"
+    assert (changed["payload"]["previous_status"], changed["payload"]["new_status"]) == (
+        "scheduled",
+        "failed",
+    )
+    assert changed["payload"]["action_ref"] == "demo.add"
+    assert completed["message_type"] == "ExecutionCompleted"
+    assert completed["payload"]["status"] == "Failed"
+    status, result = pg.execute(
+        "SELECT status::text, result FROM execution WHERE id = %s", (execution_id,)
+    ).fetchone() or (None, None)
+    assert status == "failed" and result["error"].startswith("invalid execution:")
+    assert completed["payload"]["result"] == result
+    await _still_serving(stack)

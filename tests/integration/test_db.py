@@ -11,7 +11,8 @@ import trio
 
 from attune.db import Database
 from attune.db.migrations import known_migrations
-from attune.errors import ConfigError, InputError, TransientError
+from attune.errors import ConfigError, InputError, TransientError, UnreadableExecution
+from attune.lifecycle import Event, IllegalTransition, Transition, transition
 from attune.models import Action
 from attune.packs import load_pack
 
@@ -20,6 +21,13 @@ pytestmark = pytest.mark.services
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "packs" / "demo"
 PgConn = psycopg.Connection[tuple[Any, ...]]
 CAPS = {"runtimes": ["python", "shell"], "max_concurrent_executions": 4}
+CLAIM = transition("scheduled", Event.CLAIM)
+OUTCOMES = {"completed": Event.SUCCEED, "failed": Event.FAIL, "cancelled": Event.CANCEL}
+
+
+def ended(status: str) -> Transition:
+    """The lifecycle edge from `running` that records `status`."""
+    return transition("running", OUTCOMES[status])
 
 
 def _enum(pg: PgConn, name: str) -> list[str]:
@@ -246,7 +254,7 @@ async def test_pick_worker_prefers_the_least_running(db: Database) -> None:
     b = await _worker(db, "b")
     for _ in range(2):
         eid = await _scheduled(db, a)
-        assert (await db.claim_execution(eid, a)).claimed
+        assert (await db.claim_execution(eid, a, CLAIM)).claimed
     picked = await db.pick_worker("python")
     assert picked is not None and (picked.id, picked.running) == (b, 0)
     workers = {w.id: w.running for w in await db.list_workers()}
@@ -261,7 +269,7 @@ async def test_claim_moves_scheduled_to_running_and_loads_the_action(
 ) -> None:
     wid = await _worker(db)
     eid = await _scheduled(db, wid, timeout_seconds=7, env_vars={"A": "1"})
-    claim = await db.claim_execution(eid, wid)
+    claim = await db.claim_execution(eid, wid, CLAIM)
     assert claim.claimed and claim.status == "running"
     assert claim.execution is not None and claim.action is not None
     assert claim.execution.config == {"x": 1, "y": 2}
@@ -283,8 +291,8 @@ async def test_claim_moves_scheduled_to_running_and_loads_the_action(
 async def test_second_claim_of_the_same_execution_is_refused(db: Database) -> None:
     wid = await _worker(db)
     eid = await _scheduled(db, wid)
-    assert (await db.claim_execution(eid, wid)).claimed
-    again = await db.claim_execution(eid, wid)
+    assert (await db.claim_execution(eid, wid, CLAIM)).claimed
+    again = await db.claim_execution(eid, wid, CLAIM)
     assert not again.claimed
     assert again.status == "running"
     assert again.action is None
@@ -296,7 +304,7 @@ async def test_concurrent_claims_let_exactly_one_win(db: Database) -> None:
     wins: list[bool] = []
 
     async def claim() -> None:
-        wins.append((await db.claim_execution(eid, wid)).claimed)
+        wins.append((await db.claim_execution(eid, wid, CLAIM)).claimed)
 
     async with trio.open_nursery() as nursery:
         for _ in range(6):
@@ -308,7 +316,7 @@ async def test_claim_of_a_terminal_execution_changes_nothing(db: Database, pg: P
     wid = await _worker(db)
     eid = await _scheduled(db, wid)
     pg.execute("UPDATE execution SET status = 'cancelled' WHERE id = %s", (eid,))
-    claim = await db.claim_execution(eid, wid)
+    claim = await db.claim_execution(eid, wid, CLAIM)
     assert not claim.claimed and claim.status == "cancelled"
     row = pg.execute("SELECT status::text, started_at FROM execution WHERE id=%s", (eid,))
     assert row.fetchone() == ("cancelled", None)
@@ -316,7 +324,7 @@ async def test_claim_of_a_terminal_execution_changes_nothing(db: Database, pg: P
 
 async def test_claim_of_a_missing_execution_reports_no_status(db: Database) -> None:
     wid = await _worker(db)
-    claim = await db.claim_execution(999_999, wid)
+    claim = await db.claim_execution(999_999, wid, CLAIM)
     assert (claim.claimed, claim.status, claim.execution, claim.action) == (
         False,
         None,
@@ -329,7 +337,7 @@ async def test_claim_with_a_deleted_action_returns_no_action(db: Database, pg: P
     wid = await _worker(db)
     eid = await _scheduled(db, wid)
     pg.execute("DELETE FROM action WHERE ref = 'demo.add'")
-    claim = await db.claim_execution(eid, wid)
+    claim = await db.claim_execution(eid, wid, CLAIM)
     assert claim.claimed and claim.action is None
     assert claim.execution is not None and claim.execution.action_ref == "demo.add"
 
@@ -337,9 +345,9 @@ async def test_claim_with_a_deleted_action_returns_no_action(db: Database, pg: P
 async def test_finish_writes_status_and_result_from_running(db: Database, pg: PgConn) -> None:
     wid = await _worker(db)
     eid = await _scheduled(db, wid)
-    await db.claim_execution(eid, wid)
+    await db.claim_execution(eid, wid, CLAIM)
     result = {"succeeded": True, "exit_code": 0, "duration_ms": 5, "data": 3}
-    assert await db.finish_execution(eid, "completed", result)
+    assert await db.finish_execution(eid, ended("completed"), result)
     row = pg.execute("SELECT status::text, result FROM execution WHERE id=%s", (eid,)).fetchone()
     assert row == ("completed", result)
 
@@ -347,36 +355,45 @@ async def test_finish_writes_status_and_result_from_running(db: Database, pg: Pg
 async def test_finish_never_overwrites_a_terminal_state(db: Database, pg: PgConn) -> None:
     wid = await _worker(db)
     eid = await _scheduled(db, wid)
-    await db.claim_execution(eid, wid)
-    assert await db.finish_execution(eid, "cancelled", {"cancelled": True})
-    assert not await db.finish_execution(eid, "completed", {"succeeded": True})
-    assert not await db.finish_execution(eid, "failed", {}, from_statuses=("running", "scheduled"))
-    with pytest.raises(InputError):
-        await db.finish_execution(eid, "completed", {}, from_statuses=("cancelled",))
+    await db.claim_execution(eid, wid, CLAIM)
+    assert await db.finish_execution(eid, ended("cancelled"), {"cancelled": True})
+    assert not await db.finish_execution(eid, ended("completed"), {"succeeded": True})
+    assert not await db.finish_execution(eid, ended("failed"), {})
+    assert not await db.finish_execution(eid, transition("scheduled", Event.REJECT), {})
     row = pg.execute("SELECT status::text, result FROM execution WHERE id=%s", (eid,)).fetchone()
     assert row == ("cancelled", {"cancelled": True})
 
 
-async def test_finish_from_scheduled_fails_a_run_that_could_not_start(db: Database) -> None:
+async def test_the_reject_edge_fails_a_row_that_is_still_scheduled(db: Database) -> None:
     wid = await _worker(db)
     eid = await _scheduled(db, wid)
-    assert not await db.finish_execution(eid, "failed", {"error": "x"})  # not running yet
-    assert await db.finish_execution(
-        eid, "failed", {"succeeded": False, "error": "no code"}, from_statuses=("scheduled",)
-    )
+    assert not await db.finish_execution(eid, ended("failed"), {"error": "x"})  # not running
+    result = {"succeeded": False, "error": "invalid execution: bad"}
+    assert await db.finish_execution(eid, transition("scheduled", Event.REJECT), result)
     execution = await db.get_execution(eid)
     assert execution is not None
-    assert (execution.status, execution.result) == (
-        "failed",
-        {"succeeded": False, "error": "no code"},
-    )
+    assert (execution.status, execution.result) == ("failed", result)
 
 
-async def test_finish_rejects_unknown_statuses(db: Database) -> None:
-    with pytest.raises(InputError):
-        await db.finish_execution(1, "unknown", {})
-    with pytest.raises(InputError):
-        await db.finish_execution(1, "failed", {}, from_statuses=("nope",))
+async def test_status_writes_refuse_the_wrong_kind_of_edge(db: Database) -> None:
+    with pytest.raises(IllegalTransition):
+        await db.finish_execution(1, CLAIM, {})
+    with pytest.raises(IllegalTransition):
+        await db.claim_execution(1, 1, ended("failed"))
+
+
+async def test_an_unreadable_row_raises_with_its_ids_and_stays_scheduled(
+    db: Database, pg: PgConn
+) -> None:
+    wid = await _worker(db)
+    eid = await _scheduled(db, wid)
+    pg.execute("UPDATE execution SET config = '[1, 2]' WHERE id = %s", (eid,))
+    with pytest.raises(UnreadableExecution) as caught:
+        await db.claim_execution(eid, wid, CLAIM)
+    assert (caught.value.execution_id, caught.value.action_ref) == (eid, "demo.add")
+    assert caught.value.action_id is not None
+    row = pg.execute("SELECT status::text, started_at FROM execution WHERE id=%s", (eid,))
+    assert row.fetchone() == ("scheduled", None)
 
 
 async def test_orphaned_executions_are_this_workers_running_ones(db: Database) -> None:
@@ -387,8 +404,8 @@ async def test_orphaned_executions_are_this_workers_running_ones(db: Database) -
     done = await _scheduled(db, me)
     waiting = await _scheduled(db, me)
     for eid, wid in ((mine, me), (theirs, other), (done, me)):
-        assert (await db.claim_execution(eid, wid)).claimed
-    await db.finish_execution(done, "completed", {})
+        assert (await db.claim_execution(eid, wid, CLAIM)).claimed
+    await db.finish_execution(done, ended("completed"), {})
     orphans = await db.orphaned_executions(me)
     assert [e.id for e in orphans] == [mine]
     assert waiting not in [e.id for e in orphans]
@@ -400,7 +417,7 @@ async def test_list_executions_filters_and_orders_newest_first(db: Database) -> 
     e1 = await _scheduled(db, a)
     e2 = await _scheduled(db, b)
     e3 = await _scheduled(db, a)
-    await db.claim_execution(e3, a)
+    await db.claim_execution(e3, a, CLAIM)
     assert [e.id for e in await db.list_executions()] == [e3, e2, e1]
     assert [e.id for e in await db.list_executions(worker_id=a)] == [e3, e1]
     assert [e.id for e in await db.list_executions(status="scheduled")] == [e2, e1]

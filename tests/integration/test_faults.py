@@ -20,7 +20,7 @@ from attune.broker import Broker
 from attune.messages import EXCHANGE_EXECUTIONS
 from tests.integration.amqp_fixtures import close_connections
 from tests.integration.conftest import ADMIN_URL
-from tests.integration.worker_kit import Stack, host_processes_of_uids
+from tests.integration.worker_kit import Stack, host_processes_of_uids, slot_uid_block
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 async def test_sigkill_mid_run_leaves_no_sandbox_and_restart_abandons_each_once(
     stack: Stack,
 ) -> None:
-    base = 230000
+    base = slot_uid_block(3)
     worker = await stack.start_worker(capacity=3, ATTUNE__SANDBOX__SLOT_UID_BASE=str(base))
     ids = [await stack.submit("demo.sleep", {"seconds": 60}) for _ in range(3)]
     for execution_id in ids:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-import trio
 
-from tests.integration.worker_kit import Stack
+from tests.integration.worker_kit import Stack, slot_uid_block
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 
@@ -19,26 +18,19 @@ async def test_workers_share_the_load_evenly_and_each_capacity_holds(
     capacity = 2
     started = [
         await stack.start_worker(
-            capacity=capacity, ATTUNE__SANDBOX__SLOT_UID_BASE=str(250000 + 100 * i)
+            capacity=capacity, ATTUNE__SANDBOX__SLOT_UID_BASE=str(slot_uid_block(capacity))
         )
-        for i in range(workers)
+        for _ in range(workers)
     ]
     names = {await stack.worker_id(w.name): w.name for w in started}
     total = 12 * workers
     ids = [await stack.submit("demo.sleep", {"seconds": 0.5}) for _ in range(total)]
-    peak: Counter[int] = Counter()
-    with trio.move_on_after(120):
-        while True:
-            rows = [await stack.db.get_execution(i) for i in ids]
-            running = Counter(r.worker for r in rows if r is not None and r.status == "running")
-            for worker_id, count in running.items():
-                peak[worker_id] = max(peak[worker_id], count)
-            if all(r is not None and r.status == "completed" for r in rows):
-                break
-            await trio.sleep(0.05)
+    statuses = await stack.wait_all(ids, 120)
+    assert Counter(statuses.values()) == Counter({"completed": total})
     rows = [await stack.db.get_execution(i) for i in ids]
-    assert Counter(r.status for r in rows if r) == Counter({"completed": total})
     spread = Counter(names[r.worker] for r in rows if r and r.worker)
     assert set(spread) == set(names.values())
     assert max(spread.values()) - min(spread.values()) <= 2, spread
-    assert all(count <= capacity for count in peak.values()), peak
+    peaks = stack.peak_running(ids)  # one snapshot of every run's interval
+    assert set(peaks) == set(names)
+    assert all(count <= capacity for count in peaks.values()), peaks

@@ -19,13 +19,13 @@ from tests.integration.worker_kit import (
     Stack,
     host_processes_of_uids,
     rss_kib,
+    slot_uid_block,
 )
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox, pytest.mark.soak]
 
 TOTAL = int(os.environ.get("ATTUNE_SOAK_TOTAL", "2000"))
 HOSTILE = ["hostile.fork_bomb", "hostile.memory_bomb", "hostile.stdout_flood", "hostile.daemon"]
-UID_BASE = 240000
 
 
 def _cgroup_leftovers() -> list[str]:
@@ -41,7 +41,8 @@ async def test_two_thousand_executions_one_in_fifty_hostile_all_terminal_exactly
 ) -> None:
     cgroups_before = set(_cgroup_leftovers())
     await stack.load_pack(HOSTILE_PACK)
-    worker = await stack.start_worker(capacity=4, ATTUNE__SANDBOX__SLOT_UID_BASE=str(UID_BASE))
+    uid_base = slot_uid_block(4)
+    worker = await stack.start_worker(capacity=4, ATTUNE__SANDBOX__SLOT_UID_BASE=str(uid_base))
     assert worker.proc is not None
     pid = worker.proc.pid
     ids: dict[int, str] = {}
@@ -88,7 +89,7 @@ async def test_two_thousand_executions_one_in_fifty_hostile_all_terminal_exactly
         f"{rss_after_100} KiB, at end {rss_end} KiB; (done, KiB): {samples[::10]}"
     )
     assert rss_end - rss_after_100 < 20 * 1024
-    assert host_processes_of_uids(UID_BASE, UID_BASE + 4) == []
+    assert host_processes_of_uids(uid_base, uid_base + 4) == []
     with trio.move_on_after(5):
         while set(_cgroup_leftovers()) - cgroups_before:
             await trio.sleep(0.1)

@@ -140,19 +140,11 @@ async def test_raw_reference_format_dispatch_is_handled(stack: Stack) -> None:
 
 
 async def test_capacity_two_never_runs_more_than_two_and_all_six_finish(stack: Stack) -> None:
-    await stack.start_worker(capacity=2)
+    worker = await stack.start_worker(capacity=2)
     ids = [await stack.submit("demo.sleep", {"seconds": 1}) for _ in range(6)]
-    peak = 0
-    with trio.move_on_after(60):
-        while True:
-            rows = [await stack.db.get_execution(i) for i in ids]
-            statuses = [r.status for r in rows if r is not None]
-            peak = max(peak, statuses.count("running"))
-            if all(s == "completed" for s in statuses):
-                break
-            await trio.sleep(0.02)
-    assert [(await stack.wait(i)).status for i in ids] == ["completed"] * 6
-    assert peak == 2
+    statuses = await stack.wait_all(ids, 60)
+    assert list(statuses.values()) == ["completed"] * 6
+    assert stack.peak_running(ids) == {await stack.worker_id(worker.name): 2}
 
 
 async def test_duplicate_dispatch_runs_once(stack: Stack, execution_events: Collector) -> None:
@@ -270,14 +262,18 @@ async def test_restart_recovers_orphaned_running_execution_as_abandoned(
 ) -> None:
     worker = await stack.start_worker()
     execution_id = await stack.submit("demo.sleep", {"seconds": 60})
-    await stack.wait_status(execution_id, "running")
+    (running,) = await _messages_for(execution_events, execution_id, 1)
+    assert running["payload"]["new_status"] == "running"
     worker.kill()  # SIGKILL: no chance to record anything
     await stack.start_worker(name=worker.name)
     row = await stack.wait(execution_id, timeout=15)
     assert row.status == "abandoned"
     assert "worker" in row.result["error"]
-    messages = await _messages_for(execution_events, execution_id, 3)
-    completed = messages[-1]
+    changed, completed = await _messages_for(execution_events, execution_id, 2)
+    assert (changed["payload"]["previous_status"], changed["payload"]["new_status"]) == (
+        "running",
+        "abandoned",
+    )
     assert completed["message_type"] == "ExecutionCompleted"
     assert completed["payload"]["status"] == "Abandoned"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,9 +11,11 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import trio
 
@@ -182,6 +185,25 @@ class Stack:
             counts.update(int(m) for m in STARTED.findall(worker.log()))
         return counts
 
+    def peak_running(self, ids: list[int]) -> dict[int, int]:
+        """worker id -> the most of `ids` it ran at once, from ONE query of finished rows.
+
+        Each run holds [started_at, updated): claimed at the start, ended at the result
+        write, and a worker admits its next dispatch only after that write. Judging from
+        one snapshot of the intervals, instead of sampling statuses row by row while
+        runs finish, cannot count one run twice or miss a peak.
+        """
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT worker, started_at, updated FROM attune.execution "
+                "WHERE id = ANY(%s) AND started_at IS NOT NULL",
+                (ids,),
+            ).fetchall()
+        by_worker: dict[int, list[tuple[datetime, datetime]]] = {}
+        for worker_id, started, ended in rows:
+            by_worker.setdefault(worker_id, []).append((started, ended))
+        return {w: peak_overlap(spans) for w, spans in by_worker.items()}
+
     async def wait_status(self, execution_id: int, status: str, timeout: float = 15.0) -> None:
         with trio.move_on_after(timeout):
             while True:
@@ -209,12 +231,66 @@ async def stack(
 
 
 SESSION_UID_BASE = 1_000_000 + (os.getpid() % 4000) * 256
+_SESSION_UIDS = 256
+_next_block = [16]  # the first 16 uids are the default workers' slots
+
+
+def slot_uid_block(size: int) -> int:
+    """The first of `size` slot uids no other test of this session (or process) uses.
+
+    For tests that need workers with slot uids of their own (several workers, or a
+    worker that is killed and whose uids must be checked afterwards).
+    """
+    start = _next_block[0]
+    if start + size > _SESSION_UIDS:
+        start = 16
+    _next_block[0] = start + size
+    return SESSION_UID_BASE + start
+
+
+def _reap_own_zombies(low: int, high: int) -> None:
+    """Reap zombies of slot uids in [low, high) whose parent is this test process.
+
+    Sandbox tests make the test process a child subreaper, so the sandboxes of a worker
+    killed with SIGKILL are reparented here; only this process can reap them. Each is
+    reaped by its own pid, never with a wildcard wait (which could reap a Popen's child).
+    """
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = dict(
+                line.split(":", 1) for line in (entry / "status").read_text().splitlines()
+            )
+        except (OSError, ValueError):
+            continue
+        uid = int(status.get("Uid", "-1").split()[0])
+        zombie = status.get("State", "").strip()[:1] == "Z"
+        if zombie and status.get("PPid", "").strip() == me and low <= uid < high:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry.name), os.WNOHANG)
 
 
 def host_processes_of_uids(low: int, high: int) -> list[str]:
-    """Host processes running as any uid in [low, high): sandboxes of those slots."""
+    """Host processes running as any uid in [low, high): sandboxes of those slots.
+
+    Zombies this test process must reap itself are reaped first: they are gone, only
+    not yet collected.
+    """
+    _reap_own_zombies(low, high)
     out = subprocess.run(["ps", "-eo", "uid=,pid=,args="], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines() if low <= int(line.split()[0]) < high]
+
+
+def peak_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
+    """The most intervals [start, end) that hold at one instant."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    peak = current = 0
+    for _, step in edges:  # at a tie, -1 sorts first: an end and a start do not overlap
+        current += step
+        peak = max(peak, current)
+    return peak
 
 
 def rss_kib(pid: int) -> int:
@@ -244,7 +320,9 @@ __all__ = [
     "Stack",
     "WorkerProcess",
     "host_processes_of_uids",
+    "peak_overlap",
     "rabbit_queue_depth",
     "rss_kib",
+    "slot_uid_block",
     "stack",
 ]

@@ -35,7 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "long_run: a sandboxed run longer than trio's ~10 s helper-thread idle "
-        "timeout (the --die-with-parent pitfall of sandbox.md)",
+        "timeout (the --die-with-parent pitfall of docs/sandbox.md)",
     )
 
 

@@ -1,4 +1,4 @@
-"""The attack catalog (spec/attacks.md rows 1-35) against a real bubblewrap.
+"""The hostile-action catalog (docs/security.md, rows 1-35) against a real bubblewrap.
 
 Each test asserts what the action saw (an errno name or a marker it printed) and what
 the worker recorded (status, error, exit code); python and shell variants where the
@@ -291,7 +291,7 @@ async def test_05_stdout_flood_is_capped_and_the_run_killed(
 
 
 async def test_05_09_hundred_megabyte_line_is_not_buffered_whole(run_code: RunCode) -> None:
-    """sandbox.md guarantee 9: a 100 MB line without a newline at the default 10 MiB cap."""
+    """docs/sandbox.md guarantee 9: a 100 MB line without a newline at the default 10 MiB cap."""
     outcome, growth_kib = await run_watching_rss(
         run_code, "import sys\nsys.stdout.buffer.write(b'y' * (100 * 2**20))\n", timeout=20
     )

@@ -1,4 +1,4 @@
-"""sandbox.md guarantees 1-10, each checked on a real bubblewrap.
+"""docs/sandbox.md guarantees 1-10, each checked on a real bubblewrap.
 
 Many attack-catalog rows (test_attacks.py) also prove a guarantee; this file checks the
 positive shape of the sandbox: exactly which env, fds, files, uids, limits it has.

@@ -1,6 +1,6 @@
-"""Hostile inputs and outputs through a real sandbox and `attune exec` (security.md
-catalog: environment injection, parameter size, the result channel, bombs in output and
-metadata)."""
+"""Hostile inputs and outputs through a real sandbox and `attune exec` (docs/security.md
+catalog rows 36-49: environment injection, parameter size, the result channel, bombs in
+output and metadata)."""
 
 from __future__ import annotations
 

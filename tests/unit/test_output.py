@@ -1,4 +1,4 @@
-"""Bounded capture, output parsing and the result JSON of protocol.md §7 (pure)."""
+"""Bounded capture, output parsing and the result JSON of docs/protocol.md §7 (pure)."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_parse_output(fmt: Any, stdout: str, expected: tuple[bool, Any]) -> None
     assert parse_output(stdout, fmt) == expected
 
 
-# --- build_result: one test per row of protocol.md §7 ----------------------------------
+# --- build_result: one test per row of docs/protocol.md §7 ----------------------------------
 
 
 def test_success_with_parsed_data_drops_stdout() -> None:

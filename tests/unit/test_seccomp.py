@@ -1,4 +1,4 @@
-"""The seccomp rule set of sandbox.md guarantee 6, checked as data (nothing is loaded)."""
+"""The seccomp rule set of docs/sandbox.md guarantee 6, checked as data (nothing is loaded)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,152 @@
+"""`Launcher`: runs one claimed execution in the sandbox and says how it ended.
+
+It resolves everything the run needs (code, profile, parameters with their secrets
+restored, timeout), runs it, masks what comes out, stores the artifacts, and returns
+the outcome word and the result to record. A reason the execution cannot run is an
+`AttuneError` turned into a `failed` result here; anything else escapes to the
+pipeline, which records it `failed` too (docs/protocol.md §5, "Execution lifecycle").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from attune.artifacts import ArtifactStore
+from attune.config import Config
+from attune.db import Database
+from attune.errors import AttuneError, ExecutionError
+from attune.lifecycle import cancelled_before_start
+from attune.log import log_event
+from attune.models import Action, Execution
+from attune.packs import read_code, resolve_code
+from attune.params import context_env
+from attune.retry import with_db_retry
+from attune.runner.profiles import Profile
+from attune.runner.sandbox import RunControl, RunSpec, Sandbox
+from attune.secrets import OutputGuard, RunSecrets, load_run_secrets
+
+log = logging.getLogger("attune.worker")
+
+RUNTIME_ALIASES = {"python3": "python", "py": "python", "bash": "shell", "sh": "shell"}
+DEFAULT_TIMEOUT = 300
+
+
+def runtime_of(action: Action) -> str:
+    """The profile name for an action's runtime row (name or alias, any case)."""
+    runtime = (action.runtime_name or "").lower()
+    return RUNTIME_ALIASES.get(runtime, runtime)
+
+
+def build_spec(
+    config: Config,
+    profiles: Mapping[str, Profile],
+    execution: Execution,
+    action: Action,
+    secrets: RunSecrets,
+) -> tuple[RunSpec, float]:
+    """Resolve code, profile, parameters and timeout; ExecutionError when it cannot run."""
+    runtime = runtime_of(action)
+    profile = profiles.get(runtime)
+    if profile is None:
+        known = ", ".join(sorted(profiles))
+        raise ExecutionError(
+            f"unknown runtime {action.runtime_name!r} for action "
+            f"{action.ref}; this worker runs: {known}"
+        )
+    resolved = resolve_code(
+        Path(config.packs_base_dir), action.pack_ref, action.entrypoint, runtime
+    )
+    if resolved.path is not None:
+        code, code_name = read_code(resolved.path), resolved.path.name
+    else:
+        code, code_name = (resolved.inline or "").encode(), "inline.sh"
+    env = context_env(
+        exec_id=execution.id,
+        action_ref=action.ref,
+        pack_ref=action.pack_ref,
+        delivery=action.parameter_delivery,
+        fmt=action.parameter_format,
+        env_vars=execution.env_vars,
+    )
+    timeouts = (execution.timeout_seconds, action.timeout_seconds, config.worker.task_timeout)
+    timeout = next((t for t in timeouts if t and t > 0), DEFAULT_TIMEOUT)
+    spec = RunSpec(
+        profile=profile,
+        code=code,
+        code_name=code_name,
+        params=secrets.params,  # execution.config with the secret markers restored
+        env=env,
+        parameter_delivery=action.parameter_delivery,
+        parameter_format=action.parameter_format,
+        output_format=action.output_format,  # type: ignore[arg-type]
+        label=f"execution-{execution.id}",
+        secrets=secrets.keystore,
+    )
+    return spec, float(timeout)
+
+
+class Launcher:
+    """The pipeline's runner: the sandbox, the artifacts and the secrets of a run."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        sandbox: Sandbox,
+        profiles: Mapping[str, Profile],
+        artifacts: ArtifactStore,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.sandbox = sandbox
+        self.profiles = profiles
+        self.artifacts = artifacts
+
+    def runtime_label(self, action: Action | None) -> str:
+        """The metrics label: a runtime this worker serves, or `other`."""
+        runtime = runtime_of(action) if action is not None else ""
+        return runtime if runtime in self.profiles else "other"
+
+    async def run(
+        self, execution: Execution, action: Action, control: RunControl, slot: int
+    ) -> tuple[str, dict[str, Any]]:
+        key = self.config.security.encryption_key
+        try:
+            secrets = await with_db_retry(
+                f"load secrets of execution {execution.id}",
+                lambda: load_run_secrets(self.db, execution, action, key),
+            )
+            spec, timeout = build_spec(self.config, self.profiles, execution, action, secrets)
+        except AttuneError as exc:
+            return "failed", {"succeeded": False, "error": str(exc)}
+        if secrets.too_short:
+            log_event(
+                log,
+                "secret_too_short_to_mask",
+                logging.WARNING,
+                execution_id=execution.id,
+                sources=",".join(secrets.too_short),
+            )
+        if control.reason is not None:  # cancelled while its code and secrets loaded
+            return "cancelled", cancelled_before_start(control.reason)
+        artifacts = self.artifacts.open_run(execution.id)
+        try:
+            # Output, result and log lines of the run pass through the masker.
+            async with OutputGuard(
+                secrets.masker, artifacts.write, action.out_schema, artifacts.directory
+            ) as guard:
+                outcome = await self.sandbox.run(
+                    spec, timeout=timeout, slot=slot, control=control, on_output=guard.write
+                )
+                result = await guard.redact(outcome.result)
+                await trio.to_thread.run_sync(artifacts.write_result, outcome.status, result)
+        except AttuneError as exc:
+            return "failed", {"succeeded": False, "error": secrets.masker.text(str(exc))}
+        finally:
+            artifacts.close()
+        return outcome.status, result
