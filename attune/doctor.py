@@ -94,6 +94,7 @@ class HostSnapshot:
     profiles_error: str | None = None
     python_version: str | None = None
     umask: int | None = None  # the worker process's, from /proc
+    nftables_problem: str | None = None  # probed only when egress is enabled
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def build_checks(
         _run_dir_access_check(snapshot, config),
         _umask_check(snapshot),
         _profiles_check(snapshot, config),
+        _egress_check(snapshot, config),
     ]
     if smoke is not None:
         checks.append(_sandbox_run_check(smoke))
@@ -163,7 +165,7 @@ def refusal(checks: Iterable[Check]) -> str | None:
 def _layer_checks(snapshot: HostSnapshot) -> list[Check]:
     checks = []
     for layer in snapshot.facts.layers:
-        if layer.name in ("cgroups", "per_slot_uids"):
+        if layer.name in ("cgroups", "per_slot_uids", "egress"):
             continue  # reported in more detail below
         detail = layer.detail
         if layer.name == "interpreter" and layer.active and snapshot.python_version:
@@ -181,6 +183,26 @@ def _layer_checks(snapshot: HostSnapshot) -> list[Check]:
                 )
             )
     return checks
+
+
+def _egress_check(snapshot: HostSnapshot, config: Config) -> Check:
+    """Egress is optional; when the operator enables it, its tools must work."""
+    layer = next((x for x in snapshot.facts.layers if x.name == "egress"), None)
+    if not config.network.egress:
+        return Check("egress", "OK", "off: actions declaring `network: egress` fail unrun")
+    if layer is None or not layer.active:
+        detail = layer.detail if layer else "not detected"
+        return Check("egress", "FAIL", detail, "run scripts/setup (as root)")
+    if snapshot.nftables_problem:
+        return Check(
+            "egress",
+            "FAIL",
+            snapshot.nftables_problem,
+            "a kernel with nf_tables and nft_reject (modprobe nf_tables nft_reject_inet)",
+        )
+    policy = config.network
+    reach = f"{len(policy.allow)} allowlist entries" if policy.allow else "the public internet"
+    return Check("egress", "OK", f"on: {reach}, dns {policy.dns}; nftables work in a namespace")
 
 
 def _cgroup_check(snapshot: HostSnapshot) -> Check:
@@ -567,7 +589,17 @@ def gather_host(config: Config, facts: host.HostFacts | None = None) -> HostSnap
         profiles_error=error,
         python_version=_python_version(),
         umask=_umask(),
+        nftables_problem=_nftables_problem(config, facts),
     )
+
+
+def _nftables_problem(config: Config, facts: host.HostFacts) -> str | None:
+    layer = next((x for x in facts.layers if x.name == "egress"), None)
+    if not config.network.egress or layer is None or not layer.active:
+        return None
+    from attune.runner.network import probe_nftables
+
+    return probe_nftables()
 
 
 def preflight(config: Config, facts: host.HostFacts) -> list[Check]:

@@ -26,6 +26,7 @@ from attune.models import Action, Execution
 from attune.packs import read_code, resolve_code
 from attune.params import context_env
 from attune.retry import with_db_retry
+from attune.runner.egress import EgressPolicy
 from attune.runner.profiles import Profile
 from attune.runner.sandbox import RunControl, RunSpec, Sandbox
 from attune.secrets import OutputGuard, RunSecrets, load_run_secrets
@@ -58,6 +59,7 @@ def build_spec(
             f"unknown runtime {action.runtime_name!r} for action "
             f"{action.ref}; this worker runs: {known}"
         )
+    network = egress_of(config, action)
     resolved = resolve_code(
         Path(config.packs_base_dir), action.pack_ref, action.entrypoint, runtime
     )
@@ -86,8 +88,22 @@ def build_spec(
         output_format=action.output_format,  # type: ignore[arg-type]
         label=f"execution-{execution.id}",
         secrets=secrets.keystore,
+        network=network,
     )
     return spec, float(timeout)
+
+
+def egress_of(config: Config, action: Action) -> EgressPolicy | None:
+    """The action's egress policy; ExecutionError before the run when it is not offered."""
+    if action.network != "egress":
+        return None
+    if not config.network.egress:
+        raise ExecutionError(
+            f"action {action.ref} declares `network: egress`, but this worker does not "
+            "offer egress (the operator enables it with network.egress: true in the "
+            "worker config); it was not run"
+        )
+    return config.network.policy()
 
 
 class Launcher:

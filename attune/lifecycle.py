@@ -169,6 +169,11 @@ class Transition:
         if self.terminal:
             if result is None:
                 raise IllegalTransition(f"{self.new} needs the result it records")
+            if ref.action_id is None:
+                # The reference's ExecutionCompleted.action_id is not optional: it names
+                # the executor queue slot to release. With the action row deleted there
+                # is none, and the reference worker publishes nothing either.
+                return tuple(messages)
             completed = ExecutionCompleted(
                 execution_id=ref.id,
                 action_id=ref.action_id,

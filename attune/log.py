@@ -18,7 +18,9 @@ from typing import IO, Any, Literal
 
 from attune.errors import ConfigError
 
-LogFormat = Literal["text", "json"]
+LogFormat = Literal["text", "pretty", "json"]
+# The shared configuration's spellings (`log.level: warn`, `log.format: pretty`).
+_LEVEL_ALIASES = {"TRACE": "DEBUG", "WARN": "WARNING"}
 Redactor = Callable[[str], str]
 
 # The logging module is process-global; the redactors that filter it are too. They are
@@ -140,9 +142,10 @@ def configure_logging(
     test's captured stderr is honoured. Returns the handler so a caller can remove it.
     """
     levels = logging.getLevelNamesMapping()
-    if level.upper() not in levels:
+    name = _LEVEL_ALIASES.get(level.upper(), level.upper())
+    if name not in levels:
         raise ConfigError(f"log level {level!r}: expected one of DEBUG, INFO, WARNING, ERROR")
-    if fmt not in ("text", "json"):
+    if fmt not in ("text", "pretty", "json"):
         raise ConfigError(f"log format {fmt!r}: expected text or json")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -151,7 +154,7 @@ def configure_logging(
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(levels[level.upper()])
+    root.setLevel(levels[name])
     return handler
 
 

@@ -174,7 +174,7 @@ class ExecutionCompleted(msgspec.Struct, frozen=True, kw_only=True):
     """Published last for a run; `result` is what was written to `execution.result`."""
 
     execution_id: int
-    action_id: int | None
+    action_id: int  # required, as in the reference: no message when the action row is gone
     action_ref: str
     status: CompletedStatusName
     result: Any

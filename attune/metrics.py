@@ -125,6 +125,13 @@ class Metrics:
             ["queue", "reason"],
             registry=r,
         )
+        self.oom_kills = Counter(
+            "attune_oom_kills",
+            "Executions whose sandbox the kernel killed for exceeding the run's memory "
+            "cgroup limit (only where per-run cgroups are active).",
+            ["runtime"],
+            registry=r,
+        )
         self.truncated_bytes = Counter(
             "attune_output_truncated_bytes",
             "Output bytes discarded past the per-stream cap.",
@@ -186,6 +193,8 @@ class Metrics:
         action_ms = result.get("duration_ms")
         if isinstance(action_ms, int | float) and not isinstance(action_ms, bool):
             self.overhead_seconds.labels(runtime).observe(max(seconds - action_ms / 1000, 0.0))
+        if result.get("oom_killed") is True:
+            self.oom_kills.labels(runtime).inc()
         for stream in STREAMS:
             dropped = result.get(f"{stream}_bytes_truncated")
             if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped > 0:

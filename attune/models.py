@@ -31,6 +31,7 @@ class Action(msgspec.Struct, frozen=True, kw_only=True):
     output_format: str
     param_schema: dict[str, Any] | None
     out_schema: dict[str, Any] | None
+    network: str = "none"  # "egress": needs a worker that offers egress
 
 
 class Execution(msgspec.Struct, frozen=True, kw_only=True):

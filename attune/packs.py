@@ -36,6 +36,8 @@ RunnerType = Literal["python", "shell"]
 ParameterDelivery = Literal["stdin", "file"]
 ParameterFormat = Literal["dotenv", "json", "yaml"]
 OutputFormat = Literal["text", "json", "yaml", "jsonl"]
+# `network: egress`: the action gets the operator's egress network (docs/network.md).
+NetworkMode = Literal["none", "egress"]
 
 
 class ActionSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -56,6 +58,7 @@ class ActionSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     parameter_format: ParameterFormat = "json"
     output_format: OutputFormat = "text"
     tags: list[str] = msgspec.field(default_factory=list)
+    network: NetworkMode | None = None  # unset: the pack's `network`
 
     @property
     def name(self) -> str:
@@ -74,6 +77,11 @@ class PackSpec(msgspec.Struct, frozen=True, kw_only=True):
     actions: tuple[ActionSpec, ...] = ()
     author: str | None = None
     tags: list[str] = msgspec.field(default_factory=list)
+    network: NetworkMode = "none"
+
+    def network_of(self, action: ActionSpec) -> NetworkMode:
+        """An action's own `network`, else its pack's."""
+        return action.network or self.network
 
 
 class ResolvedCode(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +99,7 @@ class _PackYaml(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     author: str | None = None
     tags: list[str] = msgspec.field(default_factory=list)
+    network: NetworkMode = "none"  # the default of the pack's actions
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -122,6 +131,7 @@ def load_pack(path: Path) -> PackSpec:
         actions=actions,
         author=meta.author,
         tags=list(meta.tags),
+        network=meta.network,
     )
 
 

@@ -162,7 +162,10 @@ async def record(
     The messages are built before the write, so a result that cannot be announced
     raises before anything is recorded and the caller can record a plainer one.
     """
-    messages = _encode(step.announcements(ref, result, _now()), correlation_id)
+    # Encoding a result of tens of MB takes hundreds of ms: off the trio thread.
+    messages = await trio.to_thread.run_sync(
+        _encode, step.announcements(ref, result, _now()), correlation_id
+    )
     written = await with_db_retry(
         f"record execution {ref.id} {step.new}",
         lambda: p.store.finish_execution(ref.id, step, result),

@@ -60,9 +60,13 @@ async def schedule(
             )
         params, sealed = seal_secret_params(params, action.param_schema, encryption_key)
     runtime = action.runtime_name or ""
-    worker = await db.pick_worker(runtime)
+    egress = action.network == "egress"
+    worker = await db.pick_worker(runtime, egress=egress)
     if worker is None:
-        raise TransientError(f"no healthy worker runs {runtime!r} (start `attune run-worker`)")
+        offering = " and offers egress (network.egress: true)" if egress else ""
+        raise TransientError(
+            f"no healthy worker runs {runtime!r}{offering} (start `attune run-worker`)"
+        )
     execution_id = await db.create_execution(
         action,
         config=params,

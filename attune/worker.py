@@ -29,6 +29,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import trio
 
 import attune
@@ -45,7 +46,7 @@ from attune.metrics import Metrics, serve_metrics
 from attune.outbox import Outbox
 from attune.pipeline import Pipeline, handle_cancel, handle_dispatch, recover_orphans
 from attune.runner import host, process
-from attune.runner.profiles import load_profiles
+from attune.runner.profiles import capped_output, load_profiles
 from attune.runner.sandbox import Sandbox
 from attune.runs import SHUTDOWN_REASON, Runs
 
@@ -200,11 +201,17 @@ def pin_malloc_thresholds() -> bool:
 
 
 def capabilities(config: Config, facts: host.HostFacts, runtimes: list[str]) -> dict[str, object]:
+    """Configured capabilities, labels and taints (the reference's keys), then measured ones."""
     return {
+        **(config.worker.capabilities or {}),
+        "labels": dict(config.worker.labels),
+        "taints": [msgspec.to_builtins(t) for t in config.worker.taints],
         "runtimes": runtimes,
         "max_concurrent_executions": config.worker.max_concurrent_tasks,
         "worker_version": attune.__version__,
         "sandbox": facts.capabilities(),
+        # `attune submit` sends `network: egress` actions only to workers saying true.
+        "egress": config.network.egress and facts.layer_active("egress"),
     }
 
 
@@ -245,7 +252,11 @@ async def run_worker(config: Config) -> None:
                     count=len(leftovers),
                     pids=",".join(map(str, leftovers)),
                 )
-        profiles = load_profiles(config.sandbox.effective_profiles_dir())
+        profiles = capped_output(
+            load_profiles(config.sandbox.effective_profiles_dir()),
+            config.worker.max_stdout_bytes,
+            config.worker.max_stderr_bytes,
+        )
         sandbox = Sandbox(
             facts, Path(config.sandbox.run_dir), slot_uid_base=config.sandbox.slot_uid_base
         )
@@ -253,9 +264,10 @@ async def run_worker(config: Config) -> None:
         async with (
             Database.open_ctx(
                 config.database.url,
-                min_size=config.database.pool_min,
-                max_size=config.database.pool_max,
+                min_size=max(1, config.database.min_connections),
+                max_size=config.database.max_connections,
                 connect_timeout=config.database.connect_timeout,
+                max_idle=config.database.idle_timeout,
             ) as db,
             open_broker(
                 config.message_queue.url, reconnect_interval=config.message_queue.reconnect_interval

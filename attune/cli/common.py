@@ -24,9 +24,14 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """The effective config (file, ATTUNE__ environment, CLI overrides); errors exit 2."""
+    """The effective config (file, ATTUNE__ environment, CLI overrides); errors exit 2.
+
+    Without --config, `ATTUNE_CONFIG` names the file, as for the reference's services.
+    """
     from attune.config import load_config
 
+    if path is None and os.environ.get("ATTUNE_CONFIG"):
+        path = Path(os.environ["ATTUNE_CONFIG"])
     try:
         return load_config(path, os.environ, overrides or {})
     except AttuneError as exc:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
     import typer
 
+    from attune.runner.egress import EgressPolicy
+
 OUTPUT_FORMATS = ("text", "json", "yaml", "jsonl")
 
 
@@ -107,6 +109,7 @@ async def run_file(
     timeout: float | None,
     output_format: str | None,
     secrets: dict[str, str] | None = None,
+    network: EgressPolicy | None = None,
 ) -> dict[str, Any]:
     """Resolve everything about a local file and run it; returns status + result.
 
@@ -131,6 +134,11 @@ async def run_file(
         first_line = code.split(b"\n", 1)[0]
         profile = choose_runtime(profiles, code_path.name, first_line, runtime)
     meta = _metadata(code_path) or {}
+    if meta.get("network") == "egress" and network is None:
+        raise InputError(
+            f"{code_path}: the action declares `network: egress`; run it with "
+            "--network egress (egress rules from --config FILE's network section)"
+        )
     params = apply_schema(meta.get("parameters"), params)
     fmt = output_format or meta.get("output_format") or "json"
     delivery = meta.get("parameter_delivery", "stdin")
@@ -165,6 +173,7 @@ async def run_file(
         parameter_format=param_format,
         output_format=fmt,  # type: ignore[arg-type]
         secrets=dict(secrets or {}),
+        network=network,
     )
     outcome = await sandbox.run(spec, timeout=float(seconds))
     result = outcome.result
@@ -221,6 +230,32 @@ def _parser() -> argparse.ArgumentParser:
         help="secrets from a JSON or YAML object of names to strings",
     )
     parser.add_argument(
+        "--network",
+        choices=("none", "egress"),
+        default="none",
+        help="egress: outbound connections the policy allows (docs/network.md); "
+        "default none: loopback only",
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="'CIDR|HOST [PROTO/PORT]'",
+        help="with --network egress: the allowlist of this run, replacing network.allow "
+        "of --config (repeatable)",
+    )
+    parser.add_argument(
+        "--dns",
+        choices=("resolver", "hosts", "off"),
+        help="with --network egress: DNS mode (default: network.dns of --config, resolver)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="worker config whose network section gives the egress policy",
+    )
+    parser.add_argument(
         "--with-status",
         action="store_true",
         help="print {status, result} instead of the result alone",
@@ -231,6 +266,20 @@ def _parser() -> argparse.ArgumentParser:
         help="print which isolation layers this host provides, then exit",
     )
     return parser
+
+
+def _egress_policy(args: argparse.Namespace) -> EgressPolicy | None:
+    """`--network egress`: the config's network section, with --allow/--dns on top."""
+    if args.network != "egress":
+        if args.allow or args.dns:
+            raise InputError("--allow and --dns need --network egress")
+        return None
+    from attune.config import load_config
+    from attune.runner.egress import parse_policy
+
+    section = load_config(args.config, os.environ).network
+    allow = args.allow or section.allow
+    return parse_policy(allow, section.deny, args.dns or section.dns)
 
 
 def _collect_secrets(items: list[str], path: Path | None) -> dict[str, str]:
@@ -269,6 +318,7 @@ def main(argv: list[str]) -> int:
     try:
         params = _collect_params(args.params, args.params_json, args.params_file)
         secrets = _collect_secrets(args.secret, args.secrets_file)
+        network = _egress_policy(args)
         outcome = trio.run(
             lambda: run_file(
                 args.file,
@@ -278,6 +328,7 @@ def main(argv: list[str]) -> int:
                 timeout=args.timeout,
                 output_format=args.output_format,
                 secrets=secrets,
+                network=network,
             )
         )
     except AttuneError as exc:

@@ -73,8 +73,12 @@ def register(app: typer.Typer) -> None:
         capacity: Annotated[
             Optional[int], typer.Option("--max-concurrent-tasks", help="Concurrent executions.")
         ] = None,
-        log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
-        log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+        log_format: Annotated[
+            Optional[str], typer.Option("--log-format", help="text or json (default: log.format).")
+        ] = None,
+        log_level: Annotated[
+            Optional[str], typer.Option("--log-level", help="Default: log.level.")
+        ] = None,
         metrics_port: Annotated[
             Optional[int],
             typer.Option("--metrics-port", help="Serve Prometheus metrics on this port."),
@@ -91,8 +95,8 @@ def register(app: typer.Typer) -> None:
         if metrics_port is not None:
             overrides["worker.metrics_port"] = metrics_port
         try:
-            configure_logging(log_format, log_level)  # type: ignore[arg-type]
             cfg = load(config, overrides)
+            configure_logging(log_format or cfg.log.format, log_level or cfg.log.level)  # type: ignore[arg-type]
         except AttuneError as exc:
             raise fail(str(exc)) from None
         from attune.worker import run_worker

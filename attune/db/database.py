@@ -95,6 +95,7 @@ class Database:
         min_size: int = 1,
         max_size: int = 4,
         connect_timeout: float = 5.0,
+        max_idle: float = 600.0,
         statement_timeout: float = 30.0,
         acquire_timeout: float = 10.0,
     ) -> Database:
@@ -131,6 +132,7 @@ class Database:
                     url,
                     min_size=min_size,
                     max_size=max_size,
+                    max_idle=max_idle,
                     kwargs=kwargs,
                     configure=configure,
                     check=ConnectionPool.check_connection,
@@ -243,9 +245,14 @@ class Database:
     async def list_workers(self) -> list[Worker]:
         return await self._run(queries.list_workers)
 
-    async def pick_worker(self, runtime_name: str, *, stale_after: float = 90.0) -> Worker | None:
-        """The least-loaded fresh active worker serving the runtime, as the executor picks."""
-        return await self._run(lambda c: queries.pick_worker(c, runtime_name, stale_after))
+    async def pick_worker(
+        self, runtime_name: str, *, stale_after: float = 90.0, egress: bool = False
+    ) -> Worker | None:
+        """The least-loaded fresh active worker serving the runtime (and offering egress
+        when asked), as the executor picks."""
+        return await self._run(
+            lambda c: queries.pick_worker(c, runtime_name, stale_after, egress=egress)
+        )
 
     # --- executions --------------------------------------------------------------------
 

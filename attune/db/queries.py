@@ -35,7 +35,7 @@ SELECT a.id, a.ref, coalesce(p.ref, a.pack_ref) AS pack_ref, a.entrypoint,
        coalesce(a.parameter_delivery, 'stdin') AS parameter_delivery,
        coalesce(a.parameter_format, 'json') AS parameter_format,
        coalesce(a.output_format, 'text') AS output_format,
-       a.param_schema, a.out_schema
+       a.param_schema, a.out_schema, coalesce(a.network, 'none') AS network
 FROM action a
 LEFT JOIN runtime r ON r.id = a.runtime
 LEFT JOIN pack p ON p.id = a.pack
@@ -130,7 +130,9 @@ def list_workers(conn: Conn) -> list[Worker]:
     return [_to(Worker, r, "worker") for r in _rows(conn, _WORKER_SELECT + " ORDER BY w.id")]
 
 
-def pick_worker(conn: Conn, runtime_name: str, stale_after: float) -> Worker | None:
+def pick_worker(
+    conn: Conn, runtime_name: str, stale_after: float, *, egress: bool = False
+) -> Worker | None:
     # A worker advertising a runtime's alias ("python3") also serves that runtime.
     # Least loaded first: work already assigned (scheduled or running) per unit of
     # capacity, so a burst of submissions spreads before any of it starts.
@@ -147,13 +149,14 @@ def pick_worker(conn: Conn, runtime_name: str, stale_after: float) -> Worker | N
                OR lower(c.rt) IN (
                     SELECT lower(x) FROM runtime r, unnest(r.aliases || r.name) AS x
                     WHERE lower(r.name) = lower(%s)))
+          AND (NOT %s OR coalesce((w.capabilities ->> 'egress')::boolean, false))
         ORDER BY (SELECT count(*) FROM execution e
                    WHERE e.worker = w.id AND e.status IN ('scheduled', 'running'))::float
                  / greatest(coalesce((w.capabilities ->> 'max_concurrent_executions')::int, 1), 1),
                  w.id
         LIMIT 1
         """,
-        (stale_after, runtime_name, runtime_name),
+        (stale_after, runtime_name, runtime_name, egress),
     )
     return None if row is None else _to(Worker, row, "worker")
 
@@ -369,7 +372,15 @@ def upsert_pack(conn: Conn, pack: PackSpec) -> dict[str, int]:
     assert row is not None
     pack_id = int(row["id"])
     runtimes = _ensure_core_runtimes(conn, CORE_RUNTIMES)
-    return {
+    ids = {
         a.ref: _upsert_action(conn, pack_id, pack.ref, runtimes[a.runner_type], a)
         for a in pack.actions
     }
+    for a in pack.actions:
+        _set_action_network(conn, ids[a.ref], pack.network_of(a))
+    return ids
+
+
+def _set_action_network(conn: Conn, action_id: int, network: str) -> None:
+    """`network: egress` (action or pack); a column of this worker's own (migration 0004)."""
+    conn.execute("UPDATE action SET network = %s WHERE id = %s", (network, action_id))

@@ -38,6 +38,7 @@ PARAMS_FILE = "/attune/out/parameters"  # parameter_delivery = file, read-only
 SECRETS_FILE = "/attune/out/secrets.json"  # keystore secrets of the run, read-only
 ACTION_DIR = "/attune/action"
 MiB = 1024 * 1024
+NET_ETC_FILES = ("hosts", "nsswitch.conf", "resolv.conf")  # per run with egress
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class RunLayout:
     seccomp_fd: int
     env: dict[str, str] = field(default_factory=dict)
     secrets_file: str | None = None  # host file bound read-only at /attune/out/secrets.json
+    # Egress runs: a dir with this run's hosts, nsswitch.conf and resolv.conf.
+    net_etc_dir: str | None = None
 
 
 def sandbox_env(profile: Profile, extra: dict[str, str]) -> dict[str, str]:
@@ -119,9 +122,8 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "sandbox",
         "--cap-drop",
         "ALL",
+        "--unshare-net",  # always: egress attaches its own network to this namespace
     ]
-    if not profile.network:
-        args.append("--unshare-net")
     for path in profile.mounts.ro_bind:
         args += ["--ro-bind", path, path]
     for path in profile.mounts.ro_bind_try:
@@ -157,8 +159,11 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--dir",
         "/etc",
     ]
-    for name in ("passwd", "group", "hosts", "nsswitch.conf"):
-        args += ["--ro-bind", f"{layout.etc_dir}/{name}", f"/etc/{name}"]
+    for name in ("passwd", "group", "hosts", "nsswitch.conf", "resolv.conf"):
+        if name in NET_ETC_FILES and layout.net_etc_dir is not None:
+            args += ["--ro-bind", f"{layout.net_etc_dir}/{name}", f"/etc/{name}"]
+        elif name != "resolv.conf":
+            args += ["--ro-bind", f"{layout.etc_dir}/{name}", f"/etc/{name}"]
     args += [
         "--ro-bind",
         layout.code_dir,

@@ -37,6 +37,9 @@ class HostFacts:
     def usable(self) -> bool:
         return all(layer.active for layer in self.layers if layer.required)
 
+    def layer_active(self, name: str) -> bool:
+        return any(layer.name == name and layer.active for layer in self.layers)
+
     def problems(self) -> list[str]:
         return [
             f"{layer.name}: {layer.detail}"
@@ -98,6 +101,22 @@ def _seccomp_detail() -> tuple[bool, str]:
     return True, f"denylist compiled to {size} bytes of BPF"
 
 
+def egress_detail() -> tuple[bool, str]:
+    """Whether the egress tools and the tun device are there (cheap: no process)."""
+    from attune.runner import egress
+
+    tools = (egress.SLIRP4NETNS, egress.NFT, egress.UNSHARE)
+    missing = [tool for tool in tools if not os.access(tool, os.X_OK)]
+    if missing:
+        return False, (
+            f"missing {', '.join(missing)} (apt-get install slirp4netns nftables iproute2 "
+            "util-linux, or run scripts/setup)"
+        )
+    if not os.path.exists("/dev/net/tun"):
+        return False, "/dev/net/tun missing (modprobe tun)"
+    return True, "slirp4netns + nftables rules in the sandbox's namespace, for `network: egress`"
+
+
 def detect(bwrap: str | None = None, *, probe_version: bool = True) -> HostFacts:
     """The host's isolation facts.
 
@@ -114,6 +133,7 @@ def detect(bwrap: str | None = None, *, probe_version: bool = True) -> HostFacts
     userns_ok, userns_detail = _userns_detail()
     seccomp_ok, seccomp_detail = _seccomp_detail()
     cg = cgroups.detect() if is_root else cgroups.CgroupSupport(0, None, None, "not root")
+    egress_ok, egress_text = egress_detail()
     layers = [
         Layer(
             "bubblewrap",
@@ -131,7 +151,8 @@ def detect(bwrap: str | None = None, *, probe_version: bool = True) -> HostFacts
             if os.path.exists(SANDBOX_PYTHON)
             else f"{SANDBOX_PYTHON} missing (apt-get install python3)",
         ),
-        Layer("network_isolation", True, "network namespace without interfaces but lo"),
+        Layer("network_isolation", True, "own network namespace: loopback only unless egress"),
+        Layer("egress", egress_ok and is_root, egress_text if is_root else "needs root", False),
         Layer("rlimits", True, "cpu, address space, files, file size, processes, core 0"),
         Layer(
             "per_slot_uids",

@@ -175,6 +175,11 @@ class SandboxProcess:
             self._info_buf += chunk
         self._learn_init(parent)
 
+    def learn_init(self) -> int | None:
+        """The sandbox init's host pid, once bwrap has announced it (a pidfd is held)."""
+        self._info_now(self.pid)
+        return self.init_pid if self._init_pidfd is not None else None
+
     def _learn_init(self, parent: int) -> None:
         """Parse the info JSON; hold a pidfd on the init if it is `parent`'s child."""
         if self._init_pidfd is not None:

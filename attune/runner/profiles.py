@@ -62,7 +62,6 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     function_wrapper: str | None = None
     params_as_env: bool = False
     default_timeout: int = 300
-    network: bool = False
     default_output_format: Literal["text", "json", "yaml", "jsonl"] = "text"
     env: dict[str, str] = msgspec.field(default_factory=dict)
     mounts: Mounts = msgspec.field(default_factory=Mounts)
@@ -79,7 +78,13 @@ def load_profile(path: Path) -> Profile:
     try:
         profile = msgspec.toml.decode(data, type=Profile)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"profile {path}: {exc}") from None
+        hint = (
+            "; the host-network profile key is gone: an action that needs the network "
+            "declares `network: egress` and the worker's config enables `network.egress`"
+            if "`network`" in str(exc)
+            else ""
+        )
+        raise ConfigError(f"profile {path}: {exc}{hint}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"profile {path}: invalid TOML: {exc}") from None
     _check(profile, path)
@@ -165,3 +170,17 @@ def _shebang_interpreter(first_line: bytes) -> str | None:
         name = Path(parts[1]).name
     # python3.11 and python3 both mean the python runtime's "python" entry
     return "python" if name.startswith("python") else name
+
+
+def capped_output(profiles: dict[str, Profile], stdout: int, stderr: int) -> dict[str, Profile]:
+    """Profiles whose output limits are at most the worker-wide `worker.max_std*_bytes`."""
+
+    def cap(profile: Profile) -> Profile:
+        limits = msgspec.structs.replace(
+            profile.limits,
+            max_stdout_bytes=min(profile.limits.max_stdout_bytes, stdout),
+            max_stderr_bytes=min(profile.limits.max_stderr_bytes, stderr),
+        )
+        return msgspec.structs.replace(profile, limits=limits)
+
+    return {name: cap(p) for name, p in profiles.items()}

@@ -31,7 +31,7 @@ import trio
 from attune.errors import ExecutionError, SandboxUnavailable
 from attune.params import encode_params, shell_env
 from attune.runner import argv as argv_mod
-from attune.runner import process
+from attune.runner import egress, network, process
 from attune.runner.cgroups import RunCgroup
 from attune.runner.host import HostFacts, untraversable_ancestors
 from attune.runner.output import (
@@ -73,6 +73,8 @@ class RunSpec:
     output_format: OutputFormat | None = None
     label: str = "exec"
     secrets: dict[str, str] = field(default_factory=dict)  # keystore: name -> value
+    # Egress: a user-mode network limited by this policy; None keeps loopback only.
+    network: egress.EgressPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,13 @@ class RunControl:
             self.reason = reason
         if self._scope is not None:
             self._scope.cancel()
+
+
+@dataclass(frozen=True)
+class _NetworkPlan:
+    policy: egress.EgressPolicy
+    rules: str  # the nftables script of this run
+    etc_dir: Path  # hosts, nsswitch.conf and resolv.conf of this run
 
 
 @dataclass
@@ -208,6 +217,7 @@ class Sandbox:
         rd = self._make_run_dir(spec, uid)
         cgroup: RunCgroup | None = None
         pipe: ResultPipe | None = None
+        attachment: network.Attachment | None = None  # egress: the user-mode network
         try:
             pipe = ResultPipe(rd.result_file, profile.limits.max_result_bytes)
             env = dict(spec.env)
@@ -240,6 +250,7 @@ class Sandbox:
                 secrets_file = str(path)
                 env["ATTUNE_SECRETS_FILE"] = argv_mod.SECRETS_FILE
             wrapper = profile.function_wrapper if defines_run(spec.code) else None
+            plan = await self._plan_network(spec.network, rd) if spec.network else None
             cgroup = self._make_cgroup(rd.root.name, profile)
             seccomp_fd = bpf_fd(self._bpf)
             try:
@@ -253,13 +264,17 @@ class Sandbox:
                     seccomp_fd=seccomp_fd,
                     env=env,
                     secrets_file=secrets_file,
+                    net_etc_dir=str(plan.etc_dir) if plan else None,
                 )
                 args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
+                command = argv_mod.action_command(profile, layout)
+                if plan is not None:  # egress: hold the action until its network is there
+                    command = egress.gate_command(command)
                 started = trio.current_time()
                 proc = await process.spawn(
                     self.bwrap,
                     args,
-                    argv_mod.action_command(profile, layout),
+                    command,
                     pass_fds=(seccomp_fd,),
                     uid=uid,
                     gid=uid,
@@ -268,6 +283,8 @@ class Sandbox:
             finally:
                 os.close(seccomp_fd)
             try:
+                if plan is not None:
+                    attachment = await self._attach_network(proc, plan)
                 report = await self._supervise(
                     proc,
                     spec,
@@ -280,6 +297,8 @@ class Sandbox:
                     pipe,
                 )
             finally:
+                if attachment is not None:
+                    attachment.release()  # slirp4netns ends while we clean up
                 with trio.CancelScope(shield=True):
                     await proc.reap_init()
                 proc.close()
@@ -292,9 +311,67 @@ class Sandbox:
         finally:
             if pipe is not None:
                 pipe.close()
+            if attachment is not None:
+                attachment.discard()  # killed now, reaped after it has torn down
             # Both may block briefly (rmdir of a cgroup retries while a process exits).
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_cleanup, rd.root, cgroup)
+
+    async def _plan_network(self, policy: egress.EgressPolicy, rd: _RunDir) -> _NetworkPlan:
+        """Resolve the allowlisted names, render the rules, write the run's /etc files."""
+        resolved = await network.resolve(policy)
+        rules = egress.ruleset(egress.resolve_names(policy, resolved), network.host_network())
+        etc = rd.root / "etc"
+        etc.mkdir(mode=0o755)
+        os.chmod(etc, 0o755)
+        base_hosts = (self._etc / "hosts").read_text()
+        files = {
+            "hosts": egress.hosts_file(base_hosts, resolved if policy.dns == "hosts" else {}),
+            "nsswitch.conf": egress.nsswitch(policy.dns),
+            "resolv.conf": egress.resolv_conf(policy.dns),
+        }
+        for name, text in files.items():
+            (etc / name).write_text(text)
+            os.chmod(etc / name, 0o644)
+        return _NetworkPlan(policy, rules, etc)
+
+    async def _attach_network(
+        self, proc: process.SandboxProcess, plan: _NetworkPlan
+    ) -> network.Attachment:
+        """Load the rules, attach the network once the gate speaks, then let the action go.
+
+        Any failure kills the sandbox before the action's first instruction.
+        """
+
+        async def gate_ready() -> None:
+            ready = await proc.pipes.stdout.receive_some(len(egress.GATE_READY))
+            if ready != egress.GATE_READY:
+                raise ExecutionError("egress: the sandbox ended before its network was attached")
+
+        try:
+            with trio.fail_after(network.ATTACH_TIMEOUT):
+                await proc.read_info()  # bwrap names the sandbox's init as soon as it exists
+            init_pid = proc.learn_init()
+            if init_pid is None:
+                raise ExecutionError("egress: the sandbox ended before its network was attached")
+            attachment = await network.attach(
+                init_pid, plan.rules, dns=plan.policy.dns, ready=gate_ready
+            )
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await proc.kill_and_wait()
+            if isinstance(exc, trio.TooSlowError):
+                raise ExecutionError("egress: the sandbox did not start in time") from None
+            if isinstance(exc, SandboxUnavailable):
+                raise ExecutionError(str(exc)) from None
+            raise
+        try:
+            await proc.pipes.stdin.send_all(egress.GATE_GO)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await attachment.close()
+            raise
+        return attachment
 
     def _make_cgroup(self, name: str, profile: Profile) -> RunCgroup | None:
         if self.facts.cgroups.version == 0:

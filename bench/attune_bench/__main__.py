@@ -28,7 +28,7 @@ import trio
 
 from attune.errors import AttuneError
 
-from . import e2e, local
+from . import e2e, egress, local
 from .cleanup import Cleanup
 from .stats import (
     Row,
@@ -53,6 +53,8 @@ class Plan:
     throughput_n: int
     e2e: bool
     seed: int
+    egress: bool = True
+    only_egress: bool = False
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Results:
     floor_rates: dict[int, dict[str, Any]] = field(default_factory=dict)
     memory: dict[int, dict[str, float | None]] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
+    egress: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
 
     def add(self, name: str, seconds: float) -> None:
@@ -270,9 +273,20 @@ async def main_async(plan: Plan, root: Path, cleanup: Cleanup, results: Results)
             progress(f"cannot measure: {exc}")
             nursery.cancel_scope.cancel()
             return
-        progress(f"local cases: {plan.rounds} rounds (+{plan.warmup} warm-up), interleaved")
-        await run_local(env, plan, results)
-        if plan.e2e:
+        if not plan.only_egress:
+            progress(f"local cases: {plan.rounds} rounds (+{plan.warmup} warm-up), interleaved")
+            await run_local(env, plan, results)
+        if plan.egress:
+            ok, detail = local.host.egress_detail()
+            if ok and env.facts.is_root:
+                progress(f"egress: {plan.rounds} rounds without and with egress, interleaved")
+                try:
+                    results.egress = await egress.measure(env, plan.rounds, plan.seed)
+                except (local.CaseError, AttuneError) as exc:
+                    results.errors["egress"] = str(exc)
+            else:
+                progress(f"egress skipped: {detail if not ok else 'needs root'}")
+        if plan.e2e and not plan.only_egress:
             try:
                 await run_e2e(env, plan, results, root, cleanup)
             except* (local.CaseError, AttuneError) as group:
@@ -363,6 +377,8 @@ def report(results: Results, targets: Sequence[Any]) -> str:
                 frozenset(range(1, 6)),
             )
         )
+    if results.egress:
+        parts.append(egress.format_report(results.egress))
     parts.append(format_targets(targets))
     if results.errors:
         parts.append("errors:\n" + "\n".join(f"  {k}: {v}" for k, v in results.errors.items()))
@@ -398,6 +414,7 @@ def to_json(
         "floor_rates": {str(c): r for c, r in results.floor_rates.items()},
         "memory_mib": {str(c): m for c, m in results.memory.items()},
         "workers": results.workers,
+        "egress": results.egress,
         "targets": [t.as_dict() for t in targets],
         "errors": results.errors,
     }
@@ -427,6 +444,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="skip the RabbitMQ + PostgreSQL part (no services needed)",
     )
     parser.add_argument("--seed", type=int, default=6, help="shuffle seed of the round-robin")
+    parser.add_argument(
+        "--egress-only",
+        action="store_true",
+        help="only the egress cost (no network vs egress through Sandbox.run)",
+    )
     return parser.parse_args(argv)
 
 
@@ -439,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         throughput_n=100 if args.quick else 500,
         e2e=not args.no_e2e,
         seed=args.seed,
+        only_egress=args.egress_only,
     )
     started = datetime.now(UTC)
     info = machine()

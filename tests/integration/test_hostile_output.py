@@ -1,6 +1,6 @@
 """Hostile output through a live worker: every run ends terminal and announced, and what
 is stored is valid for PostgreSQL jsonb and strict JSON readers (docs/security.md
-catalog rows 36-45: output, amplification and environment injection)."""
+catalog rows 48-57: output, amplification and environment injection)."""
 
 from __future__ import annotations
 

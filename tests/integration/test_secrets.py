@@ -57,12 +57,7 @@ async def submit_sealed(
     worker_id = await stack.worker_id(worker.name)
     execution_id = await stack.db.create_execution(action, config=config, worker_id=worker_id)
     await stack.db.put_execution_secrets(execution_id, rows)
-    message = encode_message(
-        "ExecutionRequested",
-        ExecutionRequested(execution_id=execution_id, action_ref=ref, worker_id=worker_id),
-        source_service="executor",
-    )
-    await stack.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), message)
+    await stack.dispatch(execution_id, ref, worker_id)
     return execution_id
 
 

@@ -22,6 +22,12 @@ import trio
 from attune.broker import Broker
 from attune.db import Database
 from attune.errors import TransientError
+from attune.messages import (
+    EXCHANGE_EXECUTIONS,
+    ExecutionRequested,
+    dispatch_routing_key,
+    encode_message,
+)
 from attune.models import Execution
 from attune.packs import install_pack, load_pack
 from attune.submit import schedule, wait_terminal
@@ -151,6 +157,16 @@ class Stack:
     async def submit(self, ref: str, params: dict[str, Any] | None = None, **kw: Any) -> int:
         execution_id, _ = await schedule(self.db, self.broker, ref, params or {}, **kw)
         return execution_id
+
+    async def dispatch(self, execution_id: int, ref: str, worker_id: int) -> None:
+        """Publish ExecutionRequested for an execution already scheduled on `worker_id`
+        (as the executor does), bypassing `attune submit`'s choice of worker."""
+        message = encode_message(
+            "ExecutionRequested",
+            ExecutionRequested(execution_id=execution_id, action_ref=ref, worker_id=worker_id),
+            source_service="executor",
+        )
+        await self.broker.publish(EXCHANGE_EXECUTIONS, dispatch_routing_key(worker_id), message)
 
     async def wait(self, execution_id: int, timeout: float = 30.0) -> Execution:
         return await wait_terminal(self.db, execution_id, timeout=timeout)
@@ -316,6 +332,7 @@ def rabbit_queue_depth(vhost: str, queue: str) -> int:
 
 __all__ = [
     "HOSTILE_PACK",
+    "SESSION_UID_BASE",
     "TERMINAL",
     "Stack",
     "WorkerProcess",

@@ -12,12 +12,10 @@ import textwrap
 import uuid
 from pathlib import Path
 
-import msgspec
 import pytest
 import trio
 
 from attune.runner import host
-from attune.runner.profiles import Profile
 from attune.runner.sandbox import RunControl, RunOutcome, Sandbox
 from tests.sandbox.conftest import RunCode
 from tests.sandbox.helpers import SYSCALLS, HostProcess, token, wait_until_gone, with_token
@@ -70,31 +68,6 @@ async def test_1_only_loopback_and_host_services_unreachable(run_code: RunCode) 
         "dns": "gaierror",
         "pg_socket_dir": False,
     }
-
-
-async def test_1_network_is_an_explicit_opt_in(
-    run_code: RunCode, profiles: dict[str, Profile]
-) -> None:
-    lst, port = await listener()
-    networked = msgspec.structs.replace(profiles["python"], network=True)
-
-    async def accept_one() -> None:
-        stream = await lst.accept()
-        await stream.aclose()
-
-    async with lst, trio.open_nursery() as nursery:
-        nursery.start_soon(accept_one)
-        outcome = await run_code(
-            SYSCALLS
-            + code(f"""
-            def run():
-                s = socket.socket()
-                s.settimeout(2)
-                return oserr(s.connect, ("127.0.0.1", {port}))
-        """),
-            profile=networked,
-        )
-    assert outcome.result["data"] == "OK"
 
 
 # --- 2. environment --------------------------------------------------------------------
@@ -562,6 +535,7 @@ async def test_7_layers_are_reported(facts: host.HostFacts) -> None:
         "seccomp",
         "interpreter",
         "network_isolation",
+        "egress",
         "rlimits",
         "per_slot_uids",
         "cgroups",

@@ -1,5 +1,5 @@
 """Hostile inputs and outputs through a real sandbox and `attune exec` (docs/security.md
-catalog rows 36-49: environment injection, parameter size, the result channel, bombs in
+catalog rows 48-61: environment injection, parameter size, the result channel, bombs in
 output and metadata)."""
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import msgspec
+import dataclasses
+
 import pytest
 
 from attune.runner import argv
@@ -197,11 +198,19 @@ def test_parameter_file_is_bound_read_only_beside_the_result() -> None:
     assert args[i + 1 : i + 4] == ["--ro-bind", "/runs/r1/out/parameters", "/attune/out/parameters"]
 
 
-def test_network_opt_in_drops_only_the_network_namespace() -> None:
-    closed = argv.bwrap_args(PROFILES["shell"], layout())
-    opened = argv.bwrap_args(msgspec.structs.replace(PROFILES["shell"], network=True), layout())
-    assert "--unshare-net" in closed
-    assert [a for a in closed if a != "--unshare-net"] == opened
+def test_every_sandbox_has_its_own_network_namespace() -> None:
+    assert "--unshare-net" in argv.bwrap_args(PROFILES["shell"], layout())
+    assert not hasattr(PROFILES["shell"], "network")  # no host-network profile key
+
+
+def test_egress_run_binds_its_own_hosts_nsswitch_and_resolv_conf() -> None:
+    lay = dataclasses.replace(layout(), net_etc_dir="/runs/r1/etc")
+    args = argv.bwrap_args(PROFILES["python"], lay)
+    for name in ("hosts", "nsswitch.conf", "resolv.conf"):
+        i = args.index(f"/etc/{name}")
+        assert args[i - 2 : i] == ["--ro-bind", f"/runs/r1/etc/{name}"]
+    assert args[args.index("/etc/passwd") - 1] == "/runs/.etc/passwd"
+    assert "/etc/resolv.conf" not in argv.bwrap_args(PROFILES["python"], layout())
 
 
 def test_remount_ro_root_comes_after_every_mount_and_seccomp_is_last() -> None:

@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import msgspec
 import pytest
 
 import attune
@@ -10,11 +9,13 @@ from attune.config import (
     SandboxConfig,
     SecurityConfig,
     WorkerConfig,
-    config_reference_markdown,
     env_var_name,
+    key_types,
     load_config,
-    redacted,
+    unused_keys,
 )
+from attune.config_shared import FilesystemStorage
+from attune.config_view import UNUSED_MARK, annotated_yaml, config_reference_markdown, redacted
 from attune.errors import ConfigError, InputError
 
 
@@ -56,7 +57,7 @@ def test_yaml_file_sets_nested_and_top_level_keys(tmp_path: Path) -> None:
     assert isinstance(config.worker.heartbeat_interval, float)
     assert config.database.url == "postgresql://u@db/x"
     assert config.packs_base_dir == "/srv/packs"
-    assert config.database.pool_max == 4  # untouched keys keep their defaults
+    assert config.database.max_connections == 4  # untouched keys keep their defaults
 
 
 def test_empty_file_and_empty_section_mean_defaults(tmp_path: Path) -> None:
@@ -101,8 +102,8 @@ def test_unknown_key_in_file_names_the_key_path_and_suggests_the_right_one(
 
 
 def test_unknown_section_in_file_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"^server: unknown key"):
-        load_config(write(tmp_path, "server:\n  port: 1\n"), {})
+    with pytest.raises(ConfigError, match=r"^servr: unknown key .*did you mean server\?"):
+        load_config(write(tmp_path, "servr:\n  port: 1\n"), {})
 
 
 def test_wrong_type_in_file_names_key_value_and_file(tmp_path: Path) -> None:
@@ -238,9 +239,11 @@ def test_shutdown_timeout_zero_is_allowed() -> None:
     assert config.worker.shutdown_timeout == 0
 
 
-def test_pool_min_above_pool_max_is_an_error() -> None:
-    with pytest.raises(ConfigError, match=r"database.pool_min: 5 exceeds database.pool_max \(4\)"):
-        load_config(None, {"ATTUNE__DATABASE__POOL_MIN": "5"})
+def test_min_connections_above_max_connections_is_an_error() -> None:
+    with pytest.raises(
+        ConfigError, match=r"database.min_connections: 5 exceeds database.max_connections \(4\)"
+    ):
+        load_config(None, {"ATTUNE__DATABASE__MIN_CONNECTIONS": "5"})
 
 
 def test_overrides_win_over_env_and_file(tmp_path: Path) -> None:
@@ -323,14 +326,9 @@ def test_reference_markdown_lists_every_key_with_type_default_and_env_var() -> N
     text = config_reference_markdown()
     lines = text.splitlines()
     assert lines[0] == "| key | type | default | env var | description |"
-    keys = [line.split("|")[1].strip().strip("`") for line in lines[2:]]
-    expected: list[str] = []
-    for field in msgspec.structs.fields(Config):
-        if isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
-            expected += [f"{field.name}.{f.name}" for f in msgspec.structs.fields(field.type)]
-        else:
-            expected.append(field.name)
-    assert keys == expected
+    rows = [line for line in lines if line.startswith("| `")]
+    keys = [line.split("|")[1].strip().strip("`") for line in rows]
+    assert sorted(keys) == sorted(key_types())
     assert (
         "| `worker.max_concurrent_tasks` | int (>= 1) | `10` | "
         "`ATTUNE__WORKER__MAX_CONCURRENT_TASKS` |" in text
@@ -338,10 +336,13 @@ def test_reference_markdown_lists_every_key_with_type_default_and_env_var() -> N
     assert "| `packs_base_dir` | str | `/var/lib/attune/packs` | `ATTUNE__PACKS_BASE_DIR` |" in text
     assert '"local" \\| "remote" \\| "container"' in text
     assert "| `sandbox.allow_unsafe` | bool | `false` |" in text
+    used, _, shared = text.partition("### Accepted from the shared configuration")
+    assert "`server.port`" in shared and "`server.port`" not in used
+    assert "`worker.labels`" in used and "`worker.stream_logs`" in shared
 
 
 def test_every_documented_env_var_is_a_known_key() -> None:
-    lines = config_reference_markdown().splitlines()[2:]
+    lines = [line for line in config_reference_markdown().splitlines() if line.startswith("| `")]
     names = [line.split("|")[4].strip().strip("`") for line in lines]
     assert "ATTUNE__MESSAGE_QUEUE__URL" in names
     for name in names:
@@ -354,3 +355,104 @@ def test_every_documented_env_var_is_a_known_key() -> None:
 def test_env_var_name_maps_dotted_keys() -> None:
     assert env_var_name("worker.max_concurrent_tasks") == "ATTUNE__WORKER__MAX_CONCURRENT_TASKS"
     assert env_var_name("packs_base_dir") == "ATTUNE__PACKS_BASE_DIR"
+
+
+# --- the reference's shared configuration -------------------------------------------------
+
+REFERENCE_SHAPED = Path(__file__).parent / "reference_config.yaml"
+
+
+def test_a_reference_shaped_file_with_every_section_loads() -> None:
+    config = load_config(REFERENCE_SHAPED, {})
+    assert config.database.max_connections == 20
+    assert config.database.idle_timeout == 300
+    assert config.server.cors_origins == ["http://localhost:3000", "http://localhost:5173"]
+    assert config.security.jwt_secret == "reference-jwt-secret-value"
+    assert config.security.ldap.enabled is False
+    assert config.worker.labels == {"zone": "eu-1", "gpu": "none"}
+    assert config.worker.taints[0].effect == "prefer_no_schedule"
+    assert config.worker.max_stdout_bytes == 1048576
+    assert config.log.level == "debug" and config.log.format == "json"
+    assert config.retention.targets.audit_events.max_age_seconds == 7776000
+    assert config.pack_registry.indices[0].url == "https://registry.example/index.json"
+    assert isinstance(config.storage, FilesystemStorage)
+    assert config.runtime_envs_dir == "/opt/attune/runtime_envs"
+
+
+def test_every_top_level_section_of_the_reference_is_in_the_fixture() -> None:
+    import yaml
+
+    data = yaml.safe_load(REFERENCE_SHAPED.read_text())
+    reference_sections = {
+        "service_name", "environment", "database", "message_queue", "server", "log",
+        "security", "worker", "sensor", "packs_base_dir", "packs", "runtime_envs_dir",
+        "artifacts_dir", "artifacts", "storage", "notifier", "pack_registry", "executor",
+        "agent", "pack_upload", "retention", "maintenance", "cache_retention",
+        "cache_admission", "default_execution_timeout_seconds",
+    }  # fmt: skip
+    assert reference_sections <= set(data)
+    assert reference_sections <= {k.split(".")[0] for k in key_types()}
+
+
+def test_reference_env_overrides_reach_nested_keys() -> None:
+    config = load_config(
+        None,
+        {
+            "ATTUNE__DATABASE__MAX_CONNECTIONS": "20",
+            "ATTUNE__SECURITY__LDAP__SEARCH_BIND_PASSWORD": "pw-from-env",
+            "ATTUNE__RETENTION__TARGETS__EVENTS__MAX_AGE_SECONDS": "60",
+            "ATTUNE__SERVER__CORS_ORIGINS": "http://a, http://b",
+            "ATTUNE__PACK_REGISTRY__APPROVED_PRIVATE_HOSTS": "h1,h2",
+            "ATTUNE__WORKER__TAINTS": '[{"key": "gpu", "effect": "no_schedule"}]',
+            "ATTUNE__LOG__LEVEL": "warn",
+        },
+    )
+    assert config.database.max_connections == 20
+    assert config.security.ldap.search_bind_password == "pw-from-env"
+    assert config.retention.targets.events.max_age_seconds == 60
+    assert config.server.cors_origins == "http://a, http://b"
+    assert config.pack_registry.approved_private_hosts == ["h1", "h2"]
+    assert config.worker.taints[0].key == "gpu"
+    assert config.log.level == "warn"
+
+
+def test_env_sets_one_entry_of_a_map_and_keeps_the_files_others(tmp_path: Path) -> None:
+    path = write(tmp_path, "worker:\n  labels: {zone: a, rack: r1}\n")
+    config = load_config(path, {"ATTUNE__WORKER__LABELS__ZONE": "b"})
+    assert config.worker.labels == {"zone": "b", "rack": "r1"}
+
+
+def test_reference_keys_keep_their_types(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"server.port: expected int <= 65535"):
+        load_config(write(tmp_path, "server:\n  port: 70000\n"), {})
+    with pytest.raises(ConfigError, match=r"maintenance.enabled: expected bool"):
+        load_config(write(tmp_path, "maintenance:\n  enabled: maybe\n", "b.yaml"), {})
+
+
+def test_a_key_no_attune_service_defines_is_still_an_error_with_a_suggestion(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=r"server.prot: unknown key .*did you mean server.port"):
+        load_config(write(tmp_path, "server:\n  prot: 1\n"), {})
+    with pytest.raises(ConfigError, match=r"retention.targets.event.max_age_seconds: unknown key"):
+        load_config(None, {"ATTUNE__RETENTION__TARGETS__EVENT__MAX_AGE_SECONDS": "1"})
+    with pytest.raises(ConfigError, match=r"did you mean database.max_connections"):
+        load_config(None, {"ATTUNE__DATABASE__POOL_MAX": "3"})
+
+
+def test_config_show_marks_accepted_but_unused_keys() -> None:
+    text = annotated_yaml(load_config(REFERENCE_SHAPED, {}))
+    lines = text.splitlines()
+    assert f"server:  {UNUSED_MARK}" in lines
+    assert any(line.startswith("  jwt_secret: ") and line.endswith(UNUSED_MARK) for line in lines)
+    assert "  max_connections: 20" in lines  # used: no mark
+    assert "  labels: " + '{"zone": "eu-1", "gpu": "none"}' in lines
+    assert "reference-jwt-secret-value" not in text and "ldap-bind-secret" not in text
+
+
+def test_unused_keys_are_exactly_the_shared_ones_this_worker_lacks() -> None:
+    unused = unused_keys()
+    for used in ("database.url", "worker.labels", "worker.max_stdout_bytes", "log.level"):
+        assert used not in unused
+    for shared in ("server", "security.jwt_secret", "database.log_statements", "storage"):
+        assert shared in unused

@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,7 +26,7 @@ from attune.cli.ops_cmd import (
     worker_view,
     workers_table,
 )
-from attune.config import Config, SandboxConfig, WorkerConfig
+from attune.config import Config, NetworkConfig, SandboxConfig, WorkerConfig
 from attune.doctor import (
     CgroupView,
     Check,
@@ -118,6 +119,7 @@ def test_a_healthy_host_passes_every_check_and_nothing_blocks_the_worker() -> No
         "run_dir_access",
         "umask",
         "profiles",
+        "egress",
         "disk_run_dir",
         "disk_artifacts_dir",
         "database",
@@ -125,6 +127,32 @@ def test_a_healthy_host_passes_every_check_and_nothing_blocks_the_worker() -> No
     ]
     assert refusal(checks) is None
     assert doctor.Report(checks).ok
+
+
+def _egress_on() -> Config:
+    return msgspec.structs.replace(Config(), network=NetworkConfig(egress=True, dns="hosts"))
+
+
+def test_egress_check_is_ok_when_off_and_names_the_policy_when_on() -> None:
+    off = _by_name(build_checks(_snapshot(), Config()))["egress"]
+    assert off.status == "OK" and off.detail.startswith("off")
+    layers = [*_facts().layers, Layer("egress", True, "tools", required=False)]
+    snap = _snapshot(facts=dataclasses.replace(_facts(), layers=layers))
+    on = _by_name(build_checks(snap, _egress_on()))["egress"]
+    assert on.status == "OK" and "public internet" in on.detail and "dns hosts" in on.detail
+
+
+def test_egress_enabled_without_its_tools_or_nftables_fails_the_check() -> None:
+    layers = [*_facts().layers, Layer("egress", False, "missing /usr/bin/slirp4netns", False)]
+    snap = _snapshot(facts=dataclasses.replace(_facts(), layers=layers))
+    check = _by_name(build_checks(snap, _egress_on()))["egress"]
+    assert check.status == "FAIL" and "slirp4netns" in check.detail and check.fix
+    assert not check.unsafe  # the sandbox stays safe: egress runs fail, nothing else
+    working = [*_facts().layers, Layer("egress", True, "tools", required=False)]
+    snap = _snapshot(
+        facts=dataclasses.replace(_facts(), layers=working), nftables_problem="nft refused"
+    )
+    assert _by_name(build_checks(snap, _egress_on()))["egress"].status == "FAIL"
 
 
 def test_a_missing_sandbox_layer_is_an_unsafe_fail_with_a_fix_that_stops_the_worker() -> None:
@@ -419,6 +447,7 @@ def test_a_worker_view_has_heartbeat_age_load_and_staleness() -> None:
     assert fresh["heartbeat_age_seconds"] == 5 and not fresh["stale"]
     assert (fresh["running"], fresh["capacity"]) == (1, 4)
     assert fresh["runtimes"] == ["python", "shell"]
+    assert fresh["egress"] is False  # not advertised: no egress actions go there
     stale = worker_view(_worker(now - timedelta(seconds=300)), now)
     assert stale["stale"]
     table = workers_table([fresh, stale])

@@ -172,6 +172,14 @@ def test_every_end_announces_the_status_change_then_the_completion(source: str, 
     assert done.status == COMPLETED_NAMES[step.new.value]
 
 
+def test_an_end_of_a_deleted_action_announces_the_status_but_no_completion() -> None:
+    # ExecutionCompleted.action_id is required, as in the reference, whose worker
+    # publishes no completion when the action row is gone.
+    orphan = ExecutionRef(id=7, action_id=None, action_ref="demo.gone")
+    (changed,) = transition("running", Event.FAIL).announcements(orphan, {"error": "x"}, AT)
+    assert changed.message_type == "ExecutionStatusChanged"
+
+
 def test_an_end_without_its_result_is_refused() -> None:
     with pytest.raises(IllegalTransition, match="needs the result"):
         transition("running", Event.SUCCEED).announcements(REF, None, AT)

@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import pytest
 
 from attune.errors import MessageError
@@ -274,7 +275,7 @@ def test_new_envelope_correlates_to_itself() -> None:
         "ExecutionCompleted",
         ExecutionCompleted(
             execution_id=1,
-            action_id=None,
+            action_id=5,
             action_ref="a.b",
             status="Completed",
             result=None,
@@ -286,7 +287,30 @@ def test_new_envelope_correlates_to_itself() -> None:
     assert raw["correlation_id"] == raw["message_id"]
     assert uuid.UUID(message.message_id).version == 4
     assert raw["payload"]["completed_at"] == "2026-01-01T00:00:00.000000Z"
-    assert raw["payload"]["action_id"] is None
+    assert raw["payload"]["action_id"] == 5
+
+
+def test_completed_action_id_is_required_as_in_the_reference() -> None:
+    with pytest.raises(TypeError):
+        ExecutionCompleted(  # type: ignore[call-arg]
+            execution_id=1,
+            action_ref="a.b",
+            status="Completed",
+            result=None,
+            completed_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(
+            {
+                "execution_id": 1,
+                "action_id": None,
+                "action_ref": "a.b",
+                "status": "Completed",
+                "result": None,
+                "completed_at": "2026-01-01T00:00:00Z",
+            },
+            ExecutionCompleted,
+        )
 
 
 def test_completed_round_trips_with_a_nested_result() -> None:

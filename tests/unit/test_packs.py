@@ -463,3 +463,25 @@ def test_read_code_enforces_the_size_cap(tmp_path: Path) -> None:
 def test_read_code_missing_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(ExecutionError, match=r"absent\.py"):
         read_code(tmp_path / "absent.py")
+
+
+def test_network_key_of_an_action_or_its_pack(pack: Path) -> None:
+    _action(pack, GOOD_ACTION + "network: egress\n")
+    spec = load_pack(pack)
+    by_ref = {a.ref: a for a in spec.actions}
+    assert spec.network_of(by_ref["demo.thing"]) == "egress"
+    assert spec.network_of(by_ref["demo.add"]) == "none"
+    meta = pack / "pack.yaml"
+    meta.write_text(meta.read_text() + "network: egress\n")
+    _action(pack, GOOD_ACTION + "network: none\n")
+    spec = load_pack(pack)
+    by_ref = {a.ref: a for a in spec.actions}
+    assert spec.network_of(by_ref["demo.add"]) == "egress"  # the pack's default
+    assert spec.network_of(by_ref["demo.thing"]) == "none"  # the action's own wins
+
+
+def test_network_key_accepts_only_none_or_egress(pack: Path) -> None:
+    path = _action(pack, GOOD_ACTION + "network: host\n")
+    with pytest.raises(InputError) as info:
+        load_pack(pack)
+    assert str(path) in str(info.value) and "network" in str(info.value)

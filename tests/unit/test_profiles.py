@@ -33,9 +33,14 @@ def test_bundled_profiles_load() -> None:
     assert python.function_wrapper == "python_wrapper.py"
     assert shell.command == ["/bin/bash"] and shell.params_as_env
     for profile in (python, shell):
-        assert profile.network is False
         assert set(profile.env) == {"PATH", "HOME", "LANG", "TMPDIR"}
         assert profile.limits.tmpfs_mb > 0 and profile.limits.work_dir_mb > 0
+
+
+def test_host_network_profile_key_is_refused_with_the_egress_hint(tmp_path: Path) -> None:
+    path = write(tmp_path, 'name = "x"\ncommand = ["/bin/sh"]\nnetwork = true\n')
+    with pytest.raises(ConfigError, match="network: egress"):
+        load_profile(path)
 
 
 def test_unknown_top_level_key_names_file_and_key(tmp_path: Path) -> None:
