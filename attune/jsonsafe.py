@@ -140,6 +140,31 @@ def normalise(value: Any, limits: DataLimits = DATA_LIMITS, *, what: str = "the 
     return holder[0]
 
 
+def heavier_than(value: Any, *, values: int, chars: int) -> bool:
+    """True if `value` holds more than `values` values or `chars` characters of text.
+
+    Stops as soon as it knows, so it costs at most `values` steps: the cheap test of
+    whether encoding a value is worth a thread hop.
+    """
+    stack = [value]
+    seen = text = 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > values:
+            return True
+        if isinstance(item, str):
+            text += len(item)
+            if text > chars:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+            stack.extend(item.keys())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 

@@ -150,3 +150,11 @@ def test_fit_text_cuts_to_the_stored_budget() -> None:
     cut = fit_text(mixed, 100_000)
     assert mixed.startswith(cut)
     assert json_size(cut) <= 100_000 < json_size(mixed[: len(cut) + 1])
+
+
+def test_heavier_than_stops_early_and_counts_text() -> None:
+    from attune.jsonsafe import heavier_than
+
+    assert not heavier_than({"a": [1, 2], "b": "x" * 10}, values=10, chars=100)
+    assert heavier_than({"a": list(range(10**6))}, values=2000, chars=10**9)
+    assert heavier_than({"stdout": "x" * 300_000}, values=2000, chars=256 * 1024)

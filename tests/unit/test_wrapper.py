@@ -253,3 +253,16 @@ async def test_the_fifo_is_read_as_written_and_capped(tmp_path: Path) -> None:
     pipe.close()
     assert pipe.buffer.dropped == 124
     assert pipe.report() == (None, "result exceeds the 100 byte limit")
+
+
+def test_a_lone_surrogate_in_the_value_is_written_as_its_escape(
+    wrapper: ModuleType, tmp_path: Path
+) -> None:
+    wrapper._write_report({"ok": True, "value": {"\ud800k": "x\udfff"}})
+    data = (tmp_path / "result.json").read_bytes()
+    data.decode("utf-8")  # valid UTF-8
+    report, problem = parse_wrapper_report(data, 0, 1000)
+    assert problem is None and report is not None
+    from attune.jsonsafe import normalise
+
+    assert normalise(report["value"]) == {"\ufffdk": "x\ufffd"}
