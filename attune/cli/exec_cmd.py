@@ -276,7 +276,11 @@ def _egress_policy(args: argparse.Namespace) -> EgressPolicy | None:
         return None
     from attune.config import load_config
     from attune.runner.egress import parse_policy
+    from attune.runner.host import egress_detail
 
+    usable, detail = egress_detail()
+    if not usable or os.geteuid() != 0:
+        raise SandboxUnavailable(f"--network egress: {detail if not usable else 'needs root'}")
     section = load_config(args.config, os.environ).network
     allow = args.allow or section.allow
     return parse_policy(allow, section.deny, args.dns or section.dns)
