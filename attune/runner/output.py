@@ -22,8 +22,8 @@ from attune.jsonsafe import (
     normalise,
     utf8_len,
 )
+from attune.models import OutputFormat
 
-OutputFormat = Literal["text", "json", "yaml", "jsonl"]
 Status = Literal["completed", "failed", "timeout", "cancelled"]
 
 
