@@ -198,7 +198,7 @@ LAUGHS = "\n".join(
         ("parameters: " + "{a: " * 70 + "1" + "}" * 70 + "\n", "nested deeper than 64 levels"),
         ("timeout: -1\n", "timeout: must be a positive number of seconds"),
         ("timeout: .inf\n", "timeout: must be a positive number of seconds"),
-        ("output_format: xml\n", "output_format: must be one of"),
+        ("output_format: xml\n", "must be one of text, json, yaml, jsonl"),
     ],
     ids=["alias-bomb", "deep", "timeout-negative", "timeout-inf", "bad-format"],
 )
