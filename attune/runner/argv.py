@@ -13,11 +13,11 @@ before an after-run size check could notice. tmpfs pages are charged to the run'
 memory cgroup where there is one and vanish with the sandbox's mount namespace, so there
 is nothing to clean up either (no chmod-000 trees left for the worker to remove).
 
-The only host file the action can write is the result file, bound alone at
-/attune/out/result.json: an existing regular file it cannot replace, rename or turn into
-a symlink (its parent is part of the read-only root), capped by RLIMIT_FSIZE and read
-back with O_NOFOLLOW and a size cap. It is the run's one host mount, so its host path is
-the only one /proc/self/mountinfo shows of the run. Everything else the run needs (the
+The only host path the action can write is the result FIFO (resultpipe.py), bound alone
+at /attune/out/result.json: it cannot replace, rename or turn it into a symlink (its
+parent is part of the read-only root), and what it writes there stays in the pipe until
+the worker reads it, capped. It is the run's one host mount, so its host path is the
+only one /proc/self/mountinfo shows of the run. Everything else the run needs (the
 synthetic /etc files, the action code, the wrappers, the parameter and secrets files,
 attune-init) is copied by bwrap from an fd (`--file`) onto the sandbox's root tmpfs,
 which is remounted read-only: no mount, no host path.
@@ -50,7 +50,7 @@ SANDBOX_GID = 1000
 WORK_DIR = "/work"
 ATTUNE_DIR = "/attune"  # read-only: the action code and the wrapper
 OUT_DIR = "/attune/out"  # read-only; holds the two files below
-RESULT_FILE = "/attune/out/result.json"  # the one writable host file
+RESULT_FILE = "/attune/out/result.json"  # the result FIFO, the one writable host path
 PARAMS_FILE = "/attune/out/parameters"  # parameter_delivery = file, read-only
 SECRETS_FILE = "/attune/out/secrets.json"  # keystore secrets of the run, read-only
 ACTION_DIR = "/attune/action"
@@ -103,7 +103,7 @@ MASKED_PROC_DIRS = ("acpi", "asound", "dynamic_debug", "pressure", "scsi")
 class RunLayout:
     """Host paths of one run, prepared by the caller before the argv is built."""
 
-    result_file: str  # host file bound read-write at /attune/out/result.json
+    result_file: str  # host FIFO bound read-write at /attune/out/result.json
     action_file: str  # file name under /attune/action
     wrapper: str | None  # file name under /attune that runs the action, if any
     seccomp_fd: int

@@ -335,7 +335,7 @@ def test_42_43_new_network_namespace_raw_and_packet_sockets_are_refused(world: W
     data: dict[str, Any] = out["result"]["data"]
     assert set(data) == {"packet", "raw4", "raw6", "unshare_net"}
     for kind, outcome in data.items():
-        # EPROTONOSUPPORT: the syscall filter's protocol allowlist (row 50) refuses first
+        # EPROTONOSUPPORT: the syscall filter's protocol allowlist (row 67) refuses first
         assert outcome in ("EPERM", "EACCES", "EAFNOSUPPORT", "EINVAL", "EPROTONOSUPPORT"), (
             kind,
             outcome,

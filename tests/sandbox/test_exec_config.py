@@ -1,4 +1,4 @@
-"""`attune exec` reads the worker's configuration (catalog row 51), on a real bwrap.
+"""`attune exec` reads the worker's configuration (catalog row 68), on a real bwrap.
 
 The run dir, the slot uid base and the profiles come from `--config` and `ATTUNE__*` as
 for the worker, and a local run uses the uid one past the worker's slots: a worker
@@ -85,7 +85,7 @@ async def run_and_find_uid(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="slot uids need a root worker")
-async def test_51_exec_takes_run_dir_and_slot_uids_from_the_config_file(
+async def test_68_exec_takes_run_dir_and_slot_uids_from_the_config_file(
     sandbox: Sandbox, run_base: Path, action: Path, tmp_path: Path
 ) -> None:
     run_dir = run_base / "exec-from-file"
@@ -101,7 +101,7 @@ async def test_51_exec_takes_run_dir_and_slot_uids_from_the_config_file(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="slot uids need a root worker")
-async def test_51_exec_takes_run_dir_and_slot_uids_from_attune_env(
+async def test_68_exec_takes_run_dir_and_slot_uids_from_attune_env(
     sandbox: Sandbox, run_base: Path, action: Path
 ) -> None:
     run_dir = run_base / "exec-from-env"
@@ -114,14 +114,14 @@ async def test_51_exec_takes_run_dir_and_slot_uids_from_attune_env(
     assert run_dir.is_dir()
 
 
-async def test_51_exec_refuses_an_invalid_config_like_the_worker(action: Path) -> None:
+async def test_68_exec_refuses_an_invalid_config_like_the_worker(action: Path) -> None:
     proc = await attune_exec(str(action), env=clean_env(ATTUNE__SANDBOX__SLOT_UID_BAS="5"))
     assert proc.returncode == 2
     assert b"slot_uid_base" in proc.stderr  # the did-you-mean
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="slot uids need a root worker")
-async def test_51_a_worker_starting_on_the_host_does_not_kill_a_local_run(
+async def test_68_a_worker_starting_on_the_host_does_not_kill_a_local_run(
     sandbox: Sandbox, run_base: Path, action: Path
 ) -> None:
     base, slots = sandbox.slot_uid_base, 3

@@ -126,7 +126,7 @@ async def test_2_31_environment_is_exactly_the_documented_one(
         assert env.pop("_") == "/usr/bin/python3"
     assert env == EXPECTED_ENV
     init_env = seen["proc"]["/proc/1/environ"]
-    assert init_env.startswith("unreadable")  # pid 1 is non-dumpable (row 41)
+    assert init_env.startswith("unreadable")  # pid 1 is non-dumpable (row 70)
     init_cmd = seen["proc"]["/proc/1/cmdline"]
     assert init_cmd.startswith("/attune-init\0")
     for leak in ("--setenv", "ATTUNE_", "--bind", "/var/lib", "/runs"):

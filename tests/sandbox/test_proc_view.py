@@ -1,4 +1,4 @@
-"""What the action sees of /proc (catalog rows 57-58), on a real bwrap.
+"""What the action sees of /proc (catalog rows 74-75), on a real bwrap.
 
 Host-wide entries an action has no use for are masked: files behind /dev/null (EACCES),
 directories empty and read-only. The process's own entries and the usual system
@@ -47,7 +47,7 @@ PROBE = textwrap.dedent("""
 """)
 
 
-async def test_57_host_wide_proc_entries_are_masked_and_the_rest_still_works(
+async def test_74_host_wide_proc_entries_are_masked_and_the_rest_still_works(
     run_code: RunCode,
 ) -> None:
     outcome = await run_code(
@@ -70,7 +70,7 @@ async def test_57_host_wide_proc_entries_are_masked_and_the_rest_still_works(
     assert data["cpus"] >= 1 and data["loadavg"] == 3
 
 
-async def test_58_mountinfo_shows_no_host_path_of_the_run_but_the_result_file(
+async def test_75_mountinfo_shows_no_host_path_of_the_run_but_the_result_file(
     run_code: RunCode, sandbox: Sandbox
 ) -> None:
     outcome = await run_code(

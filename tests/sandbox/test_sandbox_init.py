@@ -1,4 +1,4 @@
-"""The sandbox's own pid 1 is out of the action's reach (catalog rows 53-56), real bwrap.
+"""The sandbox's own pid 1 is out of the action's reach (catalog rows 70-73), real bwrap.
 
 pid 1 is attune-init: non-dumpable, started with the run's limits already set by the
 spawn chain. The action can neither read nor write its memory, environment or fds, nor
@@ -92,7 +92,7 @@ REACH_PID1 = code("""
 """)
 
 
-async def test_53_pid1_is_unreadable_unwritable_and_unsignalable(run_code: RunCode) -> None:
+async def test_70_pid1_is_unreadable_unwritable_and_unsignalable(run_code: RunCode) -> None:
     outcome = await run_code(REACH_PID1)
     assert outcome.status == "completed", outcome.result
     data = outcome.result["data"]
@@ -111,7 +111,7 @@ async def test_53_pid1_is_unreadable_unwritable_and_unsignalable(run_code: RunCo
     assert data["pid1_program"] == "/attune-init"
 
 
-async def test_53_shell_cannot_read_or_kill_pid1(run_code: RunCode) -> None:
+async def test_70_shell_cannot_read_or_kill_pid1(run_code: RunCode) -> None:
     outcome = await run_code(
         code("""
         cat /proc/1/environ >/dev/null 2>&1; echo "environ=$?"
@@ -176,7 +176,7 @@ def host_limits(pid: int) -> dict[str, list[str]]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs per-slot uids to tell runs apart")
-async def test_54_every_process_carries_the_run_limits_from_its_first_instruction(
+async def test_71_every_process_carries_the_run_limits_from_its_first_instruction(
     run_code: RunCode, profiles: dict[str, Profile], sandbox: Sandbox
 ) -> None:
     profile = with_limits(
@@ -219,7 +219,7 @@ async def test_54_every_process_carries_the_run_limits_from_its_first_instructio
         assert limits == expected, program
 
 
-async def test_55_the_run_ends_with_the_actions_own_process(run_code: RunCode) -> None:
+async def test_72_the_run_ends_with_the_actions_own_process(run_code: RunCode) -> None:
     outcome = await run_code(
         code("""
         import os, signal, subprocess
@@ -298,7 +298,7 @@ DISARM = code("""
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs per-slot uids to find leftovers")
-async def test_56_a_sigkilled_worker_leaves_nothing_even_after_pdeathsig_is_cleared(
+async def test_73_a_sigkilled_worker_leaves_nothing_even_after_pdeathsig_is_cleared(
     sandbox: Sandbox, run_base: Path, tmp_path: Path
 ) -> None:
     action = tmp_path / "victim.py"

@@ -1,4 +1,4 @@
-"""The syscall filter fails closed (hostile-action catalog rows 48-50), on a real bwrap.
+"""The syscall filter fails closed (hostile-action catalog rows 65-67), on a real bwrap.
 
 Raw x86_64 syscall numbers from inside the sandbox: calls the installed libseccomp has no
 name for are still denied, every number above the reviewed horizon gets ENOSYS, and the
@@ -29,7 +29,7 @@ async def probed(run_code: RunCode, body: str) -> dict[str, str]:
     return data
 
 
-async def test_48_syscalls_newer_than_the_filter_fail_with_enosys(run_code: RunCode) -> None:
+async def test_65_syscalls_newer_than_the_filter_fail_with_enosys(run_code: RunCode) -> None:
     data = await probed(
         run_code,
         """
@@ -56,7 +56,7 @@ async def test_48_syscalls_newer_than_the_filter_fail_with_enosys(run_code: RunC
     assert data == dict.fromkeys(data, "ENOSYS")
 
 
-async def test_48_reviewed_calls_below_the_horizon_still_reach_the_kernel(
+async def test_65_reviewed_calls_below_the_horizon_still_reach_the_kernel(
     run_code: RunCode,
 ) -> None:
     data = await probed(
@@ -73,7 +73,7 @@ async def test_48_reviewed_calls_below_the_horizon_still_reach_the_kernel(
     assert data == {"getpid": "OK", "fchmodat2": "ENOENT", "futex_wake": "EINVAL"}
 
 
-async def test_49_calls_unknown_to_libseccomp_or_x86_only_are_denied(run_code: RunCode) -> None:
+async def test_66_calls_unknown_to_libseccomp_or_x86_only_are_denied(run_code: RunCode) -> None:
     data = await probed(
         run_code,
         """
@@ -89,7 +89,7 @@ async def test_49_calls_unknown_to_libseccomp_or_x86_only_are_denied(run_code: R
     assert data == dict.fromkeys(data, "EPERM")
 
 
-async def test_50_sockets_outside_the_allowed_families_and_protocols_are_never_created(
+async def test_67_sockets_outside_the_allowed_families_and_protocols_are_never_created(
     run_code: RunCode,
 ) -> None:
     data = await probed(
