@@ -11,7 +11,6 @@ builds; the installed environment tells the test.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from attune.packs import install_pack, load_pack
+from tests.sandbox.helpers import make_wheel
 from tests.sandbox.networld import ATTUNE, WEB4, World
 from tests.sandbox.test_egress import world  # noqa: F401  (the world fixture)
 
@@ -39,22 +39,12 @@ server.serve_forever()
 """
 
 
-def _make_wheel(out: Path) -> Path:
-    spec = importlib.util.spec_from_file_location(
-        "make_wheel", REPO / "examples/wheels/make_wheel.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    source = {"attune_index_dep/__init__.py": '__version__ = "1.0.0"\n'}
-    return module.make_wheel(out, "attune-index-dep", "1.0.0", source)  # type: ignore[no-any-return]
-
-
 @pytest.fixture
 def index(world: World) -> Iterator[Path]:  # noqa: F811
     """The simple index in the fake internet; yields its request log."""
     root = world.root / f"index-{os.getpid()}"
-    _make_wheel(root / "simple" / "attune-index-dep")
+    source = {"attune_index_dep/__init__.py": '__version__ = "1.0.0"\n'}
+    make_wheel(root / "simple" / "attune-index-dep", "attune-index-dep", "1.0.0", source)
     log = root / "requests.log"
     serve = [sys.executable, "-c", SERVE, str(root), WEB4, str(INDEX_PORT)]
     with log.open("w") as err:
