@@ -361,6 +361,7 @@ class Sandbox:
                 name,
                 profile.limits.memory_mb * 1024 * 1024,
                 profile.limits.processes,
+                profile.limits.cpus,
             )
         except OSError:
             return None

@@ -76,7 +76,7 @@ async def test_http_request_shaped_action_runs_through_the_worker_with_egress(
     stray = world.stray()
     db_url, amqp_url = relayed
     await stack.start_worker(
-        wrap=["ip", "netns", "exec", world.host],
+        wrapper=["ip", "netns", "exec", world.host],
         ATTUNE__DATABASE__URL=db_url,
         ATTUNE__MESSAGE_QUEUE__URL=amqp_url,
         ATTUNE__NETWORK__EGRESS="true",
