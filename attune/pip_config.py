@@ -5,7 +5,8 @@ and constraint files through pip.conf files and PIP_* variables. The build sandb
 none of the host's files, so the configuration files are bound into it read-only, the
 PIP_* variables are passed on, and every local path they name (a find-links directory,
 a file:// index, a constraints file, a CA bundle) is bound read-only too. Nothing else
-of the host is visible to the untrusted build code.
+of the host is visible to the untrusted build code. The remote indexes they name are
+the only destinations a build with egress may reach (`index_destinations`).
 """
 
 from __future__ import annotations
