@@ -39,7 +39,9 @@ from attune.messages import (
 from attune.models import Action
 from attune.packs import install_pack, load_pack
 
+from . import cpu
 from .cleanup import Cleanup
+from .compare import CpuShare, cpu_share
 from .local import ATTUNE, REPO, CaseError
 from .stats import parse_cpu_ticks, parse_vmrss_kib
 
@@ -355,6 +357,8 @@ class Throughput:
     rss_samples: list[float]
     worker_cpu_ms: float | None  # per execution: the worker process, all threads
     sandbox_cpu_ms: float | None  # per execution: its reaped children (bwrap + action)
+    cpu: CpuShare | None = None  # per execution: worker tree + PostgreSQL + RabbitMQ
+    load1: float | None = None
 
 
 async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput:
@@ -369,6 +373,9 @@ async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput
                 samples.append(value)
             await trio.sleep(0.1)
 
+    database = urlsplit(stack.db_url).path.lstrip("/")
+    load1 = os.getloadavg()[0]
+    share_before = await cpu.snapshot(worker.proc.pid, PG_ADMIN_URL, database)
     cpu_before = cpu_seconds(worker.proc.pid)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sample_rss)
@@ -378,6 +385,7 @@ async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput
         await stack.completions.wait_all(ids, timeout=120 + count / 2)
         nursery.cancel_scope.cancel()
     cpu_after = cpu_seconds(worker.proc.pid)
+    share_after = await cpu.snapshot(worker.proc.pid, PG_ADMIN_URL, database)
     own = children = None
     if cpu_before is not None and cpu_after is not None:
         own = (cpu_after[0] - cpu_before[0]) * 1000 / count
@@ -393,6 +401,8 @@ async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput
         rss_samples=samples,
         worker_cpu_ms=own,
         sandbox_cpu_ms=children,
+        cpu=cpu_share(share_before, share_after, count),
+        load1=load1,
     )
 
 
