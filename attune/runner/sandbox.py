@@ -16,6 +16,7 @@ code, the parameter file) and the one result file the action may write (argv.py)
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -44,6 +45,7 @@ from attune.runner.output import (
 )
 from attune.runner.profiles import Profile
 from attune.runner.seccomp import bpf_fd, default_bpf
+from attune.runner.teardown import Teardown
 
 SANDBOX_ASSETS = Path(__file__).resolve().parent.parent.parent / "sandbox"
 CHUNK = 64 * 1024
@@ -138,6 +140,7 @@ class Sandbox:
         # pidfd (process.py); harmless if the worker already asked for it.
         self.subreaper = process.become_subreaper()
         self._etc = self._prepare_base()
+        self.teardown: Teardown | None = None  # set by the worker: cleanup after the answer
 
     def _prepare_base(self) -> Path:
         missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
@@ -308,9 +311,14 @@ class Sandbox:
         finally:
             if attachment is not None:
                 attachment.discard()  # killed now, reaped after it has torn down
-            # Both may block briefly (rmdir of a cgroup retries while a process exits).
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_cleanup, rd.root, cgroup)
+            # The execution's data goes now; the rest after the answer when a Teardown
+            # runs (teardown.py). Both may block briefly (rmdir of a cgroup retries while
+            # a process exits).
+            _scrub(rd)
+            job = functools.partial(_cleanup, rd.root, cgroup)
+            if self.teardown is None or not self.teardown.defer(job):
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(job)
 
     async def _plan_network(self, policy: egress.EgressPolicy, rd: _RunDir) -> _NetworkPlan:
         """Resolve the allowlisted names, render the rules, write the run's /etc files."""
@@ -487,6 +495,14 @@ def _read_capped(fd: int, limit: int) -> bytes:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts)
+
+
+def _scrub(rd: _RunDir) -> None:
+    """Unlink the files holding the execution's data (result, parameters, secrets)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(rd.out):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
 
 
 def _cleanup(root: Path, cgroup: RunCgroup | None) -> None:
