@@ -31,6 +31,11 @@ from .stats import rate, round_robin
 
 VARIANTS = {"subprocess": "bench.subprocess", "bwrap": "bench.bwrap"}
 CONCURRENCY = 2
+CELERY_WORKER = [
+    VENV_PYTHON, "-m", "celery", "-A", "attune_bench.celery_app", "worker",
+    "--pool", "prefork", "--concurrency", str(CONCURRENCY), "--without-heartbeat",
+    "--without-gossip", "--without-mingle", "--loglevel", "WARNING",
+]  # fmt: skip
 READY_TIMEOUT = 60.0
 CHANNEL = "attune_bench_done"
 TRIGGER_SQL = f"""
@@ -69,11 +74,13 @@ def _listen(
 async def _start_worker(env: dict[str, str], log_path: Path, cleanup: Cleanup) -> Any:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [VENV_PYTHON, "-m", "celery", "-A", "attune_bench.celery_app", "worker",
-             "--pool", "prefork", "--concurrency", str(CONCURRENCY), "--without-heartbeat",
-             "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-        )  # fmt: skip
+            [VENV_PYTHON, "-m", "attune_bench.reaper", "--", *CELERY_WORKER],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
     cleanup.process(f"celery worker pid {proc.pid}", proc)
     from .celery_app import READY_LINE
 
