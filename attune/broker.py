@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq.exceptions
@@ -35,6 +34,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from attune.config import describe_amqp_url
 from attune.errors import ConfigError, TransientError
 from attune.messages import (
     CANCEL_QUEUE_ARGUMENTS,
@@ -67,18 +67,6 @@ _SETTLE_TIMEOUT: Final = 5.0
 _CLOSE_TIMEOUT: Final = 5.0
 _RETRY_PAUSE: Final = 0.2
 _DECLARE_TIMEOUT: Final = 10.0
-
-
-def _where(url: str) -> str:
-    """host:port and vhost for messages; the URL itself may carry a password."""
-    parts = urlsplit(url)
-    default_port = 5671 if parts.scheme == "amqps" else 5672
-    try:
-        port = parts.port or default_port
-    except ValueError:
-        port = default_port
-    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return f"{parts.hostname or 'localhost'}:{port} (vhost {vhost!r})"
 
 
 def _reply(exc: BaseException) -> str:
@@ -492,7 +480,7 @@ async def _connected(
     reconnect_interval: float,
     connect_timeout: float,
 ) -> AsyncIterator[Broker]:
-    where = _where(url)
+    where = describe_amqp_url(url)
     try:
         with trio.fail_after(connect_timeout + 1.0):
             connection = await trio_asyncio.aio_as_trio(_connect, loop=loop)(

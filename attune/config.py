@@ -16,6 +16,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
@@ -559,3 +560,16 @@ def _build(values: Mapping[str, Any]) -> Config:
         )
     config.network.policy()  # every allow/deny entry must parse
     return config
+
+
+def describe_amqp_url(url: str) -> str:
+    """`host:port (vhost '/')` for messages about the broker; never the URL itself,
+    which may carry a password."""
+    parts = urlsplit(url)
+    default_port = 5671 if parts.scheme == "amqps" else 5672
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        port = default_port
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return f"{parts.hostname or 'localhost'}:{port} (vhost {vhost!r})"

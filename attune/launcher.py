@@ -27,18 +27,17 @@ from attune.retry import with_db_retry
 from attune.runner.egress import EgressPolicy
 from attune.runner.profiles import Profile
 from attune.runner.sandbox import RunControl, RunSpec, Sandbox
+from attune.runtimes import canonical_runtime
 from attune.secrets import OutputGuard, RunSecrets, load_run_secrets
 
 log = logging.getLogger("attune.worker")
 
-RUNTIME_ALIASES = {"python3": "python", "py": "python", "bash": "shell", "sh": "shell"}
 DEFAULT_TIMEOUT = 300
 
 
 def runtime_of(action: Action) -> str:
     """The profile name for an action's runtime row (name or alias, any case)."""
-    runtime = (action.runtime_name or "").lower()
-    return RUNTIME_ALIASES.get(runtime, runtime)
+    return canonical_runtime(action.runtime_name)
 
 
 def build_spec(
@@ -83,7 +82,7 @@ def build_spec(
         env=env,
         parameter_delivery=action.parameter_delivery,
         parameter_format=action.parameter_format,
-        output_format=action.output_format,  # type: ignore[arg-type]
+        output_format=action.output_format,
         label=f"execution-{execution.id}",
         secrets=secrets.keystore,
         network=network,

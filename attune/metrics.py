@@ -158,6 +158,7 @@ class Metrics:
         capacity: Callable[[], float],
         reconnects: Callable[[], float],
         outbox_pending: Callable[[], float],
+        outbox_dropped: Callable[[], float],
     ) -> None:
         """Attach the live sources once the worker has registered and built its context."""
         self.info.labels(worker, version).set(1)
@@ -178,6 +179,11 @@ class Metrics:
                     "gauge",
                     "Status messages waiting for the broker.",
                     outbox_pending,
+                ),
+                "attune_outbox_dropped": (
+                    "counter",
+                    "Status messages dropped because the outbox was full.",
+                    outbox_dropped,
                 ),
             }
         )

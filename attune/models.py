@@ -8,9 +8,15 @@ adapter ever touches a psycopg row. They carry only the columns the worker uses
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
+
+# The enumerated columns of `action` (CHECK constraints in the schema, docs/protocol.md §5),
+# shared by pack metadata, the run spec and output parsing.
+ParameterDelivery = Literal["stdin", "file"]
+ParameterFormat = Literal["dotenv", "json", "yaml"]
+OutputFormat = Literal["text", "json", "yaml", "jsonl"]
 
 
 class Action(msgspec.Struct, frozen=True, kw_only=True):
@@ -26,9 +32,9 @@ class Action(msgspec.Struct, frozen=True, kw_only=True):
     entrypoint: str
     runtime_name: str | None
     timeout_seconds: int | None
-    parameter_delivery: str
-    parameter_format: str
-    output_format: str
+    parameter_delivery: ParameterDelivery
+    parameter_format: ParameterFormat
+    output_format: OutputFormat
     param_schema: dict[str, Any] | None
     out_schema: dict[str, Any] | None
     network: str = "none"  # "egress": needs a worker that offers egress

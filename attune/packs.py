@@ -24,6 +24,8 @@ import msgspec
 import yaml
 
 from attune.errors import ExecutionError, InputError
+from attune.models import OutputFormat, ParameterDelivery, ParameterFormat
+from attune.schema_form import declared_properties, schema_form
 
 PACK_REF_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _ACTION_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -33,9 +35,6 @@ _DEFAULT_MAX_CODE_BYTES = 4 * 1024 * 1024
 _T = TypeVar("_T")
 
 RunnerType = Literal["python", "shell"]
-ParameterDelivery = Literal["stdin", "file"]
-ParameterFormat = Literal["dotenv", "json", "yaml"]
-OutputFormat = Literal["text", "json", "yaml", "jsonl"]
 # `network: egress`: the action gets the operator's egress network (docs/network.md).
 NetworkMode = Literal["none", "egress"]
 
@@ -251,7 +250,14 @@ def _validate_entry_point(entry: str, file: Path, actions_dir: Path) -> None:
 
 
 def _validate_object_schema(schema: dict[str, Any], file: Path, field: str) -> None:
-    """Light JSON-Schema checks: enough to catch typos, not a full meta-schema."""
+    """Light checks of either schema form: enough to catch typos, not a full meta-schema."""
+    if schema_form(schema) == "flat":
+        for name, prop in declared_properties(schema).items():
+            if "secret" in prop and not isinstance(prop["secret"], bool):
+                raise InputError(f"{file}: {field}.{name}.secret: must be true or false")
+            if "required" in prop and not isinstance(prop["required"], bool):
+                raise InputError(f"{file}: {field}.{name}.required: must be true or false")
+        return
     typ = schema.get("type", "object")
     if typ != "object":
         raise InputError(f"{file}: {field}.type: must be 'object', got {typ!r}")

@@ -12,11 +12,11 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from attune.errors import InputError
-
-Format = Literal["json", "yaml", "dotenv"]
+from attune.models import ParameterFormat
+from attune.schema_form import declared_properties, schema_form
 
 _JSON_TYPES = ("string", "integer", "number", "boolean", "array", "object", "null")
 
@@ -163,8 +163,6 @@ def _check_plain(value: Any, source: str, where: str) -> None:
 
 # --- schema -------------------------------------------------------------------------
 
-_SCHEMA_KEYWORDS = frozenset({"$schema", "additionalProperties", "patternProperties", "$defs"})
-
 
 def _schema_properties(
     schema: Mapping[str, Any] | None,
@@ -176,21 +174,16 @@ def _schema_properties(
     having no `properties` and only mapping values. `required: true` on a property is
     honoured in both forms.
     """
-    if not schema:
+    form = schema_form(schema)
+    if form == "none" or schema is None:
         return {}, []
-    if "properties" in schema:
-        props = schema["properties"] or {}
+    if form == "json-schema":
+        props = schema.get("properties") or {}
         required = schema.get("required") or []
         if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
             raise InputError("parameter schema: 'required' must be a list of names")
-    elif (
-        not isinstance(schema.get("type"), str)
-        and not (_SCHEMA_KEYWORDS & schema.keys())
-        and all(isinstance(v, Mapping) for v in schema.values())
-    ):
-        props, required = schema, []
     else:
-        return {}, []
+        props, required = declared_properties(schema), []
     if not isinstance(props, Mapping) or not all(isinstance(p, Mapping) for p in props.values()):
         raise InputError("parameter schema: 'properties' must map names to mappings")
     names = list(required)
@@ -268,12 +261,6 @@ def apply_schema(schema: Mapping[str, Any] | None, params: Mapping[str, Any]) ->
     return result
 
 
-def secret_paths(schema: Mapping[str, Any] | None) -> list[str]:
-    """Names of top-level properties marked `secret: true`, in schema order."""
-    props, _ = _schema_properties(schema)
-    return [name for name, prop in props.items() if prop.get("secret") is True]
-
-
 # --- encodings (docs/protocol.md §7) ---------------------------------------------------------
 
 
@@ -312,7 +299,7 @@ def _flatten(params: Mapping[str, Any], prefix: str, out: dict[str, str]) -> Non
             out[name] = _scalar_text(value)
 
 
-def encode_params(params: Mapping[str, Any], fmt: Format) -> bytes:
+def encode_params(params: Mapping[str, Any], fmt: ParameterFormat) -> bytes:
     """Parameters as delivered to the action on stdin or in the parameter file.
 
     dotenv lines end in `\\n` (the reference omits the last one) so `while read` loops

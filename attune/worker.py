@@ -305,6 +305,7 @@ async def run_worker(config: Config) -> None:
                 capacity=lambda: pipeline.runs.capacity,
                 reconnects=lambda: broker.reconnects,
                 outbox_pending=lambda: len(outbox.pending),
+                outbox_dropped=lambda: outbox.dropped,
             )
             log_event(
                 log,

@@ -12,19 +12,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast, get_args
 
 from attune.cli import EXIT_BY_STATUS, EXIT_USAGE
 from attune.errors import AttuneError, InputError, SandboxUnavailable
+from attune.models import OutputFormat
 
 if TYPE_CHECKING:
     import argparse
 
-    import typer
-
     from attune.runner.egress import EgressPolicy
 
-OUTPUT_FORMATS = ("text", "json", "yaml", "jsonl")
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 
 
 def default_run_dir() -> Path:
@@ -117,7 +116,7 @@ async def run_file(
             "--network egress (egress rules from --config FILE's network section)"
         )
     params = apply_schema(meta.get("parameters"), params)
-    fmt = output_format or meta.get("output_format") or "json"
+    fmt = _output_format(output_format or meta.get("output_format") or "json")
     delivery = meta.get("parameter_delivery", "stdin")
     param_format = meta.get("parameter_format", "json")
     seconds = timeout or meta.get("timeout") or profile.default_timeout
@@ -138,7 +137,7 @@ async def run_file(
         env=env,
         parameter_delivery=delivery,
         parameter_format=param_format,
-        output_format=fmt,  # type: ignore[arg-type]
+        output_format=fmt,
         secrets=dict(secrets or {}),
         network=network,
     )
@@ -149,6 +148,13 @@ async def run_file(
 
         result, _ = redact_result(result, Masker(secrets.values()), meta.get("output_schema"))
     return {"status": outcome.status, "result": result}
+
+
+def _output_format(value: Any) -> OutputFormat:
+    """The metadata's or the option's output format, checked against the known ones."""
+    if value not in OUTPUT_FORMATS:
+        raise InputError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}")
+    return cast(OutputFormat, value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -243,7 +249,11 @@ def _egress_policy(args: argparse.Namespace) -> EgressPolicy | None:
         return None
     from attune.config import load_config
     from attune.runner.egress import parse_policy
+    from attune.runner.host import egress_detail
 
+    usable, detail = egress_detail()
+    if not usable or os.geteuid() != 0:
+        raise SandboxUnavailable(f"--network egress: {detail if not usable else 'needs root'}")
     section = load_config(args.config, os.environ).network
     allow = args.allow or section.allow
     return parse_policy(allow, section.deny, args.dns or section.dns)
@@ -307,21 +317,3 @@ def main(argv: list[str]) -> int:
     shown = outcome if args.with_status else outcome["result"]
     sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
     return EXIT_BY_STATUS[outcome["status"]]
-
-
-def register(app: typer.Typer) -> None:
-    """List `exec` in `attune --help`; its arguments are parsed by `main` above."""
-    import typer
-
-    def exec_command(ctx: typer.Context) -> None:
-        """Run one action locally in the sandbox and print its result JSON."""
-        raise typer.Exit(main(list(ctx.args)))
-
-    # Real objects, not strings: typer evaluates annotations in this module's globals,
-    # where typer is deliberately not imported.
-    exec_command.__annotations__ = {"ctx": typer.Context, "return": None}
-    app.command(
-        "exec",
-        add_help_option=False,
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(exec_command)

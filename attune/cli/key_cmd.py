@@ -79,153 +79,148 @@ def _owner_text(key: KeyRecord) -> str:
     return key.owner_type if not key.owner else f"{key.owner_type}:{key.owner}"
 
 
-def register(app: typer.Typer) -> None:
-    key_app = typer.Typer(
-        help="Keystore: secrets and values delivered to actions.", no_args_is_help=True
-    )
-    app.add_typer(key_app, name="key")
+key_app = typer.Typer(
+    help="Keystore: secrets and values delivered to actions.", no_args_is_help=True
+)
 
-    @key_app.command("set")
-    def key_set(
-        ref: Annotated[
-            str,
-            typer.Argument(
-                help="Key ref, e.g. demo.api_token; its name is the part after the last dot."
-            ),
-        ],
-        value: Annotated[
-            str,
-            typer.Argument(help="The value, or - to read it from stdin (recommended for secrets)."),
-        ],
-        owner_pack: Annotated[
-            Optional[str],
-            typer.Option("--owner-pack", help="Owned by this pack: visible to its actions."),
-        ] = None,
-        owner_action: Annotated[
-            Optional[str], typer.Option("--owner-action", help="Owned by this action only.")
-        ] = None,
-        system: Annotated[
-            bool,
-            typer.Option(
-                "--system", help="Owned by the system: visible to every action (the default)."
-            ),
-        ] = False,
-        encrypt: Annotated[
-            bool,
-            typer.Option(
-                "--encrypt", help="Store AES-256-GCM encrypted with security.encryption_key."
-            ),
-        ] = False,
-        as_json: Annotated[
-            bool,
-            typer.Option(
-                "--json", help="VALUE is JSON (an object, a number...) rather than a string."
-            ),
-        ] = False,
-        config: ConfigOpt = None,
-    ) -> None:
-        """Create or replace a key. Exit 2 on bad input or a missing/short encryption key."""
-        cfg = load(config)
-        name = ref.rsplit(".", 1)[-1]
-        try:
-            if not ref.strip() or not name or any(c.isspace() for c in ref):
-                raise InputError(
-                    f"invalid key ref {ref!r}: no spaces, and a name after the last dot"
-                )
-            owner_type, owner_ref = _owner(owner_pack, owner_action, system)
-            stored = _read_value(value, as_json)
-            key_hash: str | None = None
-            if encrypt:
-                from attune.secrets import check_key, encrypt_value
-                from attune.secrets import key_hash as hash_of
 
-                key = check_key(cfg.security.encryption_key, purpose=f"encrypt key {ref!r}")
-                plain, stored, key_hash = stored, encrypt_value(key, stored), hash_of(key)
-            else:
-                plain = stored
-        except AttuneError as exc:
-            raise fail(str(exc)) from None
-        if _is_weak(plain):
-            typer.echo(
-                f"attune: warning: the value of {ref} is shorter than 4 characters: "
-                "too short to be masked in action output and logs",
-                err=True,
-            )
+@key_app.command("set")
+def key_set(
+    ref: Annotated[
+        str,
+        typer.Argument(
+            help="Key ref, e.g. demo.api_token; its name is the part after the last dot."
+        ),
+    ],
+    value: Annotated[
+        str,
+        typer.Argument(help="The value, or - to read it from stdin (recommended for secrets)."),
+    ],
+    owner_pack: Annotated[
+        Optional[str],
+        typer.Option("--owner-pack", help="Owned by this pack: visible to its actions."),
+    ] = None,
+    owner_action: Annotated[
+        Optional[str], typer.Option("--owner-action", help="Owned by this action only.")
+    ] = None,
+    system: Annotated[
+        bool,
+        typer.Option(
+            "--system", help="Owned by the system: visible to every action (the default)."
+        ),
+    ] = False,
+    encrypt: Annotated[
+        bool,
+        typer.Option("--encrypt", help="Store AES-256-GCM encrypted with security.encryption_key."),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="VALUE is JSON (an object, a number...) rather than a string."),
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Create or replace a key. Exit 2 on bad input or a missing/short encryption key."""
+    cfg = load(config)
+    name = ref.rsplit(".", 1)[-1]
+    try:
+        if not ref.strip() or not name or any(c.isspace() for c in ref):
+            raise InputError(f"invalid key ref {ref!r}: no spaces, and a name after the last dot")
+        owner_type, owner_ref = _owner(owner_pack, owner_action, system)
+        stored = _read_value(value, as_json)
+        key_hash: str | None = None
+        if encrypt:
+            from attune.secrets import check_key, encrypt_value
+            from attune.secrets import key_hash as hash_of
 
-        async def main() -> tuple[int, bool]:
-            from attune.db import Database
-
-            async with Database.open_ctx(cfg.database.url) as db:
-                return await db.set_key(
-                    ref,
-                    name=name,
-                    owner_type=owner_type,
-                    owner_ref=owner_ref,
-                    value=stored,
-                    encrypted=encrypt,
-                    encryption_key_hash=key_hash,
-                )
-
-        key_id, created = run(main)
-        owner = owner_type if owner_ref is None else f"{owner_type}:{owner_ref}"
+            key = check_key(cfg.security.encryption_key, purpose=f"encrypt key {ref!r}")
+            plain, stored, key_hash = stored, encrypt_value(key, stored), hash_of(key)
+        else:
+            plain = stored
+    except AttuneError as exc:
+        raise fail(str(exc)) from None
+    if _is_weak(plain):
         typer.echo(
-            f"key {ref} {'created' if created else 'replaced'} (id {key_id}, name "
-            f"{name}, owner {owner}, {'encrypted' if encrypt else 'NOT encrypted'})"
+            f"attune: warning: the value of {ref} is shorter than 4 characters: "
+            "too short to be masked in action output and logs",
+            err=True,
         )
 
-    @key_app.command("list")
-    def key_list(
-        config: ConfigOpt = None,
-        as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
-    ) -> None:
-        """List keys (never their values): ref, name, owner, encrypted, weak.
+    async def main() -> tuple[int, bool]:
+        from attune.db import Database
 
-        weak: yes when the value is too short (< 4 characters) to be masked in output;
-        ? when it is encrypted with a key other than the configured one.
-        """
-        cfg = load(config)
-
-        async def main() -> list[KeyRecord]:
-            from attune.db import Database
-
-            async with Database.open_ctx(cfg.database.url) as db:
-                return await db.list_keys()
-
-        keys = run(main)
-        rows = [
-            {
-                "ref": k.ref,
-                "name": k.name,
-                "owner": _owner_text(k),
-                "encrypted": k.encrypted,
-                "weak": _weak_flag(k, cfg.security.encryption_key),
-            }
-            for k in keys
-        ]
-        if as_json:
-            typer.echo(json.dumps(rows))
-            return
-        typer.echo(f"{'REF':<32} {'NAME':<20} {'OWNER':<28} {'ENCRYPTED':<9}  WEAK")
-        for r in rows:
-            typer.echo(
-                f"{r['ref']:<32} {r['name']:<20} {r['owner']:<28} "
-                f"{'yes' if r['encrypted'] else 'no':<9}  {r['weak']}"
+        async with Database.open_ctx(cfg.database.url) as db:
+            return await db.set_key(
+                ref,
+                name=name,
+                owner_type=owner_type,
+                owner_ref=owner_ref,
+                value=stored,
+                encrypted=encrypt,
+                encryption_key_hash=key_hash,
             )
 
-    @key_app.command("delete")
-    def key_delete(
-        ref: Annotated[str, typer.Argument(help="The key ref.")],
-        config: ConfigOpt = None,
-    ) -> None:
-        """Delete a key. Exit 1 when there is no such key."""
-        cfg = load(config)
+    key_id, created = run(main)
+    owner = owner_type if owner_ref is None else f"{owner_type}:{owner_ref}"
+    typer.echo(
+        f"key {ref} {'created' if created else 'replaced'} (id {key_id}, name "
+        f"{name}, owner {owner}, {'encrypted' if encrypt else 'NOT encrypted'})"
+    )
 
-        async def main() -> bool:
-            from attune.db import Database
 
-            async with Database.open_ctx(cfg.database.url) as db:
-                return await db.delete_key(ref)
+@key_app.command("list")
+def key_list(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+) -> None:
+    """List keys (never their values): ref, name, owner, encrypted, weak.
 
-        if not run(main):
-            raise fail(f"no key {ref!r}", 1)
-        typer.echo(f"key {ref} deleted")
+    weak: yes when the value is too short (< 4 characters) to be masked in output;
+    ? when it is encrypted with a key other than the configured one.
+    """
+    cfg = load(config)
+
+    async def main() -> list[KeyRecord]:
+        from attune.db import Database
+
+        async with Database.open_ctx(cfg.database.url) as db:
+            return await db.list_keys()
+
+    keys = run(main)
+    rows = [
+        {
+            "ref": k.ref,
+            "name": k.name,
+            "owner": _owner_text(k),
+            "encrypted": k.encrypted,
+            "weak": _weak_flag(k, cfg.security.encryption_key),
+        }
+        for k in keys
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    typer.echo(f"{'REF':<32} {'NAME':<20} {'OWNER':<28} {'ENCRYPTED':<9}  WEAK")
+    for r in rows:
+        typer.echo(
+            f"{r['ref']:<32} {r['name']:<20} {r['owner']:<28} "
+            f"{'yes' if r['encrypted'] else 'no':<9}  {r['weak']}"
+        )
+
+
+@key_app.command("delete")
+def key_delete(
+    ref: Annotated[str, typer.Argument(help="The key ref.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Delete a key. Exit 1 when there is no such key."""
+    cfg = load(config)
+
+    async def main() -> bool:
+        from attune.db import Database
+
+        async with Database.open_ctx(cfg.database.url) as db:
+            return await db.delete_key(ref)
+
+    if not run(main):
+        raise fail(f"no key {ref!r}", 1)
+    typer.echo(f"key {ref} deleted")

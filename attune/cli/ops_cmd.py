@@ -317,203 +317,205 @@ async def _worker_names(db: Database) -> dict[int, str]:
     return {w.id: w.name for w in await db.list_workers()}
 
 
-def register(app: typer.Typer) -> None:
-    executions_app = typer.Typer(help="Executions: list (default), show, logs.")
-    config_app = typer.Typer(
-        help="The configuration: reference and effective values.", no_args_is_help=True
+executions_app = typer.Typer(help="Executions: list (default), show, logs.")
+config_app = typer.Typer(
+    help="The configuration: reference and effective values.", no_args_is_help=True
+)
+
+
+def doctor_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the host and the services: OK / WARN / FAIL, with a fix. Exit 1 on a FAIL."""
+    cfg = load(config)
+    from attune.doctor import render_text, run_doctor
+
+    report = run(lambda: run_doctor(cfg))
+    if as_json:
+        _echo_json(report.to_json())
+    else:
+        sys.stdout.write(render_text(report.checks))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def workers_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Registered workers: status, heartbeat age, running/capacity, runtimes."""
+    cfg = load(config)
+
+    async def main() -> list[Worker]:
+        from attune.db import Database
+
+        async with Database.open_ctx(cfg.database.url) as db:
+            return await db.list_workers()
+
+    now = datetime.now(UTC)
+    views = [worker_view(w, now) for w in run(main)]
+    if as_json:
+        _echo_json(views)
+    else:
+        sys.stdout.write(workers_table(views))
+
+
+@executions_app.callback(invoke_without_command=True)
+def executions_cmd(
+    ctx: typer.Context,
+    status: Annotated[
+        Optional[str],
+        typer.Option("--status", "-s", help="Only this status (e.g. failed, running)."),
+    ] = None,
+    worker: Annotated[
+        Optional[str], typer.Option("--worker", "-w", help="Only this worker (name or id).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Newest N.")] = 20,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Recent executions, newest first; `show ID` and `logs ID` for one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = load(config)
+
+    async def main() -> tuple[list[Execution], dict[int, str]]:
+        from attune.db import Database
+        from attune.errors import InputError
+
+        async with Database.open_ctx(cfg.database.url) as db:
+            names = await _worker_names(db)
+            worker_id = None
+            if worker is not None:
+                if worker.isdigit():
+                    worker_id = int(worker)
+                else:
+                    ids = [i for i, n in names.items() if n == worker]
+                    if not ids:
+                        raise InputError(f"no worker named {worker!r} (see attune workers)")
+                    worker_id = ids[0]
+            rows = await db.list_executions(status=status, worker_id=worker_id, limit=limit)
+            return rows, names
+
+    rows, names = run(main)
+    if as_json:
+        _echo_json([execution_view(e, names) for e in rows])
+    else:
+        sys.stdout.write(executions_table(rows, names))
+
+
+@executions_app.command("show")
+def show_cmd(
+    execution_id: Annotated[int, typer.Argument(help="Execution id.")],
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """One execution: the row, its result, and where its artifacts are."""
+    cfg = load(config)
+
+    async def main() -> tuple[Execution, str | None]:
+        from attune.db import Database
+        from attune.errors import InputError
+        from attune.submit import worker_name
+
+        async with Database.open_ctx(cfg.database.url) as db:
+            row = await db.get_execution(execution_id)
+            if row is None:
+                raise InputError(f"no execution {execution_id}")
+            return row, await worker_name(db, row.worker)
+
+    from attune.submit import execution_dir
+
+    row, name = run(main)
+    data = execution_view(row, {row.worker: name} if row.worker and name else {})
+    data["config"] = row.config
+    data["env_var_names"] = sorted(row.env_vars or {})
+    data["result"] = row.result
+    data["artifacts"] = (
+        artifact_paths(execution_dir(Path(cfg.artifacts_dir), name, row.id)) if name else None
     )
-    app.add_typer(executions_app, name="executions")
-    app.add_typer(config_app, name="config")
-
-    @app.command("doctor")
-    def doctor_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-        """Check the host and the services: OK / WARN / FAIL, with a fix. Exit 1 on a FAIL."""
-        cfg = load(config)
-        from attune.doctor import render_text, run_doctor
-
-        report = run(lambda: run_doctor(cfg))
-        if as_json:
-            _echo_json(report.to_json())
-        else:
-            sys.stdout.write(render_text(report.checks))
-        raise typer.Exit(0 if report.ok else 1)
-
-    @app.command("workers")
-    def workers_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-        """Registered workers: status, heartbeat age, running/capacity, runtimes."""
-        cfg = load(config)
-
-        async def main() -> list[Worker]:
-            from attune.db import Database
-
-            async with Database.open_ctx(cfg.database.url) as db:
-                return await db.list_workers()
-
-        now = datetime.now(UTC)
-        views = [worker_view(w, now) for w in run(main)]
-        if as_json:
-            _echo_json(views)
-        else:
-            sys.stdout.write(workers_table(views))
-
-    @executions_app.callback(invoke_without_command=True)
-    def executions_cmd(
-        ctx: typer.Context,
-        status: Annotated[
-            Optional[str],
-            typer.Option("--status", "-s", help="Only this status (e.g. failed, running)."),
-        ] = None,
-        worker: Annotated[
-            Optional[str], typer.Option("--worker", "-w", help="Only this worker (name or id).")
-        ] = None,
-        limit: Annotated[int, typer.Option("--limit", "-n", help="Newest N.")] = 20,
-        as_json: JsonOpt = False,
-        config: ConfigOpt = None,
-    ) -> None:
-        """Recent executions, newest first; `show ID` and `logs ID` for one."""
-        if ctx.invoked_subcommand is not None:
-            return
-        cfg = load(config)
-
-        async def main() -> tuple[list[Execution], dict[int, str]]:
-            from attune.db import Database
-            from attune.errors import InputError
-
-            async with Database.open_ctx(cfg.database.url) as db:
-                names = await _worker_names(db)
-                worker_id = None
-                if worker is not None:
-                    if worker.isdigit():
-                        worker_id = int(worker)
-                    else:
-                        ids = [i for i, n in names.items() if n == worker]
-                        if not ids:
-                            raise InputError(f"no worker named {worker!r} (see attune workers)")
-                        worker_id = ids[0]
-                rows = await db.list_executions(status=status, worker_id=worker_id, limit=limit)
-                return rows, names
-
-        rows, names = run(main)
-        if as_json:
-            _echo_json([execution_view(e, names) for e in rows])
-        else:
-            sys.stdout.write(executions_table(rows, names))
-
-    @executions_app.command("show")
-    def show_cmd(
-        execution_id: Annotated[int, typer.Argument(help="Execution id.")],
-        as_json: JsonOpt = False,
-        config: ConfigOpt = None,
-    ) -> None:
-        """One execution: the row, its result, and where its artifacts are."""
-        cfg = load(config)
-
-        async def main() -> tuple[Execution, str | None]:
-            from attune.db import Database
-            from attune.errors import InputError
-            from attune.submit import worker_name
-
-            async with Database.open_ctx(cfg.database.url) as db:
-                row = await db.get_execution(execution_id)
-                if row is None:
-                    raise InputError(f"no execution {execution_id}")
-                return row, await worker_name(db, row.worker)
-
-        from attune.submit import execution_dir
-
-        row, name = run(main)
-        data = execution_view(row, {row.worker: name} if row.worker and name else {})
-        data["config"] = row.config
-        data["env_var_names"] = sorted(row.env_vars or {})
-        data["result"] = row.result
-        data["artifacts"] = (
-            artifact_paths(execution_dir(Path(cfg.artifacts_dir), name, row.id)) if name else None
+    if as_json:
+        _echo_json(data)
+        return
+    for key in (
+        "id",
+        "action_ref",
+        "status",
+        "worker",
+        "created",
+        "started_at",
+        "timeout_seconds",
+        "duration_ms",
+    ):
+        typer.echo(f"{key + ':':<17}{'-' if data[key] is None else data[key]}")
+    typer.echo(f"{'parameters:':<17}{json.dumps(row.config or {}, ensure_ascii=False)}")
+    if data["env_var_names"]:
+        typer.echo(f"{'env vars:':<17}{', '.join(data['env_var_names'])}")
+    artifacts = data["artifacts"]
+    if artifacts:
+        where = artifacts["dir"] + (
+            "" if artifacts["present"] else "  (not on this host, or pruned)"
         )
-        if as_json:
-            _echo_json(data)
-            return
-        for key in (
-            "id",
-            "action_ref",
-            "status",
-            "worker",
-            "created",
-            "started_at",
-            "timeout_seconds",
-            "duration_ms",
-        ):
-            typer.echo(f"{key + ':':<17}{'-' if data[key] is None else data[key]}")
-        typer.echo(f"{'parameters:':<17}{json.dumps(row.config or {}, ensure_ascii=False)}")
-        if data["env_var_names"]:
-            typer.echo(f"{'env vars:':<17}{', '.join(data['env_var_names'])}")
-        artifacts = data["artifacts"]
-        if artifacts:
-            where = artifacts["dir"] + (
-                "" if artifacts["present"] else "  (not on this host, or pruned)"
-            )
-            typer.echo(f"{'artifacts:':<17}{where}")
-        typer.echo("result:")
-        typer.echo(json.dumps(row.result, ensure_ascii=False, indent=2))
+        typer.echo(f"{'artifacts:':<17}{where}")
+    typer.echo("result:")
+    typer.echo(json.dumps(row.result, ensure_ascii=False, indent=2))
 
-    @executions_app.command("logs")
-    def logs_cmd(
-        execution_id: Annotated[int, typer.Argument(help="Execution id.")],
-        follow: Annotated[
-            bool, typer.Option("--follow", "-f", help="Keep printing until the execution ends.")
-        ] = False,
-        wait_timeout: Annotated[
-            float, typer.Option("--wait-timeout", help="Give up following after S seconds.")
-        ] = 3600.0,
-        config: ConfigOpt = None,
-    ) -> None:
-        """The action's stdout (to stdout) and stderr (to stderr), from the worker's artifacts."""
-        cfg = load(config)
 
-        def emit(stream: str, chunk: bytes) -> None:
-            target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
-            target.write(chunk)
-            target.flush()
+@executions_app.command("logs")
+def logs_cmd(
+    execution_id: Annotated[int, typer.Argument(help="Execution id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the execution ends.")
+    ] = False,
+    wait_timeout: Annotated[
+        float, typer.Option("--wait-timeout", help="Give up following after S seconds.")
+    ] = 3600.0,
+    config: ConfigOpt = None,
+) -> None:
+    """The action's stdout (to stdout) and stderr (to stderr), from the worker's artifacts."""
+    cfg = load(config)
 
-        async def main() -> None:
-            from attune.db import Database
-            from attune.errors import InputError
-            from attune.submit import LogTail, execution_dir, follow_execution, worker_name
+    def emit(stream: str, chunk: bytes) -> None:
+        target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+        target.write(chunk)
+        target.flush()
 
-            async with Database.open_ctx(cfg.database.url) as db:
-                if follow:
-                    await follow_execution(
-                        db, execution_id, Path(cfg.artifacts_dir), emit, timeout=wait_timeout
-                    )
-                    return
-                row = await db.get_execution(execution_id)
-                if row is None:
-                    raise InputError(f"no execution {execution_id}")
-                name = await worker_name(db, row.worker)
-            if name is None:
-                raise InputError(f"execution {execution_id} has no worker yet ({row.status})")
-            directory = execution_dir(Path(cfg.artifacts_dir), name, execution_id)
-            if not directory.is_dir():
-                raise InputError(
-                    f"no logs at {directory} (the worker keeps them on its own "
-                    "host, and prunes them after artifacts.retention_days)"
+    async def main() -> None:
+        from attune.db import Database
+        from attune.errors import InputError
+        from attune.submit import LogTail, execution_dir, follow_execution, worker_name
+
+        async with Database.open_ctx(cfg.database.url) as db:
+            if follow:
+                await follow_execution(
+                    db, execution_id, Path(cfg.artifacts_dir), emit, timeout=wait_timeout
                 )
-            for stream, chunk in LogTail(directory).drain():
-                emit(stream, chunk)
+                return
+            row = await db.get_execution(execution_id)
+            if row is None:
+                raise InputError(f"no execution {execution_id}")
+            name = await worker_name(db, row.worker)
+        if name is None:
+            raise InputError(f"execution {execution_id} has no worker yet ({row.status})")
+        directory = execution_dir(Path(cfg.artifacts_dir), name, execution_id)
+        if not directory.is_dir():
+            raise InputError(
+                f"no logs at {directory} (the worker keeps them on its own "
+                "host, and prunes them after artifacts.retention_days)"
+            )
+        for stream, chunk in LogTail(directory).drain():
+            emit(stream, chunk)
 
-        run(main)
+    run(main)
 
-    @config_app.command("reference")
-    def config_reference_cmd() -> None:
-        """Every configuration key, its type, default and env var (docs/configuration.md)."""
-        sys.stdout.write(configuration_doc())
 
-    @config_app.command("show")
-    def config_show_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-        """The effective configuration (file + environment), secrets masked."""
-        from attune.config_view import annotated_yaml, redacted
+@config_app.command("reference")
+def config_reference_cmd() -> None:
+    """Every configuration key, its type, default and env var (docs/configuration.md)."""
+    sys.stdout.write(configuration_doc())
 
-        cfg = load(config)
-        if as_json:
-            _echo_json(redacted(cfg))
-            return
-        sys.stdout.write(annotated_yaml(cfg))
+
+@config_app.command("show")
+def config_show_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """The effective configuration (file + environment), secrets masked."""
+    from attune.config_view import annotated_yaml, redacted
+
+    cfg = load(config)
+    if as_json:
+        _echo_json(redacted(cfg))
+        return
+    sys.stdout.write(annotated_yaml(cfg))

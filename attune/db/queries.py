@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from attune.errors import ExecutionError, InputError, UnreadableExecution
 from attune.models import Action, Claim, Execution, Worker
 from attune.packs import ActionSpec, PackSpec
+from attune.runtimes import CORE_RUNTIMES
 
 _T = TypeVar("_T")
 Conn = psycopg.Connection[Any]
@@ -48,12 +49,6 @@ SELECT w.id, w.name, w.worker_type::text AS worker_type, w.status::text AS statu
          WHERE e.worker = w.id AND e.status = 'running')::int AS running
 FROM worker w
 """
-
-# Runtimes the pack loader knows (runner_type -> row); pack NULL, pack_ref 'core'.
-CORE_RUNTIMES: Final = {
-    "python": ("core.python", "python", ["python3", "py"], "Python 3 in the sandbox"),
-    "shell": ("core.shell", "shell", ["bash", "sh"], "POSIX shell in the sandbox"),
-}
 
 
 def _to(typ: type[_T], row: dict[str, Any], what: str) -> _T:
@@ -297,16 +292,16 @@ def _ensure_core_runtimes(conn: Conn, needed: Iterable[str]) -> dict[str, int]:
     # DO NOTHING, then SELECT: an operator's edits to a core runtime row survive re-upserts.
     ids: dict[str, int] = {}
     for runner in sorted(set(needed)):
-        ref, name, aliases, description = CORE_RUNTIMES[runner]
+        runtime = CORE_RUNTIMES[runner]
         conn.execute(
             """
             INSERT INTO runtime (ref, pack, pack_ref, name, aliases, description)
             VALUES (%s, NULL, 'core', %s, %s, %s)
             ON CONFLICT (ref) DO NOTHING
             """,
-            (ref, name, aliases, description),
+            (runtime.ref, runtime.name, list(runtime.aliases), runtime.description),
         )
-        row = _row(conn, "SELECT id FROM runtime WHERE ref = %s", (ref,))
+        row = _row(conn, "SELECT id FROM runtime WHERE ref = %s", (runtime.ref,))
         assert row is not None
         ids[runner] = int(row["id"])
     return ids

@@ -65,6 +65,10 @@ def sandbox_env(profile: Profile, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+# The synthetic /etc: copies of sandbox/etc/, the only files an action sees there besides
+# what a profile binds (docs/sandbox.md guarantee 4).
+ETC_FILES = ("passwd", "group", "hosts", "nsswitch.conf")
+
 PRLIMIT = "/usr/bin/prlimit"
 CPU_HARD_GRACE = 1  # seconds between SIGXCPU (soft) and SIGKILL (hard)
 
@@ -159,10 +163,10 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--dir",
         "/etc",
     ]
-    for name in ("passwd", "group", "hosts", "nsswitch.conf", "resolv.conf"):
+    for name in dict.fromkeys((*ETC_FILES, *NET_ETC_FILES)):
         if name in NET_ETC_FILES and layout.net_etc_dir is not None:
             args += ["--ro-bind", f"{layout.net_etc_dir}/{name}", f"/etc/{name}"]
-        elif name != "resolv.conf":
+        elif name in ETC_FILES:
             args += ["--ro-bind", f"{layout.etc_dir}/{name}", f"/etc/{name}"]
     args += [
         "--ro-bind",

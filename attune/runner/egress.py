@@ -344,6 +344,7 @@ def ruleset(policy: EgressPolicy, host: HostNetwork) -> str:
 SLIRP4NETNS = "/usr/bin/slirp4netns"
 UNSHARE = "/usr/bin/unshare"
 NFT = "/usr/sbin/nft"  # the operator's tool; the worker uses its library, libnftables
+SANDBOX_ADDR4 = "10.0.2.100"
 SANDBOX_ADDR6 = "fd00::100"
 
 
@@ -353,7 +354,9 @@ def slirp_argv(
     """slirp4netns in a private mount namespace of its own.
 
     Its `--enable-sandbox` pivots and unmounts inside its mount namespace; run in the
-    worker's (host's) one that unmounted host mounts. `--disable-host-loopback` keeps
+    worker's (host's) one that unmounted host mounts. No `--configure`: it would bring
+    the sandbox's loopback up, racing with bwrap, so the worker configures the tap
+    itself (netlink.py) and can start slirp4netns early. `--disable-host-loopback` keeps
     the gateway from mapping to the host's 127.0.0.1. The network namespace is passed
     as a path to an fd root opened, because the sandbox sits in a nested user namespace
     that slirp4netns could not join by pid. It exits when `exit_fd` reaches EOF: the
@@ -366,7 +369,6 @@ def slirp_argv(
         "private",
         "--",
         SLIRP4NETNS,
-        "--configure",
         f"--mtu={MTU}",
         "--disable-host-loopback",
         "--enable-sandbox",

@@ -1,12 +1,12 @@
 """Working inside a sandbox's network namespace from the worker, without a process.
 
-Loading the rules with `nsenter ... nft -f -` and setting the IPv6 address with
-`nsenter ... ip` cost two process starts per egress run, a large part of its start-up
-on a loaded host. Instead a fresh thread of the worker joins the namespace (setns is
-per thread for network namespaces), loads the ruleset through libnftables (the library
-behind `nft`) and sends two rtnetlink messages, then ends: it never returns to a
-thread pool, so no other work of the worker can run in the sandbox's namespace. This
-module is the only user of libnftables and of setns/unshare.
+Loading the rules with `nsenter ... nft -f -` and configuring the interface with
+`nsenter ... ip` would cost process starts on every egress run, a large part of its
+start-up on a loaded host. Instead a fresh thread of the worker joins the namespace
+(setns is per thread for network namespaces), loads the ruleset through libnftables
+(the library behind `nft`) or sends the rtnetlink messages of netlink.py, then ends:
+it never returns to a thread pool, so no other work of the worker can run in the
+sandbox's namespace. This module is the only user of libnftables and of setns/unshare.
 """
 
 from __future__ import annotations
@@ -105,12 +105,14 @@ def _in_thread(netns_fd: int | None, work: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[return-value]
 
 
-def _set_ipv6() -> None:
+def _configure_tap() -> None:
     ifindex = socket.if_nametoindex(egress.TAP)
-    messages = [
-        netlink.add_address6(ifindex, egress.SANDBOX_ADDR6, 64, seq=1),
-        netlink.add_default_route6(ifindex, str(egress.GATEWAY6), seq=2),
-    ]
+    messages = netlink.configure_tap(
+        ifindex,
+        mtu=egress.MTU,
+        addresses=[(egress.SANDBOX_ADDR4, 24), (egress.SANDBOX_ADDR6, 64)],
+        gateways=[str(egress.GATEWAY4), str(egress.GATEWAY6)],
+    )
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
         nl.settimeout(5)
         for message in messages:
@@ -121,7 +123,7 @@ def _set_ipv6() -> None:
     failed = {seq: code for seq, code in errors.items() if code}
     if failed:
         raise SandboxUnavailable(
-            "egress: cannot set the sandbox's IPv6 address or route: "
+            "egress: cannot configure the sandbox's interface: "
             + ", ".join(os.strerror(code) for code in failed.values())
         )
 
@@ -132,9 +134,9 @@ async def load_rules(netns_fd: int, rules: str) -> None:
     await trio.to_thread.run_sync(_in_thread, netns_fd, lambda: nft.load(rules))
 
 
-async def set_ipv6(netns_fd: int) -> None:
-    """The sandbox's IPv6 address and default route on the tap slirp4netns made."""
-    await trio.to_thread.run_sync(_in_thread, netns_fd, _set_ipv6)
+async def configure_tap(netns_fd: int) -> None:
+    """Link up, addresses and default routes of the tap slirp4netns made (netlink.py)."""
+    await trio.to_thread.run_sync(_in_thread, netns_fd, _configure_tap)
 
 
 def probe(rules: str) -> str | None:

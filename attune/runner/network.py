@@ -201,11 +201,11 @@ async def attach(
 ) -> Attachment:
     """Load `rules` into the namespace of `init_pid` and attach slirp4netns to it.
 
-    The rules go in at once, while bwrap still sets the sandbox up; slirp4netns starts
-    only after `ready()` returns (the sandbox's gate spoke: bwrap has configured its
-    loopback, which slirp4netns would otherwise race with). Returns once the ruleset is
-    in place and the tap is configured, IPv6 included. Raises SandboxUnavailable (the
-    host cannot do it) with the tool's own words.
+    The rules go in and slirp4netns creates its tap at once, while bwrap still sets the
+    sandbox up; the tap is configured only after `ready()` returns (the sandbox's gate
+    spoke: bwrap is done with its loopback). Returns once the ruleset is in place and
+    the tap is configured. Raises SandboxUnavailable (the host cannot do it) with the
+    tool's own words.
     """
     try:
         netns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -216,12 +216,15 @@ async def attach(
     attachment: Attachment | None = None
     try:
         with trio.fail_after(ATTACH_TIMEOUT):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(netns.load_rules, netns_fd, rules)
-                await ready()
-                attachment = _start_slirp(netns_fd, dns)
-                await _slirp_ready(attachment)
-                await netns.set_ipv6(netns_fd)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(netns.load_rules, netns_fd, rules)
+                    nursery.start_soon(ready)
+                    attachment = _start_slirp(netns_fd, dns)
+                    await _slirp_ready(attachment)
+            except BaseExceptionGroup as group:
+                raise _first(group) from None
+            await netns.configure_tap(netns_fd)
     except BaseException as exc:
         if attachment is not None:
             with trio.CancelScope(shield=True):
@@ -233,6 +236,12 @@ async def attach(
         os.close(netns_fd)
     assert attachment is not None
     return attachment
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error of a nursery's group (the caller reports one reason)."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _start_slirp(netns_fd: int, dns: egress.DnsMode) -> Attachment:

@@ -12,7 +12,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-OutputFormat = Literal["text", "json", "yaml", "jsonl"]
+from attune.models import OutputFormat
+
 Status = Literal["completed", "failed", "timeout", "cancelled"]
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 
 from attune.errors import ConfigError
+from attune.models import OutputFormat
 
 REPO_PROFILES_DIR = Path(__file__).resolve().parent.parent.parent / "profiles"
 
@@ -62,7 +63,7 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     function_wrapper: str | None = None
     params_as_env: bool = False
     default_timeout: int = 300
-    default_output_format: Literal["text", "json", "yaml", "jsonl"] = "text"
+    default_output_format: OutputFormat = "text"
     env: dict[str, str] = msgspec.field(default_factory=dict)
     mounts: Mounts = msgspec.field(default_factory=Mounts)
     limits: Limits = msgspec.field(default_factory=Limits)

@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from attune.errors import ExecutionError, SandboxUnavailable
+from attune.models import OutputFormat, ParameterDelivery, ParameterFormat
 from attune.params import encode_params, shell_env
 from attune.runner import argv as argv_mod
 from attune.runner import egress, network, process
@@ -38,7 +39,6 @@ from attune.runner.host import HostFacts, untraversable_ancestors
 from attune.runner.output import (
     OUTPUT_KILL_FACTOR,
     BoundedBuffer,
-    OutputFormat,
     RunReport,
     Status,
     build_result,
@@ -69,8 +69,8 @@ class RunSpec:
     code_name: str
     params: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
-    parameter_delivery: str = "stdin"
-    parameter_format: str = "json"
+    parameter_delivery: ParameterDelivery = "stdin"
+    parameter_format: ParameterFormat = "json"
     output_format: OutputFormat | None = None
     label: str = "exec"
     secrets: dict[str, str] = field(default_factory=dict)  # keystore: name -> value
@@ -85,22 +85,21 @@ class RunOutcome:
 
 
 class RunControl:
-    """Lets another task cancel a run (a cancel request, a shutdown deadline)."""
+    """Lets another task cancel a run (a cancel request, a shutdown deadline).
+
+    It holds an unbound `trio.CancelScope` that the run enters once. Cancelling before
+    the run enters it leaves the scope cancelled, so the run ends as soon as it starts;
+    the first reason given is the one recorded.
+    """
 
     def __init__(self) -> None:
-        self._scope: trio.CancelScope | None = None
+        self.scope = trio.CancelScope()
         self.reason: str | None = None
-
-    def attach(self, scope: trio.CancelScope) -> None:
-        self._scope = scope
-        if self.reason is not None:
-            scope.cancel()
 
     def cancel(self, reason: str = "Execution cancelled by user") -> None:
         if self.reason is None:
             self.reason = reason
-        if self._scope is not None:
-            self._scope.cancel()
+        self.scope.cancel()
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ class Sandbox:
         etc = self.run_dir / ".etc"
         etc.mkdir(exist_ok=True)
         os.chmod(etc, 0o755)
-        for name in ("passwd", "group", "hosts", "nsswitch.conf"):
+        for name in argv_mod.ETC_FILES:
             shutil.copyfile(SANDBOX_ASSETS / "etc" / name, etc / name)
             os.chmod(etc / name, 0o644)
         return etc
@@ -227,7 +226,7 @@ class Sandbox:
                 env.update(shell_env(spec.params))
             env["ATTUNE_PARAMETER_DELIVERY"] = spec.parameter_delivery
             env["ATTUNE_PARAMETER_FORMAT"] = spec.parameter_format
-            payload = encode_params(spec.params, spec.parameter_format)  # type: ignore[arg-type]
+            payload = encode_params(spec.params, spec.parameter_format)
             stdin_data = payload
             params_file: str | None = None
             if spec.parameter_delivery == "file":
@@ -431,9 +430,7 @@ class Sandbox:
             await proc.pipes.stdin.aclose()
 
         exit_code = -1
-        with trio.CancelScope() as user_scope:
-            if control is not None:
-                control.attach(user_scope)
+        with control.scope if control is not None else trio.CancelScope() as user_scope:
             with trio.move_on_after(timeout) as deadline:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(proc.read_info)

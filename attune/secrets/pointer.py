@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from attune.errors import ExecutionError
+from attune.schema_form import declared_properties, schema_form
 
 MARKER_KEY = "$attune_secret"
 
@@ -137,14 +138,10 @@ def schema_secret_paths(schema: Any) -> list[str]:
         if isinstance(items, Mapping):
             walk(items, join(path, "*"))
 
-    if (
-        "properties" in schema
-        or isinstance(schema.get("type"), str)
-        or (schema.get("secret") is True)
-    ):
+    if schema_form(schema) == "json-schema":
         walk(schema, "")
     else:  # flat form: every value is a property
-        for name, prop in schema.items():
+        for name, prop in declared_properties(schema).items():
             walk(prop, join("", name))
     return sorted(set(found))
 

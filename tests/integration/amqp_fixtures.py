@@ -1,10 +1,7 @@
 """RabbitMQ fixtures and helpers for integration tests: a fresh vhost per test.
 
-Use from a conftest (or a test module) by importing the fixtures by name:
-
-    from tests.integration.amqp_fixtures import (  # noqa: F401
-        amqp_broker, amqp_url, amqp_vhost, execution_events,
-    )
+The fixtures are loaded as a plugin (`pytest_plugins` in tests/conftest.py), so any
+test asks for them by name; the helpers are imported as usual.
 
 - `amqp_vhost`: name of a new, empty vhost the test owns (guest has full rights on it).
 - `amqp_url`: `amqp://guest:guest@host:port/<vhost>` for it; give it to the worker.

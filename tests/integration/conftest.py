@@ -3,8 +3,8 @@
 Each test gets a database of its own, created empty and dropped afterwards, so tests
 run in any order and in parallel. psycopg is used directly here (not through
 `attune.db`) so that setup and checks do not depend on the code under test.
-The RabbitMQ fixtures (a fresh vhost per test) live in `amqp_fixtures` and are
-re-exported here so every integration test can ask for both services by name.
+The RabbitMQ fixtures (a fresh vhost per test) live in `amqp_fixtures` and the worker
+stack in `worker_kit`; tests/conftest.py loads both as plugins.
 """
 
 from __future__ import annotations
@@ -18,14 +18,6 @@ import pytest
 from psycopg import sql
 
 from attune.db import Database
-from tests.integration.amqp_fixtures import (  # noqa: F401  (re-exported fixtures)
-    _amqp_vhost_pool,
-    amqp_broker,
-    amqp_url,
-    amqp_vhost,
-    execution_events,
-)
-from tests.integration.worker_kit import stack  # noqa: F401  (re-exported fixture)
 
 PG_HOST = os.environ.get("ATTUNE_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("ATTUNE_TEST_PG_PORT", "5432"))

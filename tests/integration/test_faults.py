@@ -119,10 +119,14 @@ async def test_database_outage_under_load_writes_every_result_after_recovery(
     name = urlsplit(stack.db_url).path.lstrip("/")
     ids = [await stack.submit("demo.sleep", {"seconds": 1}) for _ in range(8)]
     ids += [await stack.submit("demo.add", {"x": i, "y": 0}) for i in range(8)]
-    await trio.sleep(0.5)
+    await worker.wait_log("event=execution_started")
     await trio.to_thread.run_sync(_block_database, name, False)
     try:
-        await trio.sleep(4)
+        # Keep the database away until the worker has met the outage, then a while more.
+        await worker.wait_log_any(
+            ("not currently accepting connections", "db_retry", "claim_deferred"), timeout=30
+        )
+        await trio.sleep(2)
     finally:
         await trio.to_thread.run_sync(_block_database, name, True)
     statuses = await stack.wait_all(ids, 90)

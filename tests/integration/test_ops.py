@@ -23,7 +23,14 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from attune.messages import EXCHANGE_EXECUTIONS, OutgoingMessage, dispatch_routing_key
+from attune.messages import (
+    EXCHANGE_EXECUTIONS,
+    ExecutionCancelRequested,
+    OutgoingMessage,
+    cancel_routing_key,
+    dispatch_routing_key,
+    encode_message,
+)
 from tests.integration.worker_kit import ATTUNE, REPO, Stack, WorkerProcess
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
@@ -35,6 +42,9 @@ OPS_PACK = {
     "actions/ticker.yaml": "ref: ops.ticker\nlabel: Ticker\ndescription: output over time\n"
     "runner_type: shell\nentry_point: ticker.sh\ntimeout: 30\n",
     "actions/ticker.sh": "echo 'tick 1'\nsleep 2\necho 'tick 2'\necho warn >&2\n",
+    "actions/waiter.yaml": "ref: ops.waiter\nlabel: Waiter\ndescription: one line, then waits\n"
+    "runner_type: shell\nentry_point: waiter.sh\ntimeout: 120\n",
+    "actions/waiter.sh": "echo 'tick 1'\nsleep 100\necho 'never'\n",
     "actions/big.yaml": "ref: ops.big\nlabel: Big\ndescription: 11 MiB of stdout\n"
     "runner_type: python\nentry_point: big.py\ntimeout: 30\n"
     "output_format: text\n",
@@ -118,11 +128,16 @@ async def test_metrics_endpoint_counts_executions_heartbeats_dead_letters_and_tr
         row = await stack.wait(await stack.submit(ref, params))
         assert row.status == status, (ref, row.result)
     await _garbage_dispatch(stack, worker.name)
-    await trio.sleep(1.5)  # a heartbeat (interval 1 s) and the rejected message
-
-    code, text = await trio.to_thread.run_sync(_http_get, url + "/metrics")
-    assert code == 200
-    s = _samples(text)
+    await worker.wait_log("event=dispatch_rejected")
+    heartbeat_ok = ("attune_heartbeats_total", frozenset({("outcome", "ok")}))
+    with trio.fail_after(20):  # the heartbeat interval is 1 s: wait for the first one
+        while True:
+            code, text = await trio.to_thread.run_sync(_http_get, url + "/metrics")
+            assert code == 200
+            s = _samples(text)
+            if s.get(heartbeat_ok, 0) >= 1:
+                break
+            await trio.sleep(0.2)
     assert (
         s[("attune_executions_total", frozenset({("status", "completed"), ("runtime", "python")}))]
         == 2
@@ -309,8 +324,8 @@ async def test_workers_and_executions_commands_show_load_filters_rows_and_logs(
 
 async def test_logs_follow_prints_output_while_the_execution_runs(stack: Stack) -> None:
     await _load_ops_pack(stack)
-    await stack.start_worker()
-    execution_id = await stack.submit("ops.ticker")
+    worker = await stack.start_worker()
+    execution_id = await stack.submit("ops.waiter")
     proc = await trio.lowlevel.open_process(
         [ATTUNE, "executions", "logs", str(execution_id), "--follow"],
         env=stack.env(),
@@ -320,15 +335,22 @@ async def test_logs_follow_prints_output_while_the_execution_runs(stack: Stack) 
     )
     assert proc.stdout is not None
     seen = b""
-    with trio.fail_after(20):
+    with trio.fail_after(60):
         while b"tick 1\n" not in seen:
             seen += await proc.stdout.receive_some(4096)
+        # The action is still asleep: what arrived was followed live, not read afterwards.
         row = await stack.db.get_execution(execution_id)
-        assert row is not None and row.status == "running"  # live, not after the fact
+        assert row is not None and row.status == "running"
+        worker_id = await stack.worker_id(worker.name)
+        cancel = encode_message(
+            "ExecutionCancelRequested",
+            ExecutionCancelRequested(execution_id=execution_id, worker_id=worker_id),
+        )
+        await stack.broker.publish(EXCHANGE_EXECUTIONS, cancel_routing_key(worker_id), cancel)
         while chunk := await proc.stdout.receive_some(4096):
             seen += chunk
-        assert await proc.wait() == 0
-    assert seen == b"tick 1\ntick 2\n"
+        assert await proc.wait() == 0  # following stops once the execution ended
+    assert seen == b"tick 1\n"
 
 
 # --- submit --wait --------------------------------------------------------------------------

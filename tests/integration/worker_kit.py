@@ -62,14 +62,22 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
+        await self.wait_log("event=worker_ready", timeout)
+
+    async def wait_log(self, needle: str, timeout: float = 20.0) -> None:
+        """Wait until the worker has logged a line containing `needle`."""
+        await self.wait_log_any((needle,), timeout)
+
+    async def wait_log_any(self, needles: tuple[str, ...], timeout: float = 20.0) -> None:
+        """Wait until the worker has logged a line containing any of `needles`."""
         with trio.move_on_after(timeout):
-            while "event=worker_ready" not in self.log():
+            while not any(needle in self.log() for needle in needles):
                 assert self.proc is not None
                 if self.proc.poll() is not None:
                     pytest.fail(f"worker exited with {self.proc.returncode}:\n{self.log()}")
                 await trio.sleep(0.05)
             return
-        pytest.fail(f"worker not ready within {timeout}s:\n{self.log()}")
+        pytest.fail(f"worker never logged any of {needles} within {timeout}s:\n{self.log()}")
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

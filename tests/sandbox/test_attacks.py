@@ -349,8 +349,9 @@ async def test_06_cpu_limit_kills_with_sigxcpu(
     )
     assert outcome.status == "failed"
     assert outcome.result["exit_code"] == 128 + 24
+    # The CPU limit, not the 10 s wall clock, ended it: a wall-clock kill says "timed out".
+    # (No bound on duration_ms: on a loaded host CPU seconds accrue slower than wall time.)
     assert outcome.result["error"] == "Command killed by SIGXCPU (CPU time limit exceeded)"
-    assert outcome.result["duration_ms"] < 4000
 
 
 # --- rows 8 and 9: leftovers ------------------------------------------------------------

@@ -94,6 +94,7 @@ def _exposed() -> dict[str, set[str]]:
         capacity=lambda: 2,
         reconnects=lambda: 0,
         outbox_pending=lambda: 0,
+        outbox_dropped=lambda: 0,
     )
     metrics.execution_finished(
         "python", "failed", {"duration_ms": 5, "oom_killed": True, "stdout_bytes_truncated": 1}, 1

@@ -1,31 +1,15 @@
-"""attune doctor's decisions, the metrics object and the operator views: pure, no services."""
+"""attune doctor's decisions (pure) and its host probes' parsing; no services."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import os
-import subprocess
-import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
-from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.parser import text_string_to_metric_families
 
 from attune import doctor
-from attune.cli.ops_cmd import (
-    LiveView,
-    age_text,
-    configuration_doc,
-    execution_view,
-    render_table,
-    worker_view,
-    workers_table,
-)
 from attune.config import Config, NetworkConfig, SandboxConfig, WorkerConfig
 from attune.doctor import (
     CgroupView,
@@ -35,15 +19,14 @@ from attune.doctor import (
     ServiceProbe,
     Services,
     build_checks,
+    probes,
     refusal,
     render_text,
 )
-from attune.metrics import Metrics, http_response
-from attune.models import Execution, Worker
 from attune.runner.cgroups import CgroupSupport
 from attune.runner.host import HostFacts, Layer, untraversable_ancestors
 
-REPO = Path(__file__).resolve().parent.parent.parent
+GIB = 1024**3
 GIB = 1024**3
 
 
@@ -300,7 +283,7 @@ def test_the_text_report_shows_a_fix_only_under_what_is_not_ok_and_counts() -> N
 
 
 def test_disk_probing_measures_the_nearest_existing_ancestor(tmp_path: Path) -> None:
-    disk = doctor._disk("run_dir", str(tmp_path / "not" / "yet"))
+    disk = probes._disk("run_dir", str(tmp_path / "not" / "yet"))
     assert disk.probed == str(tmp_path)
     assert disk.free_bytes is not None and disk.free_bytes > 0
     assert disk.writable
@@ -319,208 +302,4 @@ def test_ancestors_without_the_others_execute_bit_are_found(tmp_path: Path) -> N
 def test_subuid_ranges_are_parsed_and_junk_lines_skipped(tmp_path: Path) -> None:
     path = tmp_path / "subuid"
     path.write_text("alice:100000:65536\n# comment\nbroken\nbob:x:1\n")
-    assert doctor._subuid_ranges(path) == [("alice", 100000, 65536)]
-
-
-# --- metrics -----------------------------------------------------------------------------
-
-
-def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(metrics.render().decode()):
-        for s in family.samples:
-            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return found
-
-
-def test_a_finished_execution_counts_by_status_and_runtime_and_records_truncation() -> None:
-    m = Metrics()
-    m.execution_finished("python", "completed", {"duration_ms": 40}, 0.065)
-    m.execution_finished(
-        "shell",
-        "failed",
-        {"duration_ms": 5, "stdout_bytes_truncated": 1000, "stderr_bytes_truncated": 7},
-        0.02,
-    )
-    s = _samples(m)
-    assert s[("attune_executions_total", (("runtime", "python"), ("status", "completed")))] == 1
-    assert s[("attune_executions_total", (("runtime", "shell"), ("status", "failed")))] == 1
-    assert s[("attune_execution_duration_seconds_count", (("runtime", "python"),))] == 1
-    assert s[("attune_execution_duration_seconds_sum", (("runtime", "python"),))] == 0.065
-    assert s[("attune_sandbox_overhead_seconds_sum", (("runtime", "python"),))] == pytest.approx(
-        0.025
-    )
-    assert s[("attune_output_truncated_bytes_total", (("stream", "stdout"),))] == 1000
-    assert s[("attune_output_truncated_bytes_total", (("stream", "stderr"),))] == 7
-
-
-def test_a_result_without_a_duration_records_no_overhead() -> None:
-    m = Metrics()
-    m.execution_finished("other", "failed", {"succeeded": False, "error": "no code"}, 0.01)
-    s = _samples(m)
-    assert ("attune_sandbox_overhead_seconds_count", (("runtime", "other"),)) not in s
-
-
-def test_live_levels_are_read_at_scrape_time_and_a_failing_source_is_skipped() -> None:
-    m = Metrics()
-    runs = {1: object()}
-
-    def broken() -> float:
-        raise RuntimeError("gone")
-
-    m.bind(
-        worker="w1",
-        version="0.1.0",
-        in_flight=lambda: len(runs),
-        capacity=lambda: 4,
-        reconnects=broken,
-        outbox_pending=lambda: 0,
-    )
-    assert _samples(m)[("attune_executions_in_flight", ())] == 1
-    runs.clear()
-    s = _samples(m)
-    assert s[("attune_executions_in_flight", ())] == 0
-    assert s[("attune_capacity", ())] == 4
-    assert s[("attune_worker_info", (("version", "0.1.0"), ("worker", "w1")))] == 1
-    assert ("attune_broker_reconnects_total", ()) not in s
-
-
-def test_each_metrics_object_has_its_own_registry() -> None:
-    a, b = Metrics(), Metrics()
-    a.heartbeat("ok")
-    a.message_dead_lettered("executions", "undecodable")
-    assert _samples(a)[("attune_heartbeats_total", (("outcome", "ok"),))] == 1
-    assert _samples(b)[("attune_heartbeats_total", (("outcome", "ok"),))] == 0
-    key = (
-        "attune_messages_dead_lettered_total",
-        (("queue", "executions"), ("reason", "undecodable")),
-    )
-    assert _samples(a)[key] == 1 and _samples(b)[key] == 0
-
-
-def test_the_http_endpoint_answers_metrics_root_and_rejects_the_rest() -> None:
-    def render() -> bytes:
-        return b"x 1\n"
-
-    ok = http_response(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n", render)
-    head, _, body = ok.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200 OK")
-    assert f"Content-Type: {CONTENT_TYPE_LATEST}".encode() in head
-    assert b"Content-Length: 4" in head and body == b"x 1\n"
-    assert http_response(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", render).endswith(b"x 1\n")
-    assert http_response(b"HEAD /metrics HTTP/1.1\r\n\r\n", render).endswith(b"\r\n\r\n")
-    assert http_response(b"GET / HTTP/1.0\r\n\r\n", render).startswith(b"HTTP/1.0 200")
-    assert http_response(b"GET /nope HTTP/1.1\r\n\r\n", render).startswith(b"HTTP/1.0 404")
-    assert http_response(b"POST /metrics HTTP/1.1\r\n\r\n", render).startswith(b"HTTP/1.0 405")
-    assert http_response(b"\x16\x03\x01garbage", render).startswith(b"HTTP/1.0 400")
-
-
-def test_a_render_error_is_a_500_not_a_crash() -> None:
-    def render() -> bytes:
-        raise ValueError("boom")
-
-    assert http_response(b"GET /metrics HTTP/1.1\r\n\r\n", render).startswith(b"HTTP/1.0 500")
-
-
-# --- operator views ----------------------------------------------------------------------
-
-
-def _worker(beat: datetime | None, status: str = "active") -> Worker:
-    return Worker(
-        id=3,
-        name="w-a",
-        worker_type="local",
-        status=status,
-        capabilities={
-            "runtimes": ["python", "shell"],
-            "max_concurrent_executions": 4,
-            "worker_version": "0.1.0",
-        },
-        last_heartbeat=beat,
-        running=1,
-    )
-
-
-def test_a_worker_view_has_heartbeat_age_load_and_staleness() -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    fresh = worker_view(_worker(now - timedelta(seconds=5)), now)
-    assert fresh["heartbeat_age_seconds"] == 5 and not fresh["stale"]
-    assert (fresh["running"], fresh["capacity"]) == (1, 4)
-    assert fresh["runtimes"] == ["python", "shell"]
-    assert fresh["egress"] is False  # not advertised: no egress actions go there
-    stale = worker_view(_worker(now - timedelta(seconds=300)), now)
-    assert stale["stale"]
-    table = workers_table([fresh, stale])
-    assert "5s ago" in table and "5m ago (stale)" in table and "1/4" in table
-    assert worker_view(_worker(None), now)["stale"]
-
-
-def test_ages_read_naturally() -> None:
-    assert [age_text(s) for s in (None, -3, 59, 600, 10800, 864000)] == [
-        "never",
-        "0s ago",
-        "59s ago",
-        "10m ago",
-        "3h ago",
-        "10d ago",
-    ]
-
-
-def test_tables_align_columns_and_right_align_numbers() -> None:
-    text = render_table(["ID", "NAME"], [["7", "a"], ["123", "bb"]], right={0})
-    assert text.splitlines() == [" ID  NAME", "  7  a", "123  bb"]
-
-
-def test_an_execution_view_names_its_worker_and_leaves_env_values_out() -> None:
-    e = Execution(
-        id=9,
-        action=1,
-        action_ref="demo.add",
-        config={"x": 1},
-        env_vars={"TOKEN": "s3cret"},
-        worker=3,
-        status="completed",
-        result={"duration_ms": 12},
-        started_at=None,
-        timeout_seconds=None,
-        created=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-    view = execution_view(e, {3: "w-a"})
-    assert view["worker"] == "w-a" and view["duration_ms"] == 12
-    assert "s3cret" not in json.dumps(view)
-
-
-def test_the_live_view_never_draws_the_clock_inside_a_line_of_output() -> None:
-    out = io.BytesIO()
-    ticks = iter([0.0, 1.0, 2.0, 3.5])
-    view = LiveView(out, label="execution 1", clock=lambda: next(ticks))
-    view.tick("running")  # at 1.0 s
-    view.output("stdout", b"partial")  # the clock line is erased first
-    view.tick("running")  # mid-line: not drawn (no clock read)
-    view.output("stderr", b" line\n")
-    view.tick("running")  # at 2.0 s
-    view.done("completed")  # at 3.5 s
-    text = out.getvalue().decode()
-    assert text == (
-        "execution 1: running 1.0s\r\x1b[Kpartial line\n"
-        "execution 1: running 2.0s\r\x1b[Kexecution 1: completed after 3.50s\n"
-    )
-
-
-# --- generated docs and start-up cost ------------------------------------------------------
-
-
-def test_the_committed_configuration_reference_matches_the_code() -> None:
-    committed = (REPO / "docs" / "configuration.md").read_text()
-    assert committed == configuration_doc(), "run scripts/gen-docs and commit the result"
-
-
-def test_the_cli_imports_no_service_or_metrics_library_at_start_up() -> None:
-    code = (
-        "import sys, attune.cli; heavy = ('prometheus_client', 'psycopg', 'aio_pika', "
-        "'yaml', 'trio_asyncio'); print([m for m in heavy if m in sys.modules])"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
-    )
-    assert out.stdout.strip() == "[]"
+    assert probes._subuid_ranges(path) == [("alice", 100000, 65536)]

@@ -198,9 +198,9 @@ def test_slirp_runs_in_a_private_mount_namespace_without_host_loopback() -> None
         "--ready-fd=9",
         "--netns-type=path",
         "--enable-ipv6",
-        "--configure",
     ):
         assert flag in args
+    assert "--configure" not in args  # it would bring lo up, racing with bwrap
     assert args[-2:] == ["/proc/self/fd/7", "tap0"]
 
 
@@ -267,24 +267,39 @@ def test_worker_refuses_an_egress_action_it_does_not_offer_before_running_it() -
     assert egress_of(offering, ACTION) is None
 
 
-def test_netlink_messages_set_the_ipv6_address_without_dad_and_the_default_route() -> None:
+def test_netlink_messages_configure_the_tap_link_addresses_and_routes_in_order() -> None:
     import socket
     import struct
 
     from attune.runner import netlink
 
-    addr = netlink.add_address6(3, "fd00::100", 64, seq=1)
-    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", addr)
-    assert (length, kind, seq) == (len(addr), netlink.RTM_NEWADDR, 1)
-    assert flags & netlink.NLM_F_ACK and flags & netlink.NLM_F_CREATE
-    family, prefix, ifa_flags, _scope, index = struct.unpack_from("=BBBBI", addr, 16)
-    assert (family, prefix, ifa_flags, index) == (socket.AF_INET6, 64, netlink.IFA_F_NODAD, 3)
-    assert addr[-16:] == ipaddress.IPv6Address("fd00::100").packed
-    route = netlink.add_default_route6(3, "fd00::2", seq=2)
-    assert struct.unpack_from("=IHHII", route)[1] == netlink.RTM_NEWROUTE
-    assert ipaddress.IPv6Address("fd00::2").packed in route
-    assert route.endswith(struct.pack("=HHI", 8, netlink.RTA_OIF, 3))
+    messages = netlink.configure_tap(
+        3,
+        mtu=65520,
+        addresses=[("10.0.2.100", 24), ("fd00::100", 64)],
+        gateways=["10.0.2.2", "fd00::2"],
+    )
+    kinds = [struct.unpack_from("=IHHII", m)[1] for m in messages]
+    assert kinds == [
+        netlink.RTM_NEWLINK,
+        netlink.RTM_NEWADDR,
+        netlink.RTM_NEWADDR,
+        netlink.RTM_NEWROUTE,
+        netlink.RTM_NEWROUTE,
+    ]
+    assert [struct.unpack_from("=IHHII", m)[3] for m in messages] == [1, 2, 3, 4, 5]
+    for m in messages:
+        assert struct.unpack_from("=I", m)[0] == len(m)
+    link = messages[0]
+    assert struct.unpack_from("=BxHiII", link, 16)[2:] == (3, netlink.IFF_UP, netlink.IFF_UP)
+    assert link.endswith(struct.pack("=HHI", 8, netlink.IFLA_MTU, 65520))
+    family, prefix, flags, _scope, index = struct.unpack_from("=BBBBI", messages[2], 16)
+    assert (family, prefix, flags, index) == (socket.AF_INET6, 64, netlink.IFA_F_NODAD, 3)
+    assert ipaddress.IPv4Address("10.0.2.100").packed in messages[1]
+    assert ipaddress.IPv6Address("fd00::2").packed in messages[4]
+    assert messages[4].endswith(struct.pack("=HHI", 8, netlink.RTA_OIF, 3))
+    addr = messages[1]
     ack = struct.pack("=IHHII", 36, netlink.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", 0) + addr[:16]
     nack = struct.pack("=IHHII", 36, netlink.NLMSG_ERROR, 0, 2, 0) + struct.pack("=i", -17)
-    nack += route[:16]
+    nack += addr[:16]
     assert netlink.ack_errors(ack + nack) == {1: 0, 2: 17}

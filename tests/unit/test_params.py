@@ -15,9 +15,9 @@ from attune.params import (
     load_params_file,
     parse_kv_params,
     parse_params_json,
-    secret_paths,
     shell_env,
 )
+from attune.secrets import schema_secret_paths
 
 # --- parse_kv_params --------------------------------------------------------------
 
@@ -327,7 +327,7 @@ def test_flat_stackstorm_schema_is_understood() -> None:
     assert str(info.value) == (
         "parameter 'name': required; parameter 'count': expected integer, got string '3'"
     )
-    assert secret_paths(flat) == ["token"]
+    assert schema_secret_paths(flat) == ["/token"]
 
 
 def test_flat_schema_may_have_a_parameter_called_type() -> None:
@@ -348,7 +348,7 @@ def test_malformed_schema_is_an_input_error() -> None:
         apply_schema({"properties": {}, "required": "x"}, {})
 
 
-def test_secret_paths_lists_secret_properties_in_order() -> None:
+def test_secret_paths_of_a_json_schema_are_its_secret_properties() -> None:
     schema = {
         "properties": {
             "user": {"type": "string"},
@@ -357,8 +357,8 @@ def test_secret_paths_lists_secret_properties_in_order() -> None:
             "maybe": {"type": "string", "secret": "yes"},
         }
     }
-    assert secret_paths(schema) == ["password", "api_key"]
-    assert secret_paths(None) == []
+    assert schema_secret_paths(schema) == ["/api_key", "/password"]
+    assert schema_secret_paths(None) == []
 
 
 # --- encode_params -------------------------------------------------------------------

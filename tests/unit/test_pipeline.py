@@ -210,8 +210,7 @@ async def until_cancelled(
     execution: Execution, action: Action, control: RunControl, slot: int
 ) -> tuple[str, dict[str, Any]]:
     """Like the sandbox: runs until its control cancels it, then reports the reason."""
-    with trio.CancelScope() as scope:
-        control.attach(scope)
+    with control.scope:
         await trio.sleep_forever()
     return "cancelled", {"succeeded": False, "cancelled": True, "error": control.reason}
 
