@@ -30,7 +30,15 @@ from attune.errors import AttuneError
 
 from . import e2e, egress, local
 from .cleanup import Cleanup
-from .compare import SIDE_BY_SIDE_HEADER, CaseLine, CpuShare, side_by_side, to_csv
+from .compare import (
+    SIDE_BY_SIDE_HEADER,
+    SPAN_LABELS,
+    CaseLine,
+    CpuShare,
+    side_by_side,
+    timing_spans,
+    to_csv,
+)
 from .stats import (
     Row,
     Summary,
@@ -57,6 +65,7 @@ class Plan:
     egress: bool = True
     only_egress: bool = False
     compare: bool = False  # Celery cases, plain bwrap floor, chart (requirements-bench.lock)
+    timing: bool = False  # the capacity-1 worker logs execution_timing (debug level)
 
 
 @dataclass
@@ -195,12 +204,15 @@ async def run_e2e(
     async with e2e.open_stack(root, cleanup) as stack:
         for capacity in CAPACITIES:
             progress(f"end to end: worker at capacity {capacity}")
-            worker = await stack.start_worker(capacity)
+            timing = plan.timing and capacity == CAPACITIES[0]
+            worker = await stack.start_worker(capacity, timing=timing)
             await trio.sleep(1.0)
             memory: dict[str, float | None] = {"idle": worker.rss()}
             results.memory[capacity] = memory
             if capacity == CAPACITIES[0]:
                 await latency(stack, plan, results)
+                if timing:
+                    add_spans(results, worker.log_path.read_text(errors="replace"))
             memory["before_throughput"] = worker.rss()
             half = plan.throughput_n // 2
             floor = FloorRun()
@@ -320,6 +332,14 @@ async def run_compare(plan: Plan, results: Results, root: Path, cleanup: Cleanup
     except* (local.CaseError, AttuneError) as group:
         results.errors["celery"] = "; ".join(str(exc) for exc in _leaves(group))
         progress(f"Celery comparison failed: {results.errors['celery']}")
+
+
+def add_spans(results: Results, log_text: str) -> None:
+    """The latency runs' execution_timing spans, as cases of their own."""
+    section = "end to end, the worker's own spans (--timing; capacity 1, debug log)"
+    for name, values in timing_spans(log_text).items():
+        results.labels[f"span_{name}"] = (section, SPAN_LABELS.get(name, name))
+        results.samples[f"span_{name}"] = values
 
 
 def case_lines(results: Results) -> list[CaseLine]:
@@ -546,6 +566,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "(scripts/bench installs requirements-bench.lock first)",
     )
     parser.add_argument(
+        "--timing",
+        action="store_true",
+        help="the capacity-1 worker logs at debug level; its execution_timing spans "
+        "(claim, run outside the sandbox, in the sandbox, record) become cases",
+    )
+    parser.add_argument(
         "--chart",
         type=Path,
         default=None,
@@ -570,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         only_egress=args.egress_only,
         compare=args.compare,
+        timing=args.timing,
     )
     started = datetime.now(UTC)
     info = machine()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -203,3 +204,36 @@ def chart_data(
         if case.get("per_second"):
             rates[f"celery {name}"] = {int(case["concurrency"]): case["per_second"]}
     return latencies, rates
+
+
+SPAN_LABELS = {
+    "claim": "claim (delivery taken -> row claimed)",
+    "run_outside": "run minus in-sandbox (secrets, code, run dir, masking, artifacts)",
+    "in_sandbox": "in the sandbox (the result's duration_ms)",
+    "record": "record (terminal write + announcements)",
+}
+
+
+def timing_spans(log_text: str) -> dict[str, list[float]]:
+    """The worker's `execution_timing` events (JSON log lines) -> milliseconds per span."""
+    spans: dict[str, list[float]] = {}
+    for line in log_text.splitlines():
+        if '"execution_timing"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(event, dict) or event.get("event") != "execution_timing":
+            continue
+        run, inside = event.get("run_ms"), event.get("in_sandbox_ms")
+        values = {
+            "claim": event.get("claim_ms"),
+            "run_outside": run - inside if run is not None and inside is not None else None,
+            "in_sandbox": inside,
+            "record": event.get("record_ms"),
+        }
+        for name, value in values.items():
+            if isinstance(value, int | float):
+                spans.setdefault(name, []).append(float(value))
+    return spans

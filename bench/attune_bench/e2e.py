@@ -218,7 +218,7 @@ class Stack:
     worker_id: int | None = None
     starts: int = 0
 
-    def worker_env(self, capacity: int) -> dict[str, str]:
+    def worker_env(self, capacity: int, *, timing: bool = False) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE")}
         env.update(
             {
@@ -230,9 +230,11 @@ class Stack:
                 "ATTUNE__WORKER__MAX_CONCURRENT_TASKS": str(capacity),
             }
         )
+        if timing:  # the execution_timing spans (debug level), one JSON object a line
+            env |= {"ATTUNE__LOG__LEVEL": "debug", "ATTUNE__LOG__FORMAT": "json"}
         return env
 
-    async def start_worker(self, capacity: int) -> WorkerProc:
+    async def start_worker(self, capacity: int, *, timing: bool = False) -> WorkerProc:
         self.starts += 1
         log_path = self.root / f"worker-c{capacity}-{self.starts}.log"
         with open(log_path, "wb") as log:
@@ -241,7 +243,7 @@ class Stack:
             # worker itself (SIGTERM, then SIGKILL) during cleanup.
             proc = subprocess.Popen(
                 [ATTUNE, "run-worker", "--name", self.worker_name],
-                env=self.worker_env(capacity),
+                env=self.worker_env(capacity, timing=timing),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,

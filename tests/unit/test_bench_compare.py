@@ -20,6 +20,7 @@ from attune_bench.compare import (
     parse_stat_ppid,
     plain_bwrap_argv,
     side_by_side,
+    timing_spans,
     to_csv,
 )
 from attune_bench.stats import Summary
@@ -115,3 +116,23 @@ def test_chart_data_gathers_latencies_and_rates_per_capacity() -> None:
 def test_chart_data_of_a_run_without_comparison_has_only_the_worker() -> None:
     latencies, rates = chart_data({"throughput": {"2": {"per_second": 35.0}}})
     assert latencies == {} and rates == {"worker": {2: 35.0}}
+
+
+def test_timing_spans_come_from_the_workers_json_log_lines() -> None:
+    log = "\n".join(
+        [
+            '{"event": "execution_started", "execution_id": 1}',
+            '{"event": "execution_timing", "claim_ms": 2.5, "run_ms": 40.0,'
+            ' "in_sandbox_ms": 31, "record_ms": 4.0}',
+            "not json execution_timing",
+            '{"event": "execution_timing", "claim_ms": null, "run_ms": 5.0,'
+            ' "in_sandbox_ms": null, "record_ms": 3.0}',
+        ]
+    )
+    spans = timing_spans(log)
+    assert spans == {
+        "claim": [2.5],
+        "run_outside": [9.0],
+        "in_sandbox": [31.0],
+        "record": [4.0, 3.0],
+    }
