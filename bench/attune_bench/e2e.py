@@ -165,6 +165,11 @@ class Completions:
             )
 
 
+def _ready(log_text: str) -> bool:
+    """worker_ready in the text format or (with --timing) the JSON one."""
+    return "event=worker_ready" in log_text or '"event": "worker_ready"' in log_text
+
+
 @dataclass
 class WorkerProc:
     proc: subprocess.Popen[bytes]
@@ -185,7 +190,7 @@ class WorkerProc:
 
     async def wait_ready(self) -> None:
         with trio.move_on_after(WORKER_READY_TIMEOUT):
-            while "event=worker_ready" not in self.log_path.read_text(errors="replace"):
+            while not _ready(self.log_path.read_text(errors="replace")):
                 if self.proc.poll() is not None:
                     raise CaseError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
                 await trio.sleep(0.02)
