@@ -252,6 +252,10 @@ class Sandbox:
                 env["ATTUNE_SECRETS_FILE"] = argv_mod.SECRETS_FILE
             wrapper = profile.function_wrapper if defines_run(spec.code) else None
             plan = await self._plan_network(spec.network, rd) if spec.network else None
+            if plan is not None and wrapper is not None:
+                # The wrapper holds the action itself, after the interpreter's start-up,
+                # which then overlaps with attaching the network.
+                env[egress.GATE_ENV] = "stdio"
             cgroup = self._make_cgroup(rd.root.name, profile)
             seccomp_fd = bpf_fd(self._bpf)
             try:
@@ -269,7 +273,7 @@ class Sandbox:
                 )
                 args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
                 command = argv_mod.action_command(profile, layout)
-                if plan is not None:  # egress: hold the action until its network is there
+                if plan is not None and wrapper is None:  # hold it until the network is there
                     command = egress.gate_command(command)
                 started = trio.current_time()
                 proc = await process.spawn(
