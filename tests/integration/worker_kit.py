@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -46,12 +48,13 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    wrapper: list[str] = field(default_factory=list)  # e.g. setpriv to drop root
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [ATTUNE, "run-worker", "--name", self.name, *self.extra_args],
+            [*self.wrapper, ATTUNE, "run-worker", "--name", self.name, *self.extra_args],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -113,7 +116,9 @@ class Stack:
 
     @property
     def packs_dir(self) -> Path:
-        return self.root / "packs"
+        # Whole packs are bound into the sandbox by path, so slot uids must be able to
+        # traverse to them: pytest's tmp_path sits under a 0700 directory.
+        return Path(tempfile.gettempdir()) / f"attune-packs-{self.root.name}-{os.getpid()}"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -139,12 +144,18 @@ class Stack:
         return env
 
     async def start_worker(
-        self, *, capacity: int = 4, name: str | None = None, **env: str
+        self,
+        *,
+        capacity: int = 4,
+        name: str | None = None,
+        wrapper: list[str] | None = None,
+        **env: str,
     ) -> WorkerProcess:
         worker = WorkerProcess(
             name=name or f"w-{uuid.uuid4().hex[:8]}",
             env=self.env(ATTUNE__WORKER__MAX_CONCURRENT_TASKS=str(capacity), **env),
             log_path=self.root / f"worker-{len(self.workers)}.log",
+            wrapper=wrapper or [],
         )
         self.workers.append(worker)
         worker.start()
@@ -244,7 +255,8 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     spec = load_pack(DEMO_PACK)
     s = Stack(db=db, broker=amqp_broker, db_url=db_url, amqp_url=amqp_url, root=tmp_path)
-    s.packs_dir.mkdir()
+    s.packs_dir.mkdir(mode=0o755)
+    s.packs_dir.chmod(0o755)
     install_pack(spec, s.packs_dir)
     await db.upsert_pack(spec)
     try:
@@ -252,6 +264,7 @@ async def stack(
     finally:
         for worker in s.workers:
             worker.kill()
+        shutil.rmtree(s.packs_dir, ignore_errors=True)
 
 
 SESSION_UID_BASE = 1_000_000 + (os.getpid() % 4000) * 256
