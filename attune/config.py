@@ -255,7 +255,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         "/var/lib/attune/packs"
     )
     runtime_envs_dir: Annotated[
-        str, unused("root of per-pack runtime environments ({dir}/{pack}/{runtime})")
+        str, msgspec.Meta(description="root of per-pack Python environments (docs/packs.md)")
     ] = "/var/lib/attune/runtime_envs"
     artifacts_dir: Annotated[str, msgspec.Meta(description="root of per-execution artifacts")] = (
         "/var/lib/attune/artifacts"

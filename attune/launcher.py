@@ -21,12 +21,13 @@ from attune.errors import AttuneError, ExecutionError
 from attune.lifecycle import cancelled_before_start
 from attune.log import log_event
 from attune.models import Action, Execution
+from attune.pack_env import pack_source
 from attune.packs import read_code, resolve_code
 from attune.params import context_env
 from attune.retry import with_db_retry
 from attune.runner.egress import EgressPolicy
 from attune.runner.profiles import Profile
-from attune.runner.sandbox import RunControl, RunSpec, Sandbox
+from attune.runner.sandbox import PackSource, RunControl, RunSpec, Sandbox
 from attune.runtimes import canonical_runtime
 from attune.secrets import OutputGuard, RunSecrets, load_run_secrets
 
@@ -48,6 +49,11 @@ def build_spec(
     secrets: RunSecrets,
 ) -> tuple[RunSpec, float]:
     """Resolve code, profile, parameters and timeout; ExecutionError when it cannot run."""
+    if not action.enabled:
+        raise ExecutionError(
+            f"action {action.ref} is disabled (enabled: false in its pack); "
+            "it is loaded but refuses to run until it is enabled"
+        )
     runtime = runtime_of(action)
     profile = profiles.get(runtime)
     if profile is None:
@@ -60,8 +66,10 @@ def build_spec(
     resolved = resolve_code(
         Path(config.packs_base_dir), action.pack_ref, action.entrypoint, runtime
     )
+    pack: PackSource | None = None
     if resolved.path is not None:
         code, code_name = read_code(resolved.path), resolved.path.name
+        pack = pack_source(config, action.pack_ref, resolved.path, runtime)
     else:
         code, code_name = (resolved.inline or "").encode(), "inline.sh"
     env = context_env(
@@ -72,6 +80,8 @@ def build_spec(
         fmt=action.parameter_format,
         env_vars=execution.env_vars,
     )
+    if pack is not None and runtime == "python":
+        env["PYTHONPATH"] = f"{pack.pack_dir}/lib"  # as the reference's python runtime does
     timeouts = (execution.timeout_seconds, action.timeout_seconds, config.worker.task_timeout)
     timeout = next((t for t in timeouts if t and t > 0), DEFAULT_TIMEOUT)
     spec = RunSpec(
@@ -85,6 +95,7 @@ def build_spec(
         output_format=action.output_format,
         label=f"execution-{execution.id}",
         secrets=secrets.keystore,
+        pack=pack,
         network=network,
     )
     return spec, float(timeout)

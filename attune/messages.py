@@ -65,6 +65,16 @@ def executions_queue(worker_id: int) -> str:
     return f"worker.{worker_id}.executions"
 
 
+def packs_queue(worker_id: int) -> str:
+    """Per-worker queue of pack lifecycle events (`pack.registered`, `pack.deleted`)."""
+    return f"worker.{worker_id}.packs"
+
+
+ROUTING_PACK_REGISTERED: Final = "pack.registered"
+ROUTING_PACK_DELETED: Final = "pack.deleted"
+PACKS_QUEUE_ARGUMENTS: Final = CANCEL_QUEUE_ARGUMENTS  # durable, dead-lettered, no TTL
+
+
 def cancel_queue(worker_id: int) -> str:
     """Queue name derived from the DB id, so a restarted worker finds pending cancels."""
     return f"worker.{worker_id}.cancel"
@@ -77,6 +87,8 @@ EXECUTION_SCHEDULED: Final = "ExecutionScheduled"  # older name of the same disp
 EXECUTION_CANCEL_REQUESTED: Final = "ExecutionCancelRequested"
 EXECUTION_STATUS_CHANGED: Final = "ExecutionStatusChanged"
 EXECUTION_COMPLETED: Final = "ExecutionCompleted"
+PACK_REGISTERED: Final = "PackRegistered"
+PACK_DELETED: Final = "PackDeleted"
 
 # Bodies beyond this are not dispatches (those are pointers into the DB); refusing them
 # early bounds the memory a hostile or broken publisher can make us spend.
@@ -158,6 +170,22 @@ class ExecutionCancelRequested(msgspec.Struct, frozen=True, kw_only=True):
 
     execution_id: Id
     worker_id: int | None = None
+
+
+class PackRegistered(msgspec.Struct, frozen=True, kw_only=True):
+    """A pack was registered or re-installed: workers prepare its environments."""
+
+    pack_id: Id
+    pack_ref: str
+    version: str
+    runtime_names: list[str] = msgspec.field(default_factory=list)
+
+
+class PackDeleted(msgspec.Struct, frozen=True, kw_only=True):
+    """A pack was deleted: workers remove its environments."""
+
+    pack_id: Id
+    pack_ref: str
 
 
 class ExecutionStatusChanged(msgspec.Struct, frozen=True, kw_only=True):
@@ -260,6 +288,17 @@ def decode_dispatch(body: bytes) -> tuple[Envelope, ExecutionRequested]:
 def decode_cancel(body: bytes) -> tuple[Envelope, ExecutionCancelRequested]:
     """Decode a cancel from `worker.{id}.cancel`; MessageError if it is not one."""
     return _decode(body, frozenset({EXECUTION_CANCEL_REQUESTED}), _CANCEL_DECODER.decode)
+
+
+_REGISTERED_DECODER: Final = msgspec.json.Decoder(PackRegistered)
+_DELETED_DECODER: Final = msgspec.json.Decoder(PackDeleted)
+
+
+def decode_pack_event(body: bytes) -> tuple[Envelope, PackRegistered | PackDeleted]:
+    """Decode a message from `worker.{id}.packs`; MessageError if it is neither kind."""
+    if decode_envelope(body).message_type == PACK_DELETED:
+        return _decode(body, frozenset({PACK_DELETED}), _DELETED_DECODER.decode)
+    return _decode(body, frozenset({PACK_REGISTERED}), _REGISTERED_DECODER.decode)
 
 
 def decode_status_changed(body: bytes) -> tuple[Envelope, ExecutionStatusChanged]:

@@ -37,6 +37,7 @@ class Action(msgspec.Struct, frozen=True, kw_only=True):
     output_format: OutputFormat
     param_schema: dict[str, Any] | None
     out_schema: dict[str, Any] | None
+    enabled: bool = True
     network: str = "none"  # "egress": needs a worker that offers egress
 
 

@@ -18,69 +18,64 @@ import shutil
 import stat
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any
 
 import msgspec
 import yaml
 
 from attune.errors import ExecutionError, InputError
-from attune.models import OutputFormat, ParameterDelivery, ParameterFormat
-from attune.schema_form import declared_properties, schema_form
+from attune.pack_format import (
+    RUNNER_RUNTIMES,
+    ActionSpec,
+    NetworkMode,
+    PackYaml,
+    action_fields,
+    pack_fields,
+)
+from attune.schema_form import schema_form
 
 PACK_REF_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _ACTION_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _MAX_YAML_BYTES = 1024 * 1024
 _MAX_PACK_ENTRIES = 10_000
 _DEFAULT_MAX_CODE_BYTES = 4 * 1024 * 1024
-_T = TypeVar("_T")
-
-RunnerType = Literal["python", "shell"]
-# `network: egress`: the action gets the operator's egress network (docs/network.md).
-NetworkMode = Literal["none", "egress"]
-
-
-class ActionSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One validated `actions/<name>.yaml`; field names follow the YAML, not the DB.
-
-    Unknown keys are refused: a misspelt `timout` would otherwise silently vanish.
-    """
-
-    ref: str
-    label: str
-    description: str
-    runner_type: RunnerType
-    entry_point: str
-    parameters: dict[str, Any] | None = None
-    output_schema: dict[str, Any] | None = None
-    timeout: Annotated[int, msgspec.Meta(gt=0)] | None = None
-    parameter_delivery: ParameterDelivery = "stdin"
-    parameter_format: ParameterFormat = "json"
-    output_format: OutputFormat = "text"
-    tags: list[str] = msgspec.field(default_factory=list)
-    network: NetworkMode | None = None  # unset: the pack's `network`
-
-    @property
-    def name(self) -> str:
-        """The part of the ref after `<pack_ref>.`."""
-        return self.ref.split(".", 1)[1]
 
 
 class PackSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A validated pack; `path` is the resolved directory it was loaded from."""
+    """A validated pack: its pack.yaml fields, where it was loaded from, its actions.
 
-    ref: str
-    label: str
-    description: str
-    version: str
+    `warnings` are problems that do not stop the load (a shell entry_point with no
+    file is inline code; a runner_type this worker has no runtime for).
+    """
+
+    meta: PackYaml
     path: str
     actions: tuple[ActionSpec, ...] = ()
-    author: str | None = None
-    tags: list[str] = msgspec.field(default_factory=list)
-    network: NetworkMode = "none"
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return self.meta.ref
+
+    @property
+    def label(self) -> str:
+        return self.meta.label or self.meta.ref
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    @property
+    def description(self) -> str | None:
+        return self.meta.description
+
+    @property
+    def network(self) -> NetworkMode:
+        return self.meta.network
 
     def network_of(self, action: ActionSpec) -> NetworkMode:
         """An action's own `network`, else its pack's."""
-        return action.network or self.network
+        return action.network or self.meta.network
 
 
 class ResolvedCode(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,17 +83,6 @@ class ResolvedCode(msgspec.Struct, frozen=True, kw_only=True):
 
     path: Path | None
     inline: str | None
-
-
-class _PackYaml(msgspec.Struct, frozen=True, kw_only=True):
-    # pack.yaml may carry more metadata than we use ("author, tags, ..."), so it is lenient.
-    ref: str
-    label: str
-    description: str
-    version: str
-    author: str | None = None
-    tags: list[str] = msgspec.field(default_factory=list)
-    network: NetworkMode = "none"  # the default of the pack's actions
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -111,27 +95,17 @@ def load_pack(path: Path) -> PackSpec:
         raise InputError(f"{path}: not a pack directory")
     check_pack_tree(root)
     meta_file = root / "pack.yaml"
-    meta = _convert(_read_yaml(meta_file), _PackYaml, meta_file)
+    meta = pack_fields(_read_yaml(meta_file), meta_file)
     if not PACK_REF_RE.match(meta.ref):
         raise InputError(
             f"{meta_file}: ref: {meta.ref!r} must match {PACK_REF_RE.pattern} "
             "(lowercase letter first, then lowercase letters, digits, '-' or '_')"
         )
-    for field in ("label", "version"):
-        if not getattr(meta, field).strip():
-            raise InputError(f"{meta_file}: {field}: must not be empty")
-    actions = _load_actions(root, meta.ref)
-    return PackSpec(
-        ref=meta.ref,
-        label=meta.label,
-        description=meta.description,
-        version=meta.version,
-        path=str(root),
-        actions=actions,
-        author=meta.author,
-        tags=list(meta.tags),
-        network=meta.network,
-    )
+    if not meta.version.strip():
+        raise InputError(f"{meta_file}: version: must not be empty")
+    warnings: list[str] = []
+    actions = _load_actions(root, meta.ref, warnings)
+    return PackSpec(meta=meta, path=str(root), actions=actions, warnings=tuple(warnings))
 
 
 def check_pack_tree(root: Path) -> None:
@@ -184,21 +158,7 @@ def _read_yaml(file: Path) -> Any:
         raise InputError(f"{file}: invalid YAML: {exc}") from None
 
 
-def _convert(data: Any, typ: type[_T], file: Path) -> _T:
-    if not isinstance(data, dict):
-        raise InputError(f"{file}: must be a YAML mapping")
-    bad = [k for k in data if not isinstance(k, str)]
-    if bad:
-        raise InputError(f"{file}: key {bad[0]!r}: keys must be strings")
-    try:
-        return msgspec.convert(data, typ)
-    except msgspec.ValidationError as exc:
-        # msgspec names the field: "Expected `str`, got `int` - at `$.label`",
-        # "Object contains unknown field `foo`", "Object missing required field `ref`".
-        raise InputError(f"{file}: {exc}") from None
-
-
-def _load_actions(root: Path, pack_ref: str) -> tuple[ActionSpec, ...]:
+def _load_actions(root: Path, pack_ref: str, warnings: list[str]) -> tuple[ActionSpec, ...]:
     actions_dir = root / "actions"
     if not actions_dir.exists():
         return ()
@@ -206,9 +166,10 @@ def _load_actions(root: Path, pack_ref: str) -> tuple[ActionSpec, ...]:
         raise InputError(f"{actions_dir}: must be a directory")
     specs: list[ActionSpec] = []
     where_ref: dict[str, Path] = {}
-    for file in sorted(actions_dir.glob("*.yaml")):
-        spec = _convert(_read_yaml(file), ActionSpec, file)
-        _validate_action(spec, file, pack_ref, actions_dir)
+    files = sorted([*actions_dir.glob("*.yaml"), *actions_dir.glob("*.yml")])
+    for file in files:
+        spec = action_fields(_read_yaml(file), file)
+        _validate_action(spec, file, pack_ref, actions_dir, warnings)
         if spec.ref in where_ref:
             raise InputError(f"{file}: ref: {spec.ref!r} is also defined in {where_ref[spec.ref]}")
         where_ref[spec.ref] = file
@@ -216,62 +177,91 @@ def _load_actions(root: Path, pack_ref: str) -> tuple[ActionSpec, ...]:
     return tuple(specs)
 
 
-def _validate_action(spec: ActionSpec, file: Path, pack_ref: str, actions_dir: Path) -> None:
+def _validate_action(
+    spec: ActionSpec, file: Path, pack_ref: str, actions_dir: Path, warnings: list[str]
+) -> None:
     prefix = f"{pack_ref}."
     if not spec.ref.startswith(prefix) or not _ACTION_NAME_RE.match(spec.ref[len(prefix) :]):
         raise InputError(
             f"{file}: ref: {spec.ref!r} must be '{prefix}<name>' with a lowercase name "
             f"matching {_ACTION_NAME_RE.pattern}"
         )
-    if not spec.label.strip():
+    if spec.label is not None and not spec.label.strip():
         raise InputError(f"{file}: label: must not be empty")
-    _validate_entry_point(spec.entry_point, file, actions_dir)
-    if spec.parameters is not None:
-        _validate_object_schema(spec.parameters, file, "parameters")
-    if spec.output_schema is not None and not isinstance(spec.output_schema.get("type", ""), str):
-        raise InputError(f"{file}: output_schema.type: must be a string")
+    if spec.workflow_file is not None:
+        _validate_relative(spec.workflow_file, file, actions_dir, "workflow_file")
+        warnings.append(f"{file}: workflow actions load but this worker cannot run them")
+    else:
+        if spec.runtime is None:
+            warnings.append(
+                f"{file}: runner_type {spec.runner_type!r}: this worker has no such runtime "
+                f"(it runs {', '.join(sorted(set(RUNNER_RUNTIMES.values())))}); the action "
+                "loads but its runs fail"
+            )
+        present = _validate_relative(spec.entry_point, file, actions_dir, "entry_point")
+        if not present:
+            if spec.runtime != "shell":
+                raise InputError(
+                    f"{file}: entry_point: {actions_dir / spec.entry_point} does not exist"
+                )
+            warnings.append(
+                f"{file}: entry_point {spec.entry_point!r} is not a file under actions/; "
+                "it runs as inline shell code"
+            )
+    for field in ("parameters", "output", "output_schema"):
+        schema = getattr(spec, field)
+        if schema is not None:
+            _validate_schema(schema, file, field)
 
 
-def _validate_entry_point(entry: str, file: Path, actions_dir: Path) -> None:
+def _validate_relative(entry: str, file: Path, actions_dir: Path, field: str) -> bool:
+    """A path under actions/ that cannot escape; True if it names an existing file."""
     pure = PurePosixPath(entry)
     if not entry or "\x00" in entry or "\n" in entry:
-        raise InputError(f"{file}: entry_point: must be a file name under actions/")
+        raise InputError(f"{file}: {field}: must be a file name under actions/")
+    if any(c.isspace() for c in entry):
+        return False  # inline shell code, not a path
     if pure.is_absolute() or ".." in pure.parts:
-        raise InputError(f"{file}: entry_point: {entry!r} must stay under actions/")
+        raise InputError(f"{file}: {field}: {entry!r} must stay under actions/")
     target = actions_dir / pure
     try:
         st = os.lstat(target)
     except FileNotFoundError:
-        raise InputError(f"{file}: entry_point: {target} does not exist") from None
+        return False
     except OSError as exc:
-        raise InputError(f"{file}: entry_point: {target}: {exc.strerror}") from None
+        raise InputError(f"{file}: {field}: {target}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{file}: entry_point: {target} is not a regular file")
+        raise InputError(f"{file}: {field}: {target} is not a regular file")
+    return True
 
 
-def _validate_object_schema(schema: dict[str, Any], file: Path, field: str) -> None:
-    """Light checks of either schema form: enough to catch typos, not a full meta-schema."""
-    if schema_form(schema) == "flat":
-        for name, prop in declared_properties(schema).items():
-            if "secret" in prop and not isinstance(prop["secret"], bool):
-                raise InputError(f"{file}: {field}.{name}.secret: must be true or false")
-            if "required" in prop and not isinstance(prop["required"], bool):
-                raise InputError(f"{file}: {field}.{name}.required: must be true or false")
-        return
-    typ = schema.get("type", "object")
-    if typ != "object":
+def _validate_schema(schema: dict[str, Any], file: Path, field: str) -> None:
+    """Light checks of either schema form, flat or JSON Schema: enough to catch typos.
+
+    `parameters` must describe an object (flat: one mapping per parameter); `output`
+    may be any JSON Schema (`{type: number}`) or the flat per-field form.
+    """
+    typ = schema.get("type")
+    json_form = schema_form(schema) == "json-schema"
+    if field == "parameters" and isinstance(typ, str) and typ != "object":
         raise InputError(f"{file}: {field}.type: must be 'object', got {typ!r}")
-    props = schema.get("properties", {})
+    if json_form:
+        props = schema.get("properties", {})
+        where = f"{field}.properties"
+        required = schema.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise InputError(f"{file}: {field}.required: must be a list of property names")
+    else:
+        props, where, required = schema, field, []
     if not isinstance(props, dict):
-        raise InputError(f"{file}: {field}.properties: must be a mapping")
+        raise InputError(f"{file}: {where}: must be a mapping")
     for name, prop in props.items():
         if not isinstance(prop, dict):
-            raise InputError(f"{file}: {field}.properties.{name}: must be a mapping")
+            raise InputError(f"{file}: {where}.{name}: must be a mapping")
         if "secret" in prop and not isinstance(prop["secret"], bool):
-            raise InputError(f"{file}: {field}.properties.{name}.secret: must be true or false")
-    required = schema.get("required", [])
-    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-        raise InputError(f"{file}: {field}.required: must be a list of property names")
+            raise InputError(f"{file}: {where}.{name}.secret: must be true or false")
+        if not json_form and not isinstance(prop.get("type", "string"), str | list):
+            raise InputError(f"{file}: {where}.{name}.type: must be a string")
     for name in required:
         if name not in props:
             raise InputError(f"{file}: {field}.required: {name!r} is not in properties")

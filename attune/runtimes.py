@@ -9,31 +9,108 @@ worker's advertised runtimes against the same names and aliases (docs/protocol.m
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 
 @dataclass(frozen=True)
 class CoreRuntime:
-    """One `runtime` row the pack loader ensures exists."""
+    """One `runtime` row the pack loader ensures exists, as the reference's catalog has it.
+
+    `extra_aliases` are names this worker also accepts but does not write into the row.
+    """
 
     ref: str
     name: str
     aliases: tuple[str, ...]
     description: str
+    distributions: Mapping[str, Any] = field(default_factory=dict)
+    installation: Mapping[str, Any] = field(default_factory=dict)
+    execution_config: Mapping[str, Any] = field(default_factory=dict)
+    extra_aliases: tuple[str, ...] = ()
 
 
+def _verify(binary: str, **extra: Any) -> dict[str, Any]:
+    return {"binary": binary, "args": ["--version"], "exit_code": 0, **extra}
+
+
+# The rows of the reference's platform catalog (runtimes/python.yaml, shell.yaml there),
+# so this worker and the reference read each other's runtime rows.
 CORE_RUNTIMES: Mapping[str, CoreRuntime] = MappingProxyType(
     {
         "python": CoreRuntime(
-            "core.python", "python", ("python3", "py"), "Python 3 in the sandbox"
+            ref="core.python",
+            name="Python",
+            aliases=("python", "python3"),
+            description="Python 3 runtime for actions and sensors with automatic environment "
+            "management",
+            distributions={
+                "verification": {
+                    "commands": [_verify("python3", pattern="Python 3\\.", priority=1)]
+                },
+                "min_version": "3.8",
+            },
+            installation={"package_managers": ["pip"], "virtual_env_support": True},
+            execution_config={
+                "interpreter": {"binary": "python3", "args": ["-u"], "file_extension": ".py"},
+                "environment": {
+                    "env_type": "virtualenv",
+                    "dir_name": ".venv",
+                    "create_command": ["python3", "-m", "venv", "--copies", "{env_dir}"],
+                    "interpreter_path": "{env_dir}/bin/python3",
+                },
+                "dependencies": {
+                    "manifest_file": "requirements.txt",
+                    "install_command": [
+                        "{interpreter}",
+                        "-m",
+                        "pip",
+                        "install",
+                        "-r",
+                        "{manifest_path}",
+                    ],
+                },
+                "env_vars": {
+                    "PYTHONPATH": {
+                        "operation": "prepend",
+                        "value": "{pack_dir}/lib",
+                        "separator": ":",
+                    }
+                },
+            },
+            extra_aliases=("py",),
         ),
-        "shell": CoreRuntime("core.shell", "shell", ("bash", "sh"), "POSIX shell in the sandbox"),
+        "shell": CoreRuntime(
+            ref="core.shell",
+            name="Shell",
+            aliases=("shell", "bash", "sh"),
+            description="Shell (bash/sh) runtime for script execution - always available",
+            distributions={
+                "verification": {
+                    "commands": [_verify("bash", optional=True, priority=2)],
+                    "always_available": True,
+                }
+            },
+            installation={"interpreters": ["sh", "bash", "dash"], "portable": True},
+            execution_config={
+                "interpreter": {"binary": "/bin/bash", "args": [], "file_extension": ".sh"},
+                "inline_execution": {
+                    "strategy": "temp_file",
+                    "extension": ".sh",
+                    "inject_shell_helpers": True,
+                },
+            },
+        ),
     }
 )
 
 ALIASES: Mapping[str, str] = MappingProxyType(
-    {alias: name for name, runtime in CORE_RUNTIMES.items() for alias in runtime.aliases}
+    {
+        alias.lower(): key
+        for key, runtime in CORE_RUNTIMES.items()
+        for alias in (runtime.name, *runtime.aliases, *runtime.extra_aliases)
+    }
 )
 
 

@@ -6,6 +6,7 @@
         ├── heartbeat                 UPDATE worker SET last_heartbeat every interval
         ├── outbox                    re-publishes status messages the broker missed
         ├── cancel consumer           worker.{id}.cancel -> RunControl.cancel()
+        ├── pack events consumer      worker.{id}.packs -> build / remove pack environments
         ├── retention                 prunes old artifact directories
         ├── metrics                   GET /metrics for Prometheus (if worker.metrics_port)
         └── serve (consumer)          worker.{id}.executions, holds the executions nursery;
@@ -44,6 +45,7 @@ from attune.log import log_event
 from attune.messages import cancel_queue, executions_queue
 from attune.metrics import Metrics, serve_metrics
 from attune.outbox import Outbox
+from attune.pack_events import consume_pack_events, declare_packs_queue
 from attune.pipeline import Pipeline, handle_cancel, handle_dispatch, recover_orphans
 from attune.runner import host, process
 from attune.runner.profiles import capped_output, load_profiles
@@ -283,6 +285,7 @@ async def run_worker(config: Config) -> None:
             )
             await broker.declare_topology()
             await broker.declare_worker_queues(worker_id)
+            await declare_packs_queue(broker, worker_id)
             artifacts = ArtifactStore(Path(config.artifacts_dir), name)
             outbox = Outbox(broker)
             pipeline = Pipeline(
@@ -322,6 +325,7 @@ async def run_worker(config: Config) -> None:
                     await services.start(heartbeat, db, worker_id, interval, metrics)
                     await services.start(outbox.run)
                     await services.start(consume_cancels, broker, pipeline)
+                    await services.start(consume_pack_events, config, broker, worker_id)
                     await services.start(retention, artifacts, config.artifacts)
                     await services.start(
                         serve, broker, pipeline, outbox, shutdown, services.cancel_scope

@@ -135,7 +135,24 @@ def parse_dotenv(text):
     return params
 
 
+def _wait_for_network():
+    """Egress runs: the worker attaches the network while this interpreter starts; the
+    action is loaded only after its "go" line. One byte out on fd 1, one line in on fd 0,
+    unbuffered, so nothing of the parameters behind it is consumed."""
+    os.write(1, b"r")
+    line = b""
+    while len(line) < 3 and not line.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            break
+        line += byte
+    if line != b"go\n":
+        os._exit(125)  # the worker gave up or died: the action never starts
+
+
 def main(path):
+    if os.environ.get("ATTUNE_NETWORK_GATE") == "stdio":
+        _wait_for_network()
     try:
         params = _read_params()
         if not isinstance(params, dict):

@@ -142,6 +142,10 @@ async def run_file(
         network=network,
     )
     outcome = await sandbox.run(spec, timeout=float(seconds))
+    if network is not None:
+        from attune.runner.network import reap_all_dying
+
+        await reap_all_dying()  # the result is ready; the user-mode network is gone too
     result = outcome.result
     if secrets:
         from attune.secrets.masking import Masker, redact_result

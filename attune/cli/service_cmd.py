@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from attune.cli import EXIT_BY_STATUS
 from attune.cli.common import ConfigOpt, fail, load, run
+from attune.cli.pack_env_cmd import build_with_progress, register_env
 from attune.errors import AttuneError
+
+if TYPE_CHECKING:
+    from attune.config import Config
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 pack_app = typer.Typer(help="Packs of actions.", no_args_is_help=True)
+register_env(pack_app)
 
 
 @db_app.command("migrate")
@@ -40,24 +45,51 @@ def pack_load(
     directory: Annotated[Path, typer.Argument(help="The pack directory (holds pack.yaml).")],
     config: ConfigOpt = None,
 ) -> None:
-    """Validate a pack, install it under packs_base_dir, and upsert its rows."""
+    """Validate a pack, install it, upsert its rows, build its Python environment."""
     cfg = load(config)
 
-    async def main() -> tuple[str, Path, dict[str, int]]:
+    async def main() -> None:
         from attune.db import Database
         from attune.packs import install_pack, load_pack
 
         spec = load_pack(directory)
+        for warning in spec.warnings:
+            typer.echo(f"warning: {warning}", err=True)
         async with Database.open_ctx(cfg.database.url) as db:
             installed = install_pack(spec, Path(cfg.packs_base_dir))
             ids = await db.upsert_pack(spec)
-        return spec.ref, installed, ids
+            pack_id = await db.pack_id(spec.ref)
+        typer.echo(
+            f"pack {spec.ref} installed at {installed}; actions: "
+            + ", ".join(f"{r} (id {i})" for r, i in sorted(ids.items()))
+        )
+        # A failed build leaves the pack loaded: its Python runs then fail with
+        # "environment not ready" and pip's output until `attune pack env build`.
+        if not await build_with_progress(cfg, spec.ref, installed, force=False):
+            typer.echo(
+                f"warning: pack {spec.ref} is loaded, but its Python actions cannot run "
+                f"until its environment builds (attune pack env build {spec.ref})",
+                err=True,
+            )
+        runtimes = sorted({a.runtime for a in spec.actions if a.runtime})
+        await _announce(cfg, pack_id, spec.ref, spec.version, runtimes)
 
-    ref, installed, ids = run(main)
-    typer.echo(
-        f"pack {ref} installed at {installed}; actions: "
-        + ", ".join(f"{r} (id {i})" for r, i in sorted(ids.items()))
-    )
+    run(main)
+
+
+async def _announce(
+    cfg: Config, pack_id: int, pack_ref: str, version: str, runtimes: list[str]
+) -> None:
+    """Publish pack.registered so every worker prepares the pack (best effort)."""
+    from attune.broker import open_broker
+    from attune.pack_events import publish_registered
+
+    try:
+        async with open_broker(cfg.message_queue.url, connect_timeout=5) as broker:
+            await broker.declare_topology()
+            await publish_registered(broker, pack_id, pack_ref, version, runtimes)
+    except AttuneError as exc:
+        typer.echo(f"warning: workers were not notified (pack.registered): {exc}", err=True)
 
 
 def run_worker_cmd(

@@ -325,6 +325,10 @@ class Database:
         """Write the pack, core runtimes and actions in one transaction; ref -> action id."""
         return await self._run(lambda c: queries.upsert_pack(c, pack))
 
+    async def pack_id(self, ref: str) -> int:
+        """The id of an existing pack row."""
+        return await self._run(lambda c: queries.pack_id(c, ref))
+
     # --- secrets (values stay as stored: tokens or plain JSON) -------------------------
 
     async def run_secret_rows(

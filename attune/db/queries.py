@@ -9,7 +9,7 @@ messages and racing workers cannot run an execution twice or rewrite a terminal 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -19,7 +19,8 @@ from psycopg.types.json import Jsonb
 
 from attune.errors import ExecutionError, InputError, UnreadableExecution
 from attune.models import Action, Claim, Execution, Worker
-from attune.packs import ActionSpec, PackSpec
+from attune.pack_format import ActionSpec
+from attune.packs import PackSpec
 from attune.runtimes import CORE_RUNTIMES
 
 _T = TypeVar("_T")
@@ -36,7 +37,8 @@ SELECT a.id, a.ref, coalesce(p.ref, a.pack_ref) AS pack_ref, a.entrypoint,
        coalesce(a.parameter_delivery, 'stdin') AS parameter_delivery,
        coalesce(a.parameter_format, 'json') AS parameter_format,
        coalesce(a.output_format, 'text') AS output_format,
-       a.param_schema, a.out_schema, coalesce(a.network, 'none') AS network
+       a.param_schema, a.out_schema, coalesce(a.enabled, true) AS enabled,
+       coalesce(a.network, 'none') AS network
 FROM action a
 LEFT JOIN runtime r ON r.id = a.runtime
 LEFT JOIN pack p ON p.id = a.pack
@@ -288,92 +290,164 @@ def get_action(conn: Conn, ref: str) -> Action | None:
     return None if row is None else _to(Action, row, "action")
 
 
-def _ensure_core_runtimes(conn: Conn, needed: Iterable[str]) -> dict[str, int]:
-    # DO NOTHING, then SELECT: an operator's edits to a core runtime row survive re-upserts.
+def _ensure_core_runtimes(conn: Conn) -> dict[str, int]:
+    """Insert the catalog rows if missing, then their ids by runtime name.
+
+    DO NOTHING, then SELECT: an operator's edits to a runtime row survive re-loads.
+    """
     ids: dict[str, int] = {}
-    for runner in sorted(set(needed)):
-        runtime = CORE_RUNTIMES[runner]
+    for key, runtime in sorted(CORE_RUNTIMES.items()):
         conn.execute(
             """
-            INSERT INTO runtime (ref, pack, pack_ref, name, aliases, description)
-            VALUES (%s, NULL, 'core', %s, %s, %s)
+            INSERT INTO runtime (ref, pack, pack_ref, name, aliases, description,
+                                 distributions, installation, execution_config)
+            VALUES (%s, NULL, 'core', %s, %s, %s, %s, %s, %s)
             ON CONFLICT (ref) DO NOTHING
             """,
-            (runtime.ref, runtime.name, list(runtime.aliases), runtime.description),
+            (
+                runtime.ref,
+                runtime.name,
+                list(runtime.aliases),
+                runtime.description,
+                Jsonb(dict(runtime.distributions)),
+                Jsonb(dict(runtime.installation)),
+                Jsonb(dict(runtime.execution_config)),
+            ),
         )
         row = _row(conn, "SELECT id FROM runtime WHERE ref = %s", (runtime.ref,))
         assert row is not None
-        ids[runner] = int(row["id"])
+        ids[key] = int(row["id"])
     return ids
 
 
-def _upsert_action(conn: Conn, pack_id: int, pack_ref: str, runtime_id: int, a: ActionSpec) -> int:
-    row = _row(
-        conn,
-        """
-        INSERT INTO action (ref, pack, pack_ref, label, description, entrypoint, runtime,
-                            timeout_seconds, parameter_delivery, parameter_format,
-                            output_format, param_schema, out_schema, tags)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT (ref) DO UPDATE SET
-            pack = EXCLUDED.pack, pack_ref = EXCLUDED.pack_ref, label = EXCLUDED.label,
-            description = EXCLUDED.description, entrypoint = EXCLUDED.entrypoint,
-            runtime = EXCLUDED.runtime, timeout_seconds = EXCLUDED.timeout_seconds,
-            parameter_delivery = EXCLUDED.parameter_delivery,
-            parameter_format = EXCLUDED.parameter_format,
-            output_format = EXCLUDED.output_format, param_schema = EXCLUDED.param_schema,
-            out_schema = EXCLUDED.out_schema, tags = EXCLUDED.tags, updated = now()
-        RETURNING id
-        """,
-        (
-            a.ref,
-            pack_id,
-            pack_ref,
-            a.label,
-            a.description,
-            a.entry_point,
-            runtime_id,
-            a.timeout,
-            a.parameter_delivery,
-            a.parameter_format,
-            a.output_format,
-            _json(a.parameters),
-            _json(a.output_schema),
-            list(a.tags),
-        ),
+_ACTION_COLUMNS: Final = (
+    "ref, pack, pack_ref, label, description, entrypoint, runtime, enabled, "
+    "runtime_version_constraint, required_worker_runtimes, worker_selector, "
+    "worker_tolerations, worker_affinity, param_schema, out_schema, is_adhoc, "
+    "parameter_delivery, parameter_format, output_format, accesses_mcp, "
+    "default_execution_permission_set_refs, reference_visibility, "
+    "reference_allowed_pack_refs, log_retention_policy, log_retention_limit, "
+    "artifact_retention_policy, artifact_retention_limit, timeout_seconds, tags"
+)
+
+
+def action_row(
+    pack_id: int, pack_ref: str, runtime_id: int | None, a: ActionSpec
+) -> tuple[Any, ...]:
+    """The action row the reference's loader writes for this YAML, column for column.
+
+    `parameters` and `output` are stored as written (flat or JSON Schema), like the
+    reference does; workflow actions store their workflow file as the entrypoint.
+    """
+    return (
+        a.ref,
+        pack_id,
+        pack_ref,
+        a.display_label,
+        a.description,
+        a.workflow_file if a.workflow_file is not None else a.entry_point,
+        runtime_id,
+        a.enabled,
+        a.runtime_version,
+        Jsonb(a.required_worker_runtimes if a.required_worker_runtimes is not None else {}),
+        Jsonb(a.worker_selector or {}),
+        Jsonb(a.worker_tolerations or []),
+        Jsonb(a.worker_affinity or {}),
+        _json(a.parameters),
+        _json(a.out_schema),
+        False,
+        a.parameter_delivery,
+        a.parameter_format,
+        a.output_format,
+        a.accesses_mcp,
+        [r.strip() for r in a.default_execution_permission_set_refs if r.strip()],
+        a.reference_visibility,
+        list(a.reference_allowed_pack_refs),
+        a.log_retention_policy,
+        a.log_retention_limit,
+        a.artifact_retention_policy,
+        a.artifact_retention_limit,
+        a.effective_timeout,
+        list(a.tags),
     )
-    assert row is not None
-    return int(row["id"])
+
+
+def _upsert_action(conn: Conn, row: tuple[Any, ...]) -> int:
+    columns = [c.strip() for c in _ACTION_COLUMNS.split(",")]
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != "ref")
+    placeholders = ", ".join(["%s"] * len(columns))
+    found = _row(
+        conn,
+        f"INSERT INTO action ({_ACTION_COLUMNS}) VALUES ({placeholders}) "
+        f"ON CONFLICT (ref) DO UPDATE SET {updates}, updated = now() RETURNING id",
+        row,
+    )
+    assert found is not None
+    return int(found["id"])
 
 
 def upsert_pack(conn: Conn, pack: PackSpec) -> dict[str, int]:
-    unknown = {a.runner_type for a in pack.actions} - CORE_RUNTIMES.keys()
-    if unknown:
-        raise InputError(f"pack {pack.ref}: unknown runner_type {sorted(unknown)}")
-    meta = {"author": pack.author} if pack.author else {}
+    """Pack row, runtime rows, action rows; actions the pack no longer has are deleted.
+
+    As in the reference, a re-load keeps the pack's `config` (operators edit it) and
+    `is_standard`; everything else comes from the files.
+    """
+    m = pack.meta
     row = _row(
         conn,
         """
-        INSERT INTO pack (ref, label, description, version, tags, meta)
-        VALUES (%s, %s, %s, %s, %s, %s)
+        INSERT INTO pack (ref, label, description, version, conf_schema, config, meta, tags,
+                          runtime_deps, dependencies, worker_selector, worker_tolerations,
+                          worker_affinity)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (ref) DO UPDATE SET
             label = EXCLUDED.label, description = EXCLUDED.description,
-            version = EXCLUDED.version, tags = EXCLUDED.tags, meta = EXCLUDED.meta,
-            updated = now()
+            version = EXCLUDED.version, conf_schema = EXCLUDED.conf_schema,
+            meta = EXCLUDED.meta, tags = EXCLUDED.tags, runtime_deps = EXCLUDED.runtime_deps,
+            dependencies = EXCLUDED.dependencies, worker_selector = EXCLUDED.worker_selector,
+            worker_tolerations = EXCLUDED.worker_tolerations,
+            worker_affinity = EXCLUDED.worker_affinity, updated = now()
         RETURNING id
         """,
-        (pack.ref, pack.label, pack.description, pack.version, list(pack.tags), Jsonb(meta)),
+        (
+            m.ref,
+            pack.label,
+            m.description,
+            m.version,
+            Jsonb(m.conf_schema),
+            Jsonb(m.config),
+            Jsonb(m.meta),
+            list(m.tags),
+            list(m.runtime_deps),
+            list(m.dependencies),
+            Jsonb(m.worker_selector),
+            Jsonb(m.worker_tolerations),
+            Jsonb(m.worker_affinity),
+        ),
     )
     assert row is not None
     pack_id = int(row["id"])
-    runtimes = _ensure_core_runtimes(conn, CORE_RUNTIMES)
-    ids = {
-        a.ref: _upsert_action(conn, pack_id, pack.ref, runtimes[a.runner_type], a)
-        for a in pack.actions
-    }
+    runtimes = _ensure_core_runtimes(conn)
+    ids: dict[str, int] = {}
     for a in pack.actions:
+        owner = _row(conn, "SELECT pack_ref FROM action WHERE ref = %s", (a.ref,))
+        if owner is not None and owner["pack_ref"] != m.ref:
+            raise InputError(f"action {a.ref} belongs to pack {owner['pack_ref']!r}")
+        runtime_id = runtimes.get(a.runtime) if a.runtime else None
+        ids[a.ref] = _upsert_action(conn, action_row(pack_id, m.ref, runtime_id, a))
         _set_action_network(conn, ids[a.ref], pack.network_of(a))
+    conn.execute(
+        "DELETE FROM action WHERE pack = %s AND NOT (ref = ANY(%s))",
+        (pack_id, list(ids)),
+    )
     return ids
+
+
+def pack_id(conn: Conn, ref: str) -> int:
+    row = _row(conn, "SELECT id FROM pack WHERE ref = %s", (ref,))
+    if row is None:
+        raise InputError(f"no pack {ref!r}")
+    return int(row["id"])
 
 
 def _set_action_network(conn: Conn, action_id: int, network: str) -> None:

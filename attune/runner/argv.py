@@ -54,8 +54,24 @@ class RunLayout:
     seccomp_fd: int
     env: dict[str, str] = field(default_factory=dict)
     secrets_file: str | None = None  # host file bound read-only at /attune/out/secrets.json
+    pack: PackMount | None = None  # the action's whole pack, when it comes from one
     # Egress runs: a dir with this run's hosts, nsswitch.conf and resolv.conf.
     net_etc_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class PackMount:
+    """The action's pack (and its Python environment) as the sandbox sees them.
+
+    Both are bound read-only at the same paths as on the host, the paths the
+    reference's worker uses: the action runs as `{pack_dir}/actions/<entry>` with the
+    pack directory as its working directory. A venv must sit at its build path: its
+    scripts and pyvenv.cfg carry it.
+    """
+
+    pack_dir: str  # absolute path, inside and outside the sandbox
+    action_path: str  # absolute path of the action file under pack_dir
+    env_dir: str | None = None  # the pack's Python environment (a venv), if it has one
 
 
 def sandbox_env(profile: Profile, extra: dict[str, str]) -> dict[str, str]:
@@ -93,23 +109,39 @@ def rlimit_prefix(profile: Profile) -> list[str]:
     return [PRLIMIT, "--core=0:0", *opts, "--"]
 
 
+def interpreter_command(profile: Profile, pack: PackMount | None) -> list[str]:
+    """The profile's command, adapted to a pack: its venv's python, PYTHONPATH honoured.
+
+    `-I` (isolated mode) would ignore PYTHONPATH, which is how a pack's lib/ reaches
+    its actions (as in the reference); `-s` keeps the one part of it that matters here
+    (no user site-packages). The environment is cleared by bwrap, so PYTHONPATH holds
+    only what the worker sets; execution env_vars cannot set PYTHON* names.
+    """
+    command = list(profile.command)
+    if pack is None or "-I" not in command:
+        return command
+    command[command.index("-I")] = "-s"
+    if pack.env_dir is not None:
+        command[0] = f"{pack.env_dir}/bin/python3"
+    return command
+
+
 def action_command(profile: Profile, layout: RunLayout) -> list[str]:
     wrapper = [f"{ATTUNE_DIR}/{layout.wrapper}"] if layout.wrapper else []
+    target = (
+        layout.pack.action_path if layout.pack is not None else f"{ACTION_DIR}/{layout.action_file}"
+    )
     return [
         *rlimit_prefix(profile),
-        *profile.command,
+        *interpreter_command(profile, layout.pack),
         *wrapper,
-        f"{ACTION_DIR}/{layout.action_file}",
+        target,
     ]
 
 
-def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
-    """bwrap's options, sent through `--args FD`; the command goes on its real argv.
-
-    bwrap stops parsing an --args file at the first non-option, so the command itself
-    cannot travel there; it holds no secret (parameters go through stdin or a file).
-    """
-    args: list[str] = [
+def isolation_args(hostname: str) -> list[str]:
+    """The namespaces, identity and capabilities every sandbox of this worker starts with."""
+    return [
         "--unshare-user",
         "--unshare-ipc",
         "--unshare-pid",
@@ -123,11 +155,20 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--gid",
         str(SANDBOX_GID),
         "--hostname",
-        "sandbox",
+        hostname,
         "--cap-drop",
         "ALL",
         "--unshare-net",  # always: egress attaches its own network to this namespace
     ]
+
+
+def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
+    """bwrap's options, sent through `--args FD`; the command goes on its real argv.
+
+    bwrap stops parsing an --args file at the first non-option, so the command itself
+    cannot travel there; it holds no secret (parameters go through stdin or a file).
+    """
+    args = isolation_args("sandbox")
     for path in profile.mounts.ro_bind:
         args += ["--ro-bind", path, path]
     for path in profile.mounts.ro_bind_try:
@@ -180,9 +221,14 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         args += ["--ro-bind", layout.params_file, PARAMS_FILE]
     if layout.secrets_file is not None:
         args += ["--ro-bind", layout.secrets_file, SECRETS_FILE]
+    pack = layout.pack
+    if pack is not None:
+        args += ["--ro-bind", pack.pack_dir, pack.pack_dir]
+        if pack.env_dir is not None:
+            args += ["--ro-bind", pack.env_dir, pack.env_dir]
     args += [
         "--chdir",
-        WORK_DIR,
+        pack.pack_dir if pack is not None else WORK_DIR,
         "--remount-ro",
         "/",
         "--clearenv",

@@ -187,6 +187,18 @@ def reap_dying() -> int:
     return len(_dying)
 
 
+async def reap_all_dying(timeout: float = EXIT_WAIT) -> int:
+    """Wait (bounded) until every killed slirp4netns is reaped; returns how many remain.
+
+    For a process about to exit (`attune exec`): otherwise the killed process would be
+    left to whoever inherits it, a zombie under a subreaper that never waits.
+    """
+    with trio.move_on_after(timeout):
+        for proc in list(_dying):
+            await _wait(proc)
+    return reap_dying()
+
+
 async def _wait(proc: subprocess.Popen[bytes]) -> None:
     pidfd = os.pidfd_open(proc.pid)
     try:

@@ -72,8 +72,22 @@ class RunSpec:
     output_format: OutputFormat | None = None
     label: str = "exec"
     secrets: dict[str, str] = field(default_factory=dict)  # keystore: name -> value
+    pack: PackSource | None = None  # run the action in place inside its whole pack
     # Egress: a user-mode network limited by this policy; None keeps loopback only.
     network: egress.EgressPolicy | None = None
+
+
+@dataclass(frozen=True)
+class PackSource:
+    """Host paths of an action's pack: `action_path` is a file under `pack_dir`.
+
+    `env_dir` is the pack's built Python environment, or None to use the system
+    interpreter (a pack without dependencies, or a shell action).
+    """
+
+    pack_dir: str
+    action_path: str
+    env_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,16 @@ class _RunDir:
         return self.out / "parameters"
 
 
+def write_etc(etc: Path) -> Path:
+    """The synthetic /etc files bound into sandboxes, readable by the sandbox uids."""
+    etc.mkdir(exist_ok=True)
+    os.chmod(etc, 0o755)
+    for name in argv_mod.ETC_FILES:
+        shutil.copyfile(SANDBOX_ASSETS / "etc" / name, etc / name)
+        os.chmod(etc / name, 0o644)
+    return etc
+
+
 class Sandbox:
     """Runs actions; one instance per process, shared by all concurrent runs."""
 
@@ -151,13 +175,7 @@ class Sandbox:
                 f"{blocked[0]} is not searchable by others (chmod o+x {blocked[0]}, "
                 "or choose another sandbox.run_dir)"
             )
-        etc = self.run_dir / ".etc"
-        etc.mkdir(exist_ok=True)
-        os.chmod(etc, 0o755)
-        for name in argv_mod.ETC_FILES:
-            shutil.copyfile(SANDBOX_ASSETS / "etc" / name, etc / name)
-            os.chmod(etc / name, 0o644)
-        return etc
+        return write_etc(self.run_dir / ".etc")
 
     def slot_uid(self, slot: int) -> int | None:
         return self.slot_uid_base + slot if self.facts.is_root else None
@@ -249,9 +267,20 @@ class Sandbox:
                 env["ATTUNE_SECRETS_FILE"] = argv_mod.SECRETS_FILE
             wrapper = profile.function_wrapper if defines_run(spec.code) else None
             plan = await self._plan_network(spec.network, rd) if spec.network else None
+            if plan is not None and wrapper is not None:
+                # The wrapper holds the action itself, after the interpreter's start-up,
+                # which then overlaps with attaching the network.
+                env[egress.GATE_ENV] = "stdio"
             cgroup = self._make_cgroup(rd.root.name, profile)
             seccomp_fd = bpf_fd(self._bpf)
             try:
+                pack_mount: argv_mod.PackMount | None = None
+                if spec.pack is not None:
+                    pack_mount = argv_mod.PackMount(
+                        pack_dir=spec.pack.pack_dir,
+                        action_path=spec.pack.action_path,
+                        env_dir=spec.pack.env_dir,
+                    )
                 layout = argv_mod.RunLayout(
                     code_dir=str(rd.code),
                     result_file=str(rd.result_file),
@@ -262,11 +291,12 @@ class Sandbox:
                     seccomp_fd=seccomp_fd,
                     env=env,
                     secrets_file=secrets_file,
+                    pack=pack_mount,
                     net_etc_dir=str(plan.etc_dir) if plan else None,
                 )
                 args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
                 command = argv_mod.action_command(profile, layout)
-                if plan is not None:  # egress: hold the action until its network is there
+                if plan is not None and wrapper is None:  # hold it until the network is there
                     command = egress.gate_command(command)
                 started = trio.current_time()
                 proc = await process.spawn(

@@ -1,9 +1,11 @@
 """The cost of egress: the same python action through `Sandbox.run`, without a network
 and with egress (default policy, `dns: off`), interleaved round-robin.
 
-Latency is the wall time of the whole run (gate, rules, slirp4netns attach, action,
-teardown); CPU is this process's plus its reaped children's (bwrap and the action,
-slirp4netns, nsenter/nft, ip) per run. The egress action opens no connection: the
+Two latencies: the wall time of the whole run (`Sandbox.run` called to returned), and
+the start delay (from the call to the first line of the action, which reports
+`time.time()` as its result; the clock is the same inside the sandbox). CPU is this
+process's (all threads: libnftables, netlink) plus its reaped children's (bwrap and
+the action, slirp4netns) per run. The egress action opens no connection: the
 only packets are the sandbox's own neighbour discovery with the user-mode gateway,
 which never leaves slirp4netns.
 """
@@ -22,6 +24,9 @@ from attune.runner.sandbox import RunSpec
 from . import local
 from .stats import round_robin
 
+# The first line of the action takes the time: the start delay of the run.
+START_ACTION = b"import time\nSTARTED = time.time()\n\n\ndef run():\n    return STARTED\n"
+
 
 def _cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -32,51 +37,58 @@ def _cpu_seconds() -> float:
 async def measure(env: local.LocalEnv, rounds: int, seed: int) -> dict[str, Any]:
     plain = RunSpec(
         profile=env.profiles["python"],
-        code=local.PY_ACTION,
+        code=START_ACTION,
         code_name=local.PY_NAME,
         label="bench",
     )
     specs = {"none": plain, "egress": dataclasses.replace(plain, network=EgressPolicy(dns="off"))}
     wall: dict[str, list[float]] = {name: [] for name in specs}
+    start: dict[str, list[float]] = {name: [] for name in specs}
     cpu: dict[str, list[float]] = {name: [] for name in specs}
     for index, name in round_robin(list(specs), rounds, warmup=2, seed=seed):
-        cpu0, t0 = _cpu_seconds(), time.perf_counter()
+        cpu0, t0, called = _cpu_seconds(), time.perf_counter(), time.time()
         outcome = await env.sandbox.run(specs[name], timeout=local.CASE_TIMEOUT)
         seconds, cpu_seconds = time.perf_counter() - t0, _cpu_seconds() - cpu0
-        if outcome.status != "completed" or outcome.result.get("data") != 1:
+        began = outcome.result.get("data")
+        if outcome.status != "completed" or not isinstance(began, float):
             raise local.CaseError(f"egress bench ({name}): {outcome.status}: {outcome.result}")
         if index >= 0:
             wall[name].append(seconds * 1000)
+            start[name].append((began - called) * 1000)
             cpu[name].append(cpu_seconds * 1000)
     out: dict[str, Any] = {
         name: {
             "runs": len(wall[name]),
             "wall_ms_median": statistics.median(wall[name]),
             "wall_ms_p90": statistics.quantiles(wall[name], n=10)[-1],
+            "start_ms_median": statistics.median(start[name]),
             "cpu_ms_median": statistics.median(cpu[name]),
         }
         for name in specs
     }
     out["extra_wall_ms_median"] = out["egress"]["wall_ms_median"] - out["none"]["wall_ms_median"]
+    out["extra_start_ms_median"] = out["egress"]["start_ms_median"] - out["none"]["start_ms_median"]
     out["extra_cpu_ms_median"] = out["egress"]["cpu_ms_median"] - out["none"]["cpu_ms_median"]
     out["target_extra_wall_ms"] = 15.0
     return out
 
 
 def format_report(result: dict[str, Any]) -> str:
-    lines = ["egress (Sandbox.run python def run(): return 1, no network vs egress):"]
+    lines = ["egress (Sandbox.run of a python action, no network vs egress):"]
     for name in ("none", "egress"):
         r = result[name]
         lines.append(
-            f"  {name:<7} median {r['wall_ms_median']:6.1f} ms  p90 {r['wall_ms_p90']:6.1f} ms  "
-            f"CPU {r['cpu_ms_median']:5.1f} ms/run  ({r['runs']} runs)"
+            f"  {name:<7} run median {r['wall_ms_median']:6.1f} ms  p90 {r['wall_ms_p90']:6.1f} ms"
+            f"  action starts after {r['start_ms_median']:6.1f} ms"
+            f"  CPU {r['cpu_ms_median']:5.1f} ms/run  ({r['runs']} runs)"
         )
     verdict = (
         "meets" if result["extra_wall_ms_median"] <= result["target_extra_wall_ms"] else "MISSES"
     )
     lines.append(
         f"  extra per egress run: {result['extra_wall_ms_median']:+.1f} ms latency (median; "
-        f"target <= {result['target_extra_wall_ms']:.0f} ms: {verdict}), "
-        f"{result['extra_cpu_ms_median']:+.1f} ms CPU"
+        f"target <= {result['target_extra_wall_ms']:.0f} ms: {verdict}), the action starting "
+        f"{result['extra_start_ms_median']:+.1f} ms later, {result['extra_cpu_ms_median']:+.1f}"
+        " ms CPU"
     )
     return "\n".join(lines)

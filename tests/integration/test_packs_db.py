@@ -38,8 +38,8 @@ async def test_upsert_demo_pack_writes_pack_runtimes_and_actions(db: Database, p
         "SELECT ref, name, aliases, pack, pack_ref FROM runtime ORDER BY ref"
     ).fetchall()
     assert runtimes == [
-        ("core.python", "python", ["python3", "py"], None, "core"),
-        ("core.shell", "shell", ["bash", "sh"], None, "core"),
+        ("core.python", "Python", ["python", "python3"], None, "core"),
+        ("core.shell", "Shell", ["shell", "bash", "sh"], None, "core"),
     ]
     add = await db.get_action("demo.add")
     assert add is not None

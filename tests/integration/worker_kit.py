@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -113,7 +115,9 @@ class Stack:
 
     @property
     def packs_dir(self) -> Path:
-        return self.root / "packs"
+        # Whole packs are bound into the sandbox by path, so slot uids must be able to
+        # traverse to them: pytest's tmp_path sits under a 0700 directory.
+        return Path(tempfile.gettempdir()) / f"attune-packs-{self.root.name}-{os.getpid()}"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -244,7 +248,8 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     spec = load_pack(DEMO_PACK)
     s = Stack(db=db, broker=amqp_broker, db_url=db_url, amqp_url=amqp_url, root=tmp_path)
-    s.packs_dir.mkdir()
+    s.packs_dir.mkdir(mode=0o755)
+    s.packs_dir.chmod(0o755)
     install_pack(spec, s.packs_dir)
     await db.upsert_pack(spec)
     try:
@@ -252,6 +257,7 @@ async def stack(
     finally:
         for worker in s.workers:
             worker.kill()
+        shutil.rmtree(s.packs_dir, ignore_errors=True)
 
 
 SESSION_UID_BASE = 1_000_000 + (os.getpid() % 4000) * 256

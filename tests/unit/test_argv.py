@@ -54,6 +54,16 @@ COMMON_HEAD = [
     "--ro-bind-try",
     "/etc/localtime",
     "/etc/localtime",
+    "--ro-bind-try",
+    "/etc/ssl",
+    "/etc/ssl",
+    "--ro-bind-try",
+    "/etc/ca-certificates",
+    "/etc/ca-certificates",
+    # /usr/bin/awk and friends are links through /etc/alternatives.
+    "--ro-bind-try",
+    "/etc/alternatives",
+    "/etc/alternatives",
 ]
 SYMLINKS = [
     "--symlink",
@@ -155,12 +165,6 @@ def test_python_profile_golden_argv() -> None:
     lay = layout(wrapper="python_wrapper.py")
     assert argv.bwrap_args(profile, lay) == [
         *COMMON_HEAD,
-        "--ro-bind-try",
-        "/etc/ssl",
-        "/etc/ssl",
-        "--ro-bind-try",
-        "/etc/ca-certificates",
-        "/etc/ca-certificates",
         *SYMLINKS,
         *FILESYSTEMS,
         *TAIL,
@@ -283,3 +287,44 @@ def test_sandbox_env_is_profile_then_run() -> None:
         "TMPDIR": "/tmp",
         "X": "1",
     }
+
+
+PACK = argv.PackMount(
+    pack_dir="/var/lib/attune/packs/p",
+    action_path="/var/lib/attune/packs/p/actions/a.py",
+    env_dir="/var/lib/attune/runtime_envs/p/python-0123456789abcdef",
+)
+
+
+def _with_pack(pack: argv.PackMount) -> argv.RunLayout:
+    return dataclasses.replace(layout(), pack=pack)
+
+
+def test_whole_pack_is_bound_read_only_at_its_host_path_and_is_the_working_dir() -> None:
+    args = argv.bwrap_args(PROFILES["python"], _with_pack(PACK))
+    i = args.index("--ro-bind", args.index("/attune/out/result.json"))
+    assert args[i : i + 6] == [
+        "--ro-bind",
+        PACK.pack_dir,
+        PACK.pack_dir,
+        "--ro-bind",
+        PACK.env_dir,
+        PACK.env_dir,
+    ]
+    assert args[args.index("--chdir") + 1] == PACK.pack_dir
+    assert args.index("--remount-ro", i) > i  # the root is read-only after the pack binds
+
+
+def test_pack_action_runs_in_place_with_its_venv_python_and_pythonpath_honoured() -> None:
+    cmd = argv.action_command(PROFILES["python"], _with_pack(PACK))
+    python = cmd.index(f"{PACK.env_dir}/bin/python3")
+    assert "-I" not in cmd and "-s" in cmd[python:]
+    assert cmd[-1] == PACK.action_path
+
+
+def test_pack_without_venv_keeps_the_system_python() -> None:
+    no_env = argv.PackMount(pack_dir=PACK.pack_dir, action_path=PACK.action_path)
+    cmd = argv.action_command(PROFILES["python"], _with_pack(no_env))
+    assert "/usr/bin/python3" in cmd and "-I" not in cmd
+    shell = argv.action_command(PROFILES["shell"], _with_pack(no_env))
+    assert shell[-1] == PACK.action_path

@@ -80,7 +80,7 @@ def test_demo_python_actions_behave_as_documented() -> None:
 # --- pack.yaml ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field", ["ref", "label", "description", "version"])
+@pytest.mark.parametrize("field", ["ref", "version"])
 def test_pack_yaml_missing_required_field_names_file_and_field(pack: Path, field: str) -> None:
     meta = pack / "pack.yaml"
     lines = [ln for ln in meta.read_text().splitlines() if not ln.startswith(f"{field}:")]
@@ -106,10 +106,41 @@ def test_pack_version_must_be_a_string(pack: Path) -> None:
         load_pack(pack)
 
 
-def test_pack_yaml_unknown_keys_are_allowed(pack: Path) -> None:
+def test_pack_yaml_unknown_key_is_refused_with_a_suggestion(pack: Path) -> None:
     meta = pack / "pack.yaml"
-    meta.write_text(meta.read_text() + "homepage: https://example.com\n")
-    assert load_pack(pack).ref == "demo"
+    meta.write_text(meta.read_text() + "runtime_dep: [shell]\n")
+    with pytest.raises(InputError, match=r"unknown key 'runtime_dep'; did you mean 'runtime_deps'"):
+        load_pack(pack)
+
+
+def test_pack_yaml_label_defaults_to_the_ref(pack: Path) -> None:
+    meta = pack / "pack.yaml"
+    meta.write_text(meta.read_text().replace("label: Demo\n", ""))
+    assert load_pack(pack).label == "demo"
+
+
+def test_pack_yaml_legacy_names_fold_into_canonical_keys(pack: Path) -> None:
+    meta = pack / "pack.yaml"
+    text = meta.read_text().replace("label: Demo", "name: Old Demo").replace("tags:", "keywords:")
+    meta.write_text(text + "config_schema: {a: {type: string}}\nmetadata: {category: x}\n")
+    spec = load_pack(pack)
+    assert (spec.label, spec.meta.tags) == ("Old Demo", ["example"])
+    assert spec.meta.conf_schema == {"a": {"type": "string"}}
+    assert spec.meta.meta == {"category": "x"}
+
+
+def test_pack_yaml_legacy_name_conflicting_with_canonical_is_refused(pack: Path) -> None:
+    meta = pack / "pack.yaml"
+    meta.write_text(meta.read_text() + "name: Other\n")
+    with pytest.raises(InputError, match="'label' and its legacy name 'name'"):
+        load_pack(pack)
+
+
+def test_python_dependencies_must_be_requirement_strings(pack: Path) -> None:
+    meta = pack / "pack.yaml"
+    meta.write_text(meta.read_text() + "meta: {python_dependencies: [1]}\n")
+    with pytest.raises(InputError, match=r"meta\.python_dependencies"):
+        load_pack(pack)
 
 
 def test_missing_pack_yaml_is_named(pack: Path) -> None:
@@ -148,9 +179,10 @@ def test_unknown_action_key_names_file_and_key(pack: Path) -> None:
     with pytest.raises(InputError) as info:
         load_pack(pack)
     assert str(path) in str(info.value) and "timout" in str(info.value)
+    assert "did you mean 'timeout'" in str(info.value)
 
 
-@pytest.mark.parametrize("field", ["ref", "label", "description", "runner_type", "entry_point"])
+@pytest.mark.parametrize("field", ["ref", "entry_point"])
 def test_action_missing_required_field_names_file_and_field(pack: Path, field: str) -> None:
     text = "".join(ln + "\n" for ln in GOOD_ACTION.splitlines() if not ln.startswith(field))
     path = _action(pack, text)
@@ -162,7 +194,13 @@ def test_action_missing_required_field_names_file_and_field(pack: Path, field: s
 @pytest.mark.parametrize(
     ("line", "field"),
     [
-        ("runner_type: ruby", "runner_type"),
+        ("runner_type: 3", "runner_type"),
+        ("enabled: maybe", "enabled"),
+        ("timeout_seconds: 0", "timeout_seconds"),
+        ("default_execution_permission_set_refs: x", "default_execution_permission_set_refs"),
+        ("worker_tolerations: {}", "worker_tolerations"),
+        ("accesses_mcp: 2", "accesses_mcp"),
+        ("output: [1]", "output"),
         ("timeout: 0", "timeout"),
         ("timeout: -5", "timeout"),
         ("timeout: 1.5", "timeout"),
@@ -190,6 +228,39 @@ def test_action_ref_must_be_pack_ref_dot_lowercase_name(pack: Path, ref: str) ->
     with pytest.raises(InputError) as info:
         load_pack(pack)
     assert str(path) in str(info.value) and "ref" in str(info.value)
+
+
+def test_label_and_runner_type_default_like_the_reference(pack: Path) -> None:
+    (pack / "actions" / "x.sh").write_text("echo hi\n")
+    _action(pack, "ref: demo.my_thing\nentry_point: x.sh\n")
+    spec = next(a for a in load_pack(pack).actions if a.ref == "demo.my_thing")
+    assert (spec.display_label, spec.runner_type, spec.runtime) == ("My Thing", "shell", "shell")
+    assert spec.enabled is True
+
+
+def test_foreign_runner_type_loads_with_a_warning(pack: Path) -> None:
+    _action(pack, GOOD_ACTION.replace("runner_type: python", "runner_type: nodejs"))
+    spec = load_pack(pack)
+    thing = next(a for a in spec.actions if a.ref == "demo.thing")
+    assert thing.runtime is None
+    assert any("nodejs" in w for w in spec.warnings)
+
+
+def test_missing_shell_entry_point_loads_as_inline_code_with_a_warning(pack: Path) -> None:
+    _action(pack, "ref: demo.thing\nrunner_type: shell\nentry_point: gone.sh\n")
+    assert any("gone.sh" in w and "inline" in w for w in load_pack(pack).warnings)
+
+
+def test_output_and_output_schema_must_agree(pack: Path) -> None:
+    _action(pack, GOOD_ACTION + "output: {a: {type: string}}\noutput_schema: {type: number}\n")
+    with pytest.raises(InputError, match="output_schema"):
+        load_pack(pack)
+
+
+def test_flat_parameters_with_non_boolean_secret_are_refused(pack: Path) -> None:
+    _action(pack, GOOD_ACTION + "parameters: {token: {type: string, secret: 'yes'}}\n")
+    with pytest.raises(InputError, match=r"parameters\.token\.secret"):
+        load_pack(pack)
 
 
 def test_duplicate_action_refs_are_refused(pack: Path) -> None:
