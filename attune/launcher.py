@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from attune.artifacts import ArtifactStore
 from attune.config import Config
 from attune.db import Database
@@ -168,7 +170,7 @@ class Launcher:
                     spec, timeout=timeout, slot=slot, control=control, on_output=guard.write
                 )
                 result = await guard.redact(outcome.result)
-                artifacts.write_result(outcome.status, result)
+                await trio.to_thread.run_sync(artifacts.write_result, outcome.status, result)
         except AttuneError as exc:
             return "failed", {"succeeded": False, "error": secrets.masker.text(str(exc))}
         finally:

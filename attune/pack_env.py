@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Literal
 
 import trio
-import yaml
 
 from attune.config import Config
 from attune.errors import ExecutionError, InputError
@@ -38,6 +37,7 @@ from attune.pip_config import PipSettings, host_settings
 from attune.runner.env_build import BuildLimits, BuildNetwork, BuildPlan, run_build
 from attune.runner.host import untraversable_ancestors
 from attune.runner.sandbox import PackSource, write_etc
+from attune.yamlsafe import load_yaml
 
 READY = ".attune-ready"
 BUILDING = ".attune-building"
@@ -87,9 +87,9 @@ def manifest(pack_dir: Path) -> str | None:
                 lines.append(line)
     meta_raw = _read_small(pack_dir / "pack.yaml")
     if meta_raw is not None:
-        try:
-            meta = yaml.safe_load(meta_raw)
-        except yaml.YAMLError:
+        try:  # the bounded loader: a pack author wrote this (pack load refused worse)
+            meta = load_yaml(meta_raw, source="pack.yaml")
+        except InputError:
             meta = None
         deps = (meta or {}).get("meta", {}) if isinstance(meta, dict) else {}
         extra = deps.get("python_dependencies", []) if isinstance(deps, dict) else []

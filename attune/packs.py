@@ -21,7 +21,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import msgspec
-import yaml
 
 from attune.errors import ExecutionError, InputError
 from attune.pack_format import (
@@ -33,6 +32,7 @@ from attune.pack_format import (
     pack_fields,
 )
 from attune.schema_form import schema_form
+from attune.yamlsafe import load_yaml
 
 PACK_REF_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _ACTION_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -152,10 +152,7 @@ def _read_yaml(file: Path) -> Any:
         raise InputError(f"{file}: cannot read: {exc.strerror}") from None
     if len(raw) > _MAX_YAML_BYTES:
         raise InputError(f"{file}: larger than {_MAX_YAML_BYTES} bytes")
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise InputError(f"{file}: invalid YAML: {exc}") from None
+    return load_yaml(raw, source=str(file))
 
 
 def _load_actions(root: Path, pack_ref: str, warnings: list[str]) -> tuple[ActionSpec, ...]:

@@ -7,7 +7,6 @@ imported only inside the functions that read or write YAML.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -45,18 +44,16 @@ def _is_type(value: Any, name: str) -> bool:
     return actual == name or (name == "number" and actual == "integer")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
 def _parse_value(text: str) -> Any:
     """JSON when it parses (`1`, `true`, `{"a":1}`), else the text itself.
 
     NaN and Infinity stay text: they are not JSON and could not be delivered as such.
     """
+    from attune.jsonsafe import DataInvalid, decode_json
+
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
+        return decode_json(text, what="parameter value", strict=True)
+    except DataInvalid:
         return text
 
 
@@ -87,35 +84,19 @@ def parse_kv_params(
 
 def parse_params_json(text: str, source: str = "parameters JSON") -> dict[str, Any]:
     """A JSON object of parameters; `source` names where it came from in errors."""
+    from attune.jsonsafe import DataInvalid, decode_json
+
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
+        data = decode_json(text, what=source, strict=True)
+    except DataInvalid as exc:
         raise InputError(f"{source}: invalid JSON: {exc}") from None
     return _as_params(data, source)
 
 
-@functools.cache
-def _yaml_loader() -> type:
-    """SafeLoader minus timestamps, so `2024-01-01` stays the string an action expects."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    return Loader
-
-
 def _parse_yaml(text: str, source: str) -> Any:
-    import yaml
+    from attune.yamlsafe import load_yaml
 
-    try:
-        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise InputError(f"{source}: invalid YAML: {exc}") from None
+    return load_yaml(text, source=source)
 
 
 def load_params_file(path: Path) -> dict[str, Any]:
@@ -131,9 +112,11 @@ def load_params_file(path: Path) -> dict[str, Any]:
     if suffix == ".json":
         return parse_params_json(text, source)
     if suffix not in (".yaml", ".yml"):
+        from attune.jsonsafe import DataInvalid, decode_json
+
         try:
-            data = json.loads(text, parse_constant=_reject_constant)
-        except ValueError:
+            data = decode_json(text, what=source, strict=True)
+        except DataInvalid:
             pass
         else:
             return _as_params(data, source)
@@ -284,7 +267,9 @@ def _scalar_text(value: Any) -> str:
 
 _QUOTE = "'"
 _QUOTE_ESCAPED = "'\\''"  # close the quote, a literal quote, reopen: shell-safe
-_DOTENV_KEY = re.compile(r"[\w.\-]+")
+# Names that can be a dotenv key or part of a PARAM_ variable: ASCII only, so that no
+# two names differ only in how a locale folds or upper-cases them (`ß` -> `SS`).
+_DOTENV_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 def _flatten(params: Mapping[str, Any], prefix: str, out: dict[str, str]) -> None:
@@ -292,9 +277,17 @@ def _flatten(params: Mapping[str, Any], prefix: str, out: dict[str, str]) -> Non
     for key, value in params.items():
         name = f"{prefix}{key}"
         if not _DOTENV_KEY.fullmatch(name):
-            raise InputError(f"parameter {name!r}: name cannot be written as a dotenv key")
+            raise InputError(
+                f"parameter {name!r}: name cannot be written as a dotenv key "
+                "(ASCII letters, digits, '_', '.' and '-' only)"
+            )
         if isinstance(value, Mapping):
             _flatten(value, f"{name}.", out)
+        elif name in out:
+            raise InputError(
+                f"parameter {name!r}: two parameters become the same dotenv key "
+                "(a nested object and a dotted name); rename one or use json"
+            )
         else:
             out[name] = _scalar_text(value)
 
@@ -327,42 +320,107 @@ def encode_params(params: Mapping[str, Any], fmt: ParameterFormat) -> bytes:
 
 
 _ENV_UNSAFE = re.compile(r"[^A-Z0-9_]")
+# execve() refuses one string over 128 KiB and all of them over a quarter of the stack
+# limit (2 MiB by default): larger parameters stay on stdin / in the parameter file.
+PARAM_ENV_MAX_BYTES = 32 * 1024
+PARAM_ENV_TOTAL_BYTES = 256 * 1024
+NOT_IN_ENV = "ATTUNE_PARAMS_NOT_IN_ENV"
 
 
 def shell_env(params: Mapping[str, Any]) -> dict[str, str]:
     """Each parameter as `PARAM_<NAME>`, for shell actions that read the environment.
 
     Names that collide after normalising (`a-b`, `a_b`) keep the first in sorted order,
-    so the result does not depend on the order the parameters arrived in.
+    so the result does not depend on the order the parameters arrived in. A parameter
+    whose name is not ASCII (`_DOTENV_KEY`), whose value is over PARAM_ENV_MAX_BYTES, or
+    that would take the total over PARAM_ENV_TOTAL_BYTES is left out; their names are
+    listed, comma-separated, in ATTUNE_PARAMS_NOT_IN_ENV (they are on stdin as always).
     """
     env: dict[str, str] = {}
+    left_out: list[str] = []
+    total = 0
     for name in sorted(params):
         value = params[name]
         text = value if isinstance(value, str) else _scalar_text(value)
         if "\0" in text:
             raise InputError(f"parameter {name!r}: a NUL byte cannot be put in the environment")
-        env.setdefault("PARAM_" + _ENV_UNSAFE.sub("_", name.upper()), text)
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if (
+            not _DOTENV_KEY.fullmatch(name)
+            or size > PARAM_ENV_MAX_BYTES
+            or total + size > PARAM_ENV_TOTAL_BYTES
+        ):
+            left_out.append(name)
+            continue
+        key = "PARAM_" + _ENV_UNSAFE.sub("_", name.upper())
+        if key not in env:
+            env[key] = text
+            total += size
+    if left_out:
+        # Non-ASCII names as JSON escapes: the environment stays ASCII.
+        shown = (n if _DOTENV_KEY.fullmatch(n) else json.dumps(n)[1:-1] for n in left_out)
+        env[NOT_IN_ENV] = ",".join(shown)
     return env
 
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Variables that choose or steer the interpreter, loader or shell before the action's own
-# code runs (and the worker-owned context): an execution's env_vars may not set them.
+# An execution's env_vars reach the action only under names of this shape (upper-case
+# ASCII, 1 to 64 characters) and outside the families below: everything that a shell,
+# an interpreter, the dynamic loader or libc reads before (or while) the action's own
+# code runs, and the names the worker sets itself. docs/actions.md has the table.
+_ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+ENV_VALUE_MAX_BYTES = 32 * 1024
+ENV_TOTAL_BYTES = 256 * 1024
 # fmt: off
-_BLOCKED_NAMES = frozenset({
-    "PATH", "HOME", "LANG", "TMPDIR", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "IFS",
-    "CDPATH", "GLIBC_TUNABLES", "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES",
-})
+_ENV_FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # family: (exact names, name prefixes)
+    "worker": (("PATH", "HOME", "LANG", "TMPDIR", "PWD", "OLDPWD", "SHELL", "USER",
+                "LOGNAME", "TERM"), ("ATTUNE_", "PARAM_")),
+    "shell": (("ENV", "IFS", "GLOBIGNORE", "CDPATH", "SHELLOPTS", "BASHOPTS", "POSIXLY_CORRECT",
+               "PROMPT_COMMAND", "PROMPT_DIRTRIM", "INPUTRC", "MAIL", "MAILPATH", "MAILCHECK",
+               "TMOUT", "SHLVL", "FUNCNEST", "EXECIGNORE", "FIGNORE", "HOSTFILE", "TIMEFORMAT",
+               "OPTIND", "OPTARG", "OPTERR", "FPATH", "ZDOTDIR", "EDITOR", "VISUAL", "PAGER",
+               "MANPAGER", "BROWSER", "TERMINFO", "TERMCAP", "COLUMNS", "LINES"),
+              ("PS", "BASH", "HIST", "COMP_", "KSH_", "READLINE", "LESS", "SSH_", "GIT_",
+               "SUDO_", "XDG_", "DBUS_")),
+    "loader and libc": (("GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCALDOMAIN",
+                         "RES_OPTIONS", "NLSPATH", "LOCPATH", "TZ", "TZDIR", "LANGUAGE",
+                         "NIS_PATH", "RESOLV_HOST_CONF", "POSIXLY_CORRECT", "TMP", "TEMP"),
+                        ("LD_", "LC_", "GLIBC_", "MALLOC_", "GMON_", "NSS_")),
+    "interpreters": (("CLASSPATH", "JAVA_HOME"),
+                     ("PYTHON", "PERL", "RUBY", "GEM_", "BUNDLE", "NODE_", "NPM_", "COREPACK_",
+                      "JAVA_", "JDK_", "LUA_", "TCL", "GUILE_", "PHP", "R_", "OPENSSL_", "SSL_",
+                      "CURL_", "WGET", "PIP_", "VIRTUAL_ENV", "CONDA", "DENO_", "BUN_", "GO")),
+}
 # fmt: on
-_BLOCKED_PREFIXES = ("ATTUNE_", "LD_", "PYTHON", "BASH_FUNC_")
+# Option, search-path, library, configuration-file and home variables of any tool:
+# NODE_OPTIONS, RUBYOPT, PERL5OPT, JAVA_TOOL_OPTIONS, MANPATH, PERL5LIB, OPENSSL_CONF,
+# PIP_CONFIG_FILE, NPMRC, GNUPGHOME...: a tool the action runs would obey them.
+_ENV_TOOL_SUFFIXES = (
+    "OPT",
+    "OPTS",
+    "OPTIONS",
+    "PATH",
+    "LIB",
+    "LIBS",
+    "CONF",
+    "CONFIG",
+    "RC",
+    "_FILE",
+    "HOME",
+    "_PRELOAD",
+)  # fmt: skip
 
 
-def _allowed_env_name(name: str) -> bool:
-    return (
-        _ENV_NAME.fullmatch(name) is not None
-        and name not in _BLOCKED_NAMES
-        and not name.startswith(_BLOCKED_PREFIXES)
-    )
+def env_name_refusal(name: str) -> str | None:
+    """Why an execution's env_vars may not set `name`; None when it may."""
+    if _ENV_NAME.fullmatch(name) is None:
+        return "not a name of 1-64 upper-case letters, digits and '_', starting with a letter"
+    for family, (names, prefixes) in _ENV_FAMILIES.items():
+        if name in names or name.startswith(prefixes):
+            return f"read by the {family}"
+    if name.endswith(_ENV_TOOL_SUFFIXES):
+        return "an option, search path, library, configuration file or home of a tool"
+    return None
 
 
 def context_env(
@@ -376,10 +434,10 @@ def context_env(
 ) -> dict[str, str]:
     """The execution context variables, then the execution's own `env_vars` (docs/protocol.md §7).
 
-    `env_vars` entries are skipped silently when they are not strings, hold a NUL, are not
-    valid names, or would override the context or steer the interpreter (PATH, HOME, LANG,
-    TMPDIR, LD_*, PYTHON*, BASH_ENV, ...): the worker sets those itself, and a caller
-    must not be able to run code before the sandboxed wrapper does.
+    `env_vars` entries are skipped when the value is not a string, holds a NUL or is
+    longer than ENV_VALUE_MAX_BYTES, or when `env_name_refusal` refuses the name: a
+    caller must not be able to run code before (or beside) the action's own, e.g. with
+    `PS4='$(...)'` under `set -x`, and must not override what the worker sets.
     """
     env = {
         "ATTUNE_EXEC_ID": str(exec_id),
@@ -388,12 +446,16 @@ def context_env(
         "ATTUNE_PARAMETER_DELIVERY": delivery,
         "ATTUNE_PARAMETER_FORMAT": fmt,
     }
+    total = 0
     for name, value in (env_vars or {}).items():
+        if not (isinstance(name, str) and isinstance(value, str) and "\0" not in value):
+            continue
+        size = len(value.encode("utf-8", "surrogatepass"))
         if (
-            isinstance(name, str)
-            and isinstance(value, str)
-            and "\0" not in value
-            and _allowed_env_name(name)
+            size <= ENV_VALUE_MAX_BYTES
+            and total + size <= ENV_TOTAL_BYTES
+            and env_name_refusal(name) is None
         ):
             env[name] = value
+            total += size
     return env

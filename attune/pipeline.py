@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import trio
 
 from attune.errors import AttuneError, MessageError, TransientError, UnreadableExecution
+from attune.jsonsafe import heavier_than
 from attune.lifecycle import (
     SUBMITTED,
     Announcement,
@@ -162,7 +163,12 @@ async def record(
     The messages are built before the write, so a result that cannot be announced
     raises before anything is recorded and the caller can record a plainer one.
     """
-    messages = _encode(step.announcements(ref, result, _now()), correlation_id)
+    announcements = step.announcements(ref, result, _now())
+    if heavier_than(result, values=2000, chars=256 * 1024):
+        # Encoding a result of tens of MB takes hundreds of ms: off the trio thread.
+        messages = await trio.to_thread.run_sync(_encode, announcements, correlation_id)
+    else:
+        messages = _encode(announcements, correlation_id)
     written = await with_db_retry(
         f"record execution {ref.id} {step.new}",
         lambda: p.store.finish_execution(ref.id, step, result),

@@ -69,7 +69,13 @@ _loads, _dumps = _json_codec()
 
 
 def _write_report(report):
-    data = _dumps(report).encode("utf-8")
+    text = _dumps(report)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate can only sit inside a JSON string: written as its \uXXXX
+        # escape, the worker reads it back and stores U+FFFD (attune/jsonsafe.py).
+        data = text.encode("utf-8", "backslashreplace")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(RESULT_PATH, flags, 0o600)
     try:

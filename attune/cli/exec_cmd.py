@@ -9,6 +9,7 @@ rich is imported unless the run needs it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -64,16 +65,38 @@ def _metadata(code_path: Path) -> dict[str, Any] | None:
     """The action's metadata file beside the code (same name, .yaml), if any."""
     for candidate in (code_path.with_suffix(".yaml"), code_path.with_suffix(".yml")):
         if candidate.is_file():
-            import yaml
+            from attune.yamlsafe import METADATA_LIMITS, load_yaml
 
             try:
-                data = yaml.safe_load(candidate.read_text())
-            except (OSError, yaml.YAMLError) as exc:
+                with open(candidate, "rb") as handle:
+                    raw = handle.read(METADATA_LIMITS.max_bytes + 1)
+            except OSError as exc:
                 raise InputError(f"{candidate}: cannot read action metadata: {exc}") from None
+            data = load_yaml(raw, source=f"{candidate}: action metadata")
             if not isinstance(data, dict):
                 raise InputError(f"{candidate}: action metadata must be a mapping")
             return data
     return None
+
+
+def metadata_timeout(value: Any, code_path: Path) -> float | None:
+    """The metadata `timeout`: a positive, finite number of seconds, or absent.
+
+    `-1`, `0`, `.inf`, `.nan`, `true` or text are errors, never "no limit".
+    """
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise InputError(
+            f"{code_path.with_suffix('.yaml')}: timeout: must be a positive number of "
+            f"seconds, got {value!r}"
+        )
+    return float(value)
 
 
 async def run_file(
@@ -119,7 +142,17 @@ async def run_file(
     fmt = _output_format(output_format or meta.get("output_format") or "json")
     delivery = meta.get("parameter_delivery", "stdin")
     param_format = meta.get("parameter_format", "json")
-    seconds = timeout or meta.get("timeout") or profile.default_timeout
+    for key, value, allowed in (
+        ("output_format", fmt, OUTPUT_FORMATS),
+        ("parameter_delivery", delivery, ("stdin", "file")),
+        ("parameter_format", param_format, ("json", "yaml", "dotenv")),
+    ):
+        if value not in allowed:
+            raise InputError(
+                f"{code_path.with_suffix('.yaml')}: {key}: must be one of "
+                f"{', '.join(allowed)}, got {value!r}"
+            )
+    seconds = timeout or metadata_timeout(meta.get("timeout"), code_path) or profile.default_timeout
     facts = host.detect(probe_version=False)
     if not facts.usable:
         raise SandboxUnavailable("sandbox unavailable: " + "; ".join(facts.problems()))
@@ -291,8 +324,8 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if args.timeout is not None and args.timeout <= 0:
-        print("attune: error: --timeout must be positive", file=sys.stderr)
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        print("attune: error: --timeout must be a positive number of seconds", file=sys.stderr)
         return EXIT_USAGE
     import trio
 

@@ -121,6 +121,7 @@ def build_checks(
     checks = [
         *_layer_checks(snapshot),
         _cgroup_check(snapshot),
+        _privilege_check(snapshot),
         _slot_uid_check(snapshot, config),
         _run_dir_access_check(snapshot, config),
         _umask_check(snapshot),
@@ -191,53 +192,71 @@ def _egress_check(snapshot: HostSnapshot, config: Config) -> Check:
     return Check("egress", "OK", f"on: {reach}, dns {policy.dns}; nftables work in a namespace")
 
 
+# What a run is limited by under each cgroup setup (docs/security.md has the table).
+ENFORCED = {
+    2: "memory.max, memory.swap.max=0, pids.max, cpu.max; OOM kills from memory.events; "
+    "teardown by cgroup.kill",
+    1: "memory.limit_in_bytes (+memsw), pids.max, cpu.cfs_quota_us; OOM kills from "
+    "memory.oom_control",
+    0: "rlimits only: address space and CPU seconds per process, processes per uid",
+}
+_RLIMITS_ONLY = (
+    "without per-run cgroups, memory is bounded per process (address space), not per run, "
+    "and OOM kills are not reported as such"
+)
+
+
 def _cgroup_check(snapshot: HostSnapshot) -> Check:
     support, view = snapshot.facts.cgroups, snapshot.cgroup
     have = ",".join(view.controllers) or "none"
-    fix_rlimits = (
-        "without per-run cgroups, memory is bounded per process (address space), not per run"
-    )
     if not snapshot.facts.is_root:
         return Check(
             "cgroups",
             "WARN",
-            f"{view.mode}, controllers {have}; not root, so no per-run cgroups",
-            f"run the worker as root with Delegate=yes; {fix_rlimits}",
+            f"{view.mode}, controllers {have}; not root, so no per-run cgroups ({ENFORCED[0]})",
+            f"run the worker as root with Delegate=yes; {_RLIMITS_ONLY}",
         )
     if support.version == 0:
+        if view.mode == "v2":
+            fix = (
+                "start the worker in a cgroup delegated to it with memory and pids available "
+                "(systemd: Delegate=yes, as deploy/attune-worker.service sets); the worker "
+                "moves itself into a leaf and enables the controllers itself"
+            )
+        else:
+            fix = "mount the v1 memory and pids hierarchies writable for root"
         return Check(
             "cgroups",
             "WARN",
-            f"{view.mode}, controllers {have}: {support.detail}",
-            "give the worker a writable subtree with memory and pids (systemd: "
-            f"Delegate=yes, see deploy/attune-worker.service); {fix_rlimits}",
+            f"{view.mode}, controllers {have}: {support.detail}; per run: {ENFORCED[0]}",
+            f"{fix}; {_RLIMITS_ONLY}",
         )
-    if support.version == 2:
-        enabled = set(view.child_controllers or ())
-        missing = sorted({"memory", "pids"} - enabled)
-        if missing:
-            return Check(
-                "cgroups",
-                "WARN",
-                f"v2 subtree {support.memory_parent} is writable (delegated) but "
-                f"{','.join(missing)} is not enabled for its children, so per-run limits "
-                "cannot be set",
-                "the worker's own cgroup must not hold processes when it enables "
-                "controllers for children (cgroup v2 'no internal processes' rule): start "
-                "it in a leaf of the delegated subtree, or enable +memory +pids in "
-                f"{support.memory_parent}/cgroup.subtree_control",
-            )
-        return Check(
-            "cgroups",
-            "OK",
-            f"v2, controllers {have}; per-run memory+pids cgroups "
-            f"under {support.memory_parent} (delegated)",
-        )
+    limited = "+".join(sorted(support.controllers)) or "memory+pids"
+    where = "delegated" if support.version == 2 else "writable"
+    missing_cpu = "" if "cpu" in support.controllers else "; no cpu controller, so no CPU quota"
     return Check(
         "cgroups",
         "OK",
-        f"{view.mode}, controllers {have}; per-run memory+pids "
-        f"cgroups under {support.memory_parent} (writable)",
+        f"v{support.version} ({view.mode}), per-run {limited} cgroups under "
+        f"{support.memory_parent} ({where}); per run: {ENFORCED[support.version]}{missing_cpu}",
+    )
+
+
+def _privilege_check(snapshot: HostSnapshot) -> Check:
+    """Root is not required: say exactly what a worker without it keeps and loses."""
+    if snapshot.facts.is_root:
+        return Check("privileges", "OK", "root: every isolation layer is available")
+    return Check(
+        "privileges",
+        "WARN",
+        f"running as uid {os.getuid()} (unprivileged user namespaces): kept are bubblewrap's "
+        "namespaces (mount, pid, network, ipc, uts, user, cgroup), the read-only minimal "
+        "filesystem, seccomp, NoNewPrivs, no capabilities, no network, rlimits, timeouts, "
+        "bounded output; lost are per-slot uids (every sandbox and the worker share one uid, "
+        "its process-count limit and file ownership), per-run cgroups (memory, pids and CPU "
+        "per run, OOM reporting, cgroup.kill teardown), and killing a crashed worker's "
+        "leftover sandboxes at start-up",
+        "run the worker as root (deploy/attune-worker.service) to get these back",
     )
 
 

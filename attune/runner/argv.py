@@ -13,10 +13,10 @@ before an after-run size check could notice. tmpfs pages are charged to the run'
 memory cgroup where there is one and vanish with the sandbox's mount namespace, so there
 is nothing to clean up either (no chmod-000 trees left for the worker to remove).
 
-The only host file the action can write is the result file, bound alone at
-/attune/out/result.json: an existing regular file it cannot replace, rename or turn into
-a symlink (its parent is part of the read-only /attune), capped by RLIMIT_FSIZE and read
-back with O_NOFOLLOW and a size cap. The parameter file is bound read-only beside it.
+The only host path the action can write is the result FIFO (resultpipe.py), bound alone
+at /attune/out/result.json: it cannot replace, rename or turn it into a symlink (its
+parent is part of the read-only /attune), and what it writes there stays in the pipe
+until the worker reads it, capped. The parameter file is bound read-only beside it.
 Nothing reads the work dir after a run today; an artifact collector would need it
 host-visible (e.g. a sized tmpfs the worker mounts) and must keep the size bound.
 """
@@ -33,7 +33,7 @@ SANDBOX_GID = 1000
 WORK_DIR = "/work"
 ATTUNE_DIR = "/attune"  # read-only: the action code and the wrapper
 OUT_DIR = "/attune/out"  # read-only; holds the two files below
-RESULT_FILE = "/attune/out/result.json"  # the one writable host file
+RESULT_FILE = "/attune/out/result.json"  # the result FIFO, the one writable host path
 PARAMS_FILE = "/attune/out/parameters"  # parameter_delivery = file, read-only
 SECRETS_FILE = "/attune/out/secrets.json"  # keystore secrets of the run, read-only
 ACTION_DIR = "/attune/action"
@@ -46,7 +46,7 @@ class RunLayout:
     """Host paths of one run, prepared by the caller before the argv is built."""
 
     code_dir: str  # host dir bound read-only at /attune (holds action/ and out/)
-    result_file: str  # host file bound read-write at /attune/out/result.json
+    result_file: str  # host FIFO bound read-write at /attune/out/result.json
     params_file: str | None  # host file bound read-only at /attune/out/parameters
     etc_dir: str  # host dir with the synthetic passwd, group, hosts
     action_file: str  # file name under /attune/action

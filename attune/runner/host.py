@@ -52,6 +52,7 @@ class HostFacts:
         return {layer.name: layer.active for layer in self.layers} | {
             "bwrap_version": self.bwrap_version,
             "cgroup_version": self.cgroups.version,
+            "cgroup_controllers": sorted(self.cgroups.controllers),
         }
 
 

@@ -7,11 +7,21 @@ that decides status and result fields from what the sandbox reported.
 
 from __future__ import annotations
 
-import json
 import signal
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from attune.jsonsafe import (
+    DATA_LIMITS,
+    DataInvalid,
+    DataRefused,
+    check_value_count,
+    clean_text,
+    decode_json,
+    fit_text,
+    normalise,
+    utf8_len,
+)
 from attune.models import OutputFormat
 
 Status = Literal["completed", "failed", "timeout", "cancelled"]
@@ -36,6 +46,9 @@ class BoundedBuffer:
     kept: bytearray = field(default_factory=bytearray)
     dropped: int = 0
     tail: bytearray = field(default_factory=bytearray)
+    # Bytes of the kept text left out of the stored text so that, JSON-escaped, it
+    # still fits `limit` (control bytes take 6 bytes each once escaped).
+    cut: int = 0
 
     def feed(self, chunk: bytes) -> bytes:
         """Store what fits; return the part that was kept (for live streaming)."""
@@ -53,11 +66,21 @@ class BoundedBuffer:
 
     @property
     def truncated(self) -> bool:
-        return self.dropped > 0
+        return self.dropped + self.cut > 0
+
+    @property
+    def bytes_truncated(self) -> int:
+        return self.dropped + self.cut
 
     def text(self, stream: str) -> str:
-        text = bytes(self.kept).decode("utf-8", "replace")
-        return text + truncation_notice(stream) if self.truncated else text
+        """The stored text: at most `limit` bytes once in the result JSON, then a notice.
+
+        Invalid UTF-8 and NUL become U+FFFD (see attune.jsonsafe).
+        """
+        text = clean_text(self.kept.decode("utf-8", "replace"))
+        fitted = fit_text(text, self.limit)
+        self.cut = utf8_len(text[len(fitted) :]) if len(fitted) < len(text) else 0
+        return fitted + truncation_notice(stream) if self.truncated else fitted
 
     def last_line(self) -> str:
         """The last non-blank line of everything fed (kept or not)."""
@@ -65,33 +88,42 @@ class BoundedBuffer:
 
 
 def parse_output(stdout: str, fmt: OutputFormat) -> tuple[bool, Any]:
-    """(parsed?, value) by output_format; only non-blank stdout is parsed."""
+    """(parsed?, value) by output_format; only non-blank stdout is parsed.
+
+    Output that is not JSON/YAML at all is simply not parsed (it stays text); output
+    that parses but passes a bound of attune.jsonsafe (depth, values, size, YAML aliases)
+    raises DataRefused: the run fails with that reason rather than storing it.
+    """
     text = stdout.strip()
     if fmt == "text" or not text:
         return False, None
     if fmt == "json":
         try:
-            return True, json.loads(text)
-        except ValueError:
-            last = text.splitlines()[-1]
-            try:
-                return True, json.loads(last)
-            except ValueError:
-                return False, None
+            return True, decode_json(text, what="stdout (JSON)")
+        except DataInvalid:
+            pass
+        try:
+            return True, decode_json(text.splitlines()[-1], what="the last line of stdout (JSON)")
+        except DataInvalid:
+            return False, None
     if fmt == "jsonl":
+        check_value_count(text, DATA_LIMITS, "stdout (JSON lines)")
         items = []
-        for line in text.splitlines():
+        for number, line in enumerate(text.splitlines(), 1):
             try:
-                items.append(json.loads(line))
-            except ValueError:
+                items.append(decode_json(line, what=f"stdout line {number} (JSON lines)"))
+            except DataInvalid:
                 continue
-        return (True, items) if items else (False, None)
-    import yaml  # only actions that ask for yaml pay for the import
+        return (True, normalise(items, what="stdout (JSON lines)")) if items else (False, None)
+    from attune.yamlsafe import OUTPUT_LIMITS, YamlInvalid, YamlRefused, load_yaml
 
     try:
-        return True, yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, source="stdout (YAML)", limits=OUTPUT_LIMITS)
+    except YamlInvalid:
         return False, None
+    except YamlRefused as exc:
+        raise DataRefused(str(exc)) from None
+    return True, normalise(value, what="stdout (YAML)")
 
 
 @dataclass(frozen=True)
@@ -151,6 +183,7 @@ def build_result(report: RunReport) -> tuple[Status, dict[str, Any]]:
         "duration_ms": report.duration_ms,
     }
     status: Status
+    data: tuple[bool, Any] = (False, None)  # (parsed?, value) of a completed run
     if report.timed_out:
         status = "timeout"
         seconds = report.timeout_seconds
@@ -196,14 +229,16 @@ def build_result(report: RunReport) -> tuple[Status, dict[str, Any]]:
     else:
         status = "completed"
         result["succeeded"] = True
-        if report.wrapper is not None:
-            result["data"] = report.wrapper.get("value")
-        else:
-            parsed, value = parse_output(stdout, report.output_format)
-            if parsed:
-                result["data"] = value
+        try:
+            if report.wrapper is not None:
+                data = (True, normalise(report.wrapper.get("value"), what="the return value"))
+            else:
+                data = parse_output(stdout, report.output_format)
+        except DataRefused as exc:
+            status = "failed"
+            result.update(succeeded=False, error=f"Result refused: {exc}")
         # stdout stays when nothing was parsed; a run() action's prints stay too.
-        if "data" not in result or (report.wrapper is not None and stdout):
+        if not data[0] or (report.wrapper is not None and stdout):
             result["stdout"] = stdout
     if status != "completed":
         result["stdout"] = stdout
@@ -212,5 +247,10 @@ def build_result(report: RunReport) -> tuple[Status, dict[str, Any]]:
     for name, buf in (("stdout", report.stdout), ("stderr", report.stderr)):
         if buf.truncated:
             result[f"{name}_truncated"] = True
-            result[f"{name}_bytes_truncated"] = buf.dropped
+            result[f"{name}_bytes_truncated"] = buf.bytes_truncated
+    # Every field is text or a number; `error` may quote the action (NUL, surrogates).
+    result = normalise(result, what="the result")
+    if status == "completed" and data[0]:
+        head = {k: result.pop(k) for k in ("succeeded", "exit_code", "duration_ms")}
+        result = {**head, "data": data[1], **result}
     return status, result

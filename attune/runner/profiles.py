@@ -32,9 +32,12 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     processes: int = 256
     tmpfs_mb: int = 64
     memory_mb: int = 512
+    # CPUs a run may use at once (a cgroup cpu.max / cfs quota); 0 = no quota. Applied
+    # only where per-run cgroups are active; cpu_seconds bounds CPU time everywhere.
+    cpus: float = 1.0
     max_stdout_bytes: int = 10 * 1024 * 1024
     max_stderr_bytes: int = 10 * 1024 * 1024
-    max_result_bytes: int = 10 * 1024 * 1024
+    max_result_bytes: int = 1024 * 1024  # a run() return value, through the result FIFO
     work_dir_mb: int = 256
 
 

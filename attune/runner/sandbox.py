@@ -10,7 +10,8 @@ Output is kept up to each stream's cap and the rest counted; once a stream has t
 away OUTPUT_KILL_FACTOR times its cap the run is killed (status failed,
 `output_limit_exceeded`), since draining a flood until the timeout would burn a worker
 core for nothing. The run directory on the host holds only what the worker wrote (the
-code, the parameter file) and the one result file the action may write (argv.py).
+code, the parameter file) and the result FIFO (resultpipe.py): nothing the action
+writes is stored on the host's disk.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,7 @@ from attune.runner.output import (
     build_result,
 )
 from attune.runner.profiles import Profile
+from attune.runner.resultpipe import ResultPipe, make_fifo
 from attune.runner.seccomp import bpf_fd, default_bpf
 
 SANDBOX_ASSETS = Path(__file__).resolve().parent.parent.parent / "sandbox"
@@ -213,12 +214,10 @@ class Sandbox:
         os.chmod(code / "attune_secrets.py", 0o644)
         out.mkdir(mode=0o700)
         rd = _RunDir(root, code, out)
-        # Created empty by us so that the action can only ever write into this file.
-        fd = os.open(rd.result_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        os.close(fd)
         if uid is not None:
             os.chown(out, uid, uid)
-            os.chown(rd.result_file, uid, uid)
+        # A FIFO, not a file: what the action writes there never reaches the disk.
+        make_fifo(rd.result_file, uid)
         return rd
 
     async def run(
@@ -234,8 +233,10 @@ class Sandbox:
         uid = self.slot_uid(slot)
         rd = self._make_run_dir(spec, uid)
         cgroup: RunCgroup | None = None
+        pipe: ResultPipe | None = None
         attachment: network.Attachment | None = None  # egress: the user-mode network
         try:
+            pipe = ResultPipe(rd.result_file, profile.limits.max_result_bytes)
             env = dict(spec.env)
             if profile.params_as_env:
                 env.update(shell_env(spec.params))
@@ -322,7 +323,7 @@ class Sandbox:
                     on_output,
                     started,
                     wrapper is not None,
-                    rd,
+                    pipe,
                 )
             finally:
                 if attachment is not None:
@@ -332,9 +333,13 @@ class Sandbox:
                 proc.close()
             if cgroup is not None and cgroup.oom_killed():
                 report = _replace(report, oom_killed=True)
-            status, result = build_result(report)
+            # Parsing and normalising up to 10 MiB of output takes a while: off the trio
+            # thread, so other runs and the heartbeat never wait for it.
+            status, result = await trio.to_thread.run_sync(build_result, report)
             return RunOutcome(status, result)
         finally:
+            if pipe is not None:
+                pipe.close()
             if attachment is not None:
                 attachment.discard()  # killed now, reaped after it has torn down
             # Both may block briefly (rmdir of a cgroup retries while a process exits).
@@ -406,6 +411,7 @@ class Sandbox:
                 name,
                 profile.limits.memory_mb * 1024 * 1024,
                 profile.limits.processes,
+                profile.limits.cpus,
             )
         except OSError:
             return None
@@ -420,7 +426,7 @@ class Sandbox:
         on_output: OutputSink | None,
         started: float,
         wrapped: bool,
-        rd: _RunDir,
+        pipe: ResultPipe,
     ) -> RunReport:
         limits = spec.profile.limits
         stdout = BoundedBuffer(limits.max_stdout_bytes)
@@ -459,9 +465,11 @@ class Sandbox:
                     nursery.start_soon(feed_stdin)
                     nursery.start_soon(pump, "stdout", proc.pipes.stdout, stdout)
                     nursery.start_soon(pump, "stderr", proc.pipes.stderr, stderr)
+                    nursery.start_soon(pipe.pump)
                     exit_code = await proc.wait()
+                    pipe.writers_gone()  # every writer in the sandbox died with it
                     with trio.move_on_after(DRAIN_SECONDS):
-                        for event in drained.values():
+                        for event in (*drained.values(), pipe.done):
                             await event.wait()
                     nursery.cancel_scope.cancel()
         duration_ms = int((trio.current_time() - started) * 1000)
@@ -483,7 +491,7 @@ class Sandbox:
         )
         wrapper_report, problem = (None, None)
         if wrapped and not (timed_out or cancelled or exceeded):
-            wrapper_report, problem = read_wrapper_report(rd.out, limits.max_result_bytes)
+            wrapper_report, problem = pipe.report()
         return RunReport(
             exit_code=exit_code if not cancelled else (proc.returncode or -1),
             duration_ms=duration_ms,
@@ -501,19 +509,6 @@ class Sandbox:
             output_exceeded=exceeded[0] if exceeded else None,
             output_format=spec.output_format or spec.profile.default_output_format,
         )
-
-
-def _read_capped(fd: int, limit: int) -> bytes:
-    """Read up to `limit` bytes (os.read may return less than asked for)."""
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = os.read(fd, min(limit - size, 1024 * 1024))
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
 
 
 def _cleanup(root: Path, cgroup: RunCgroup | None) -> None:
@@ -539,46 +534,3 @@ def _replace(report: RunReport, **changes: Any) -> RunReport:
     import dataclasses
 
     return dataclasses.replace(report, **changes)
-
-
-def read_wrapper_report(out_dir: Path, max_bytes: int) -> tuple[dict[str, Any] | None, str | None]:
-    """Read result.json the wrapper left, refusing symlinks, non-files and huge files."""
-    import json
-
-    try:
-        dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        return None, f"cannot open the result directory: {exc.strerror}"
-    try:
-        try:
-            fd = os.open(
-                "result.json",
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                dir_fd=dir_fd,
-            )
-        except FileNotFoundError:
-            return None, "the action ended without reporting a return value"
-        except OSError as exc:
-            return None, f"refused the result file: {exc.strerror} (not a regular file?)"
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                return None, "refused the result file: not a regular file"
-            if info.st_size > max_bytes:
-                return None, f"result exceeds the {max_bytes} byte limit"
-            data = _read_capped(fd, max_bytes + 1)
-        finally:
-            os.close(fd)
-    finally:
-        os.close(dir_fd)
-    if not data:  # the file is created empty before the run
-        return None, "the action ended without reporting a return value"
-    if len(data) > max_bytes:
-        return None, f"result exceeds the {max_bytes} byte limit"
-    try:
-        report = json.loads(data)
-    except ValueError:
-        return None, "the result file is not valid JSON"
-    if not isinstance(report, dict) or "ok" not in report:
-        return None, "the result file is malformed"
-    return report, None

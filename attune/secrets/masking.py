@@ -24,6 +24,7 @@ run that mentions another run's secret is masked too).
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import json
 import os
@@ -36,6 +37,7 @@ from urllib.parse import quote, quote_plus
 import trio
 
 from attune.log import add_redactor
+from attune.runner.output import parse_output, truncation_notice
 from attune.secrets.pointer import replace_paths, schema_secret_paths, values_at
 
 MASK = "***"
@@ -101,6 +103,8 @@ class Masker:
         raw = [p.encode("utf-8") for p in patterns]
         self._bytes = re.compile(b"|".join(map(re.escape, raw))) if raw else None
         self.max_bytes = max((len(p) for p in raw), default=0)
+        self._forms = patterns
+        self._raw_forms = raw
 
     def __bool__(self) -> bool:
         return self._text is not None
@@ -116,6 +120,21 @@ class Masker:
     def bytes(self, data: bytes) -> bytes:
         return self._bytes.sub(MASK.encode(), data) if self._bytes is not None else data
 
+    def cut_text(self, text: str) -> str:
+        """`text` ends where output was cut: mask a trailing start of a secret too.
+
+        A cap can cut a secret in two; the kept half is no full match, so the plain
+        masking leaves it. Here the longest end of `text` that begins any masked form
+        becomes `***` (only at a cut: at a normal end it could be anything).
+        """
+        cut = _trailing_prefix(text, self._forms)
+        return self.text(text[: len(text) - cut]) + MASK if cut else self.text(text)
+
+    def cut_bytes(self, data: builtins.bytes) -> builtins.bytes:
+        """Like `cut_text`, for a byte stream that was cut."""
+        cut = _trailing_prefix(data, self._raw_forms)
+        return self.bytes(data[: len(data) - cut]) + MASK.encode() if cut else self.bytes(data)
+
     def json(self, value: Any) -> Any:
         """A masked copy of a JSON value: strings and keys masked, numbers checked too."""
         if self._text is None:
@@ -130,6 +149,17 @@ class Masker:
             shown = json.dumps(value)
             return MASK if self.text(shown) != shown else value
         return value
+
+
+def _trailing_prefix(data: Any, forms: list[Any]) -> int:
+    """Length of the longest end of `data` that is a proper start of one of `forms`."""
+    best = 0
+    for form in forms:
+        for size in range(min(len(form) - 1, len(data)), best, -1):
+            if data.endswith(form[:size]):
+                best = size
+                break
+    return best
 
 
 class StreamMasker:
@@ -167,9 +197,10 @@ class StreamMasker:
         self._pending = buf[cut:]
         return b"".join(out)
 
-    def flush(self) -> bytes:
+    def flush(self, *, cut: bool = False) -> bytes:
+        """The held-back end, masked; `cut`: the stream was truncated right here."""
         rest, self._pending = self._pending, b""
-        return self._masker.bytes(rest)
+        return self._masker.cut_bytes(rest) if cut else self._masker.bytes(rest)
 
 
 # --- results -------------------------------------------------------------------------
@@ -185,12 +216,40 @@ def redact_result(
     as well.
     """
     paths = schema_secret_paths(out_schema)
-    if paths and "data" in result:
-        found = values_at(result["data"], paths)
+    if paths:
+        found: list[Any] = []
+        if "data" in result:
+            found = values_at(result["data"], paths)
+            result = {**result, "data": replace_paths(result["data"], paths, MASK)}
+        elif isinstance(result.get("stdout"), str):
+            # A failed run has no `data`, but its stdout may still hold the values the
+            # schema calls secret: read it every way an output_format could.
+            for candidate in _output_candidates(result["stdout"]):
+                found += values_at(candidate, paths)
         masker = masker.extended(t for v in found for t in secret_texts(v))
-        result = {**result, "data": replace_paths(result["data"], paths, MASK)}
     masked: dict[str, Any] = masker.json(result)
+    for name in ("stdout", "stderr"):
+        # Where a stream was cut at its cap, a secret may have been cut in two.
+        text = result.get(name)
+        notice = truncation_notice(name)
+        if result.get(f"{name}_truncated") and isinstance(text, str) and text.endswith(notice):
+            masked[name] = masker.cut_text(text[: -len(notice)]) + notice
     return masked, masker
+
+
+def _output_candidates(stdout: str) -> list[Any]:
+    """Every value stdout parses to as json, a last json line, json lines or yaml."""
+    from attune.jsonsafe import DataRefused
+
+    candidates: list[Any] = []
+    for fmt in ("json", "jsonl", "yaml"):
+        try:
+            parsed, value = parse_output(stdout, fmt)  # type: ignore[arg-type]
+        except DataRefused:
+            continue
+        if parsed:
+            candidates += value if fmt == "jsonl" else [value]
+    return candidates
 
 
 def mask_file(path: Path, masker: Masker) -> None:
@@ -304,22 +363,26 @@ class OutputGuard:
         if out:
             await self._sink(stream, out)
 
-    async def flush(self) -> None:
+    async def flush(self, cut: frozenset[str] = frozenset()) -> None:
+        """Release what the stream maskers hold back; `cut` streams were truncated."""
         streams, self._streams = self._streams, {}
         for name, masker in streams.items():
-            rest = masker.flush()
+            rest = masker.flush(cut=name in cut)
             if rest:
                 await self._sink(name, rest)
 
     async def redact(self, result: dict[str, Any]) -> dict[str, Any]:
         """The result as it may be stored and published; call after the run ended."""
-        await self.flush()
-        masked, masker = redact_result(result, self.masker, self._out_schema)
+        await self.flush(frozenset(n for n in ("stdout", "stderr") if result.get(f"{n}_truncated")))
+        # Masking a result of tens of MB is regex work over all of it: off the trio thread.
+        masked, masker = await trio.to_thread.run_sync(
+            redact_result, result, self.masker, self._out_schema
+        )
         if masker is not self.masker:
             self.masker = masker
             if self._token is not None:
                 ACTIVE.set(self._token, masker)
             if self._log_dir is not None:
                 for name in ("stdout.log", "stderr.log"):
-                    mask_file(self._log_dir / name, masker)
+                    await trio.to_thread.run_sync(mask_file, self._log_dir / name, masker)
         return masked

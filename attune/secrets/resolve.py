@@ -90,7 +90,7 @@ def restore_params(
 def keystore_values(
     keys: Sequence[KeyRecord], encryption_key: str | None
 ) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
-    """name -> value by owner precedence; also (ref, value) of each encrypted key used."""
+    """name -> value by owner precedence; also (ref, value) of each key used (to mask)."""
     order = {owner: rank for rank, owner in enumerate(OWNER_TYPES)}
     chosen: dict[str, KeyRecord] = {}
     for key in sorted(
@@ -107,9 +107,10 @@ def keystore_values(
             values[name] = decrypt_value(
                 enc, key.value, key_hash=key.encryption_key_hash, what=what
             )
-            secret.append((key.ref, values[name]))
         else:
             values[name] = key.value
+        # Stored in clear or not, a key is delivered as a secret, so it is masked as one.
+        secret.append((key.ref, values[name]))
     return values, secret
 
 
@@ -127,14 +128,14 @@ def resolve_run_secrets(
     executor, `attune submit`) are masked in the output as well.
     """
     params, restored = restore_params(config, stored, encryption_key)
-    values, encrypted_keys = keystore_values(keys, encryption_key)
+    values, delivered_keys = keystore_values(keys, encryption_key)
     sources: list[tuple[str, Any]] = list(restored)
     schema_paths = schema_secret_paths(param_schema)
     restored_paths = {path for path, _ in restored}
     for path in schema_paths:
         if path not in restored_paths:
             sources += [(path, v) for v in values_at(params, [path])]
-    sources += encrypted_keys
+    sources += delivered_keys
     texts: list[str] = []
     too_short: list[str] = []
     for where, value in sources:

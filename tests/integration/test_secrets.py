@@ -640,3 +640,97 @@ async def test_schedule_seals_secret_parameters_like_the_api(stack: Stack, pg: A
         "SELECT json_path FROM execution_secret_value WHERE entity_id = %s", (execution_id,)
     ).fetchall()
     assert sealed == [("/password",)]
+
+
+# --- the gaps of the last round: failed runs, cuts at the cap, keys in clear -----------
+
+FAIL_OUT_CODE = r"""
+    import hashlib, json, sys
+    params = json.loads(sys.stdin.readline())
+    token = hashlib.sha256(params["seed"].encode()).hexdigest()[:24]
+    print(json.dumps({"token": token, "note": "made it"}))
+    print(f"could not finish with {token}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+FAIL_OUT_YAML = """
+    ref: probe.fail_out
+    label: Fail out
+    description: prints an output-schema secret, then fails
+    runner_type: python
+    entry_point: fail_out.py
+    output_format: json
+    output_schema:
+      type: object
+      properties:
+        token: {type: string, secret: true}
+"""
+
+CUT_CODE = r"""
+    import json, os, sys
+    keys = json.load(open(os.environ["ATTUNE_SECRETS_FILE"]))
+    print("plain:", keys["plain_token"], file=sys.stderr)
+    # The stdout cap (10 MiB) falls 8 characters into the secret.
+    sys.stdout.write("x" * (10 * 2**20 - 8) + keys["cut_token"] + "\n")
+"""
+
+CUT_YAML = """
+    ref: probe.cut
+    label: Cut
+    description: a keystore secret straddles the stdout cap; a clear-text key is printed
+    runner_type: python
+    entry_point: cut.py
+    output_format: text
+"""
+
+
+async def test_leak_hunt_failed_runs_cuts_at_the_cap_and_keys_stored_in_clear(
+    stack: Stack, execution_events: Collector, tmp_path: Path
+) -> None:
+    await load_probe_pack(
+        stack, tmp_path, {"fail_out": (FAIL_OUT_YAML, FAIL_OUT_CODE), "cut": (CUT_YAML, CUT_CODE)}
+    )
+    seed = unique("seed")
+    generated = hashlib.sha256(seed.encode()).hexdigest()[:24]
+    cut_token = "Qcut" + uuid.uuid4().hex
+    plain_token = unique("plain-key")
+    await set_encrypted_key(
+        stack, "probe.cut_token", cut_token, owner_type="pack", owner_ref="probe"
+    )
+    await stack.db.set_key(
+        "probe.plain_token",
+        name="plain_token",
+        owner_type="pack",
+        owner_ref="probe",
+        value=plain_token,
+        encrypted=False,
+        encryption_key_hash=None,
+    )
+    worker = await stack.start_worker(ATTUNE__SECURITY__ENCRYPTION_KEY=KEY)
+    ids = {
+        "fail_out": await submit_sealed(stack, worker, "probe.fail_out", {"seed": seed}),
+        "cut": await submit_sealed(stack, worker, "probe.cut", {}),
+    }
+    rows = {name: await stack.wait(i, timeout=60) for name, i in ids.items()}
+    # The probes work: the failed run printed its token, the cut run its two keys.
+    assert rows["fail_out"].status == "failed", rows["fail_out"].result
+    assert '"token": "***"' in rows["fail_out"].result["stdout"]
+    assert rows["fail_out"].result["stderr"] == "could not finish with ***\n"
+    assert rows["cut"].status == "completed", rows["cut"].result
+    assert rows["cut"].result["stdout_truncated"] is True
+    assert rows["cut"].result["stdout"].split("\n")[0].endswith("x***")
+    assert rows["cut"].result["stderr"] == "plain: ***\n"
+
+    haystacks: dict[str, bytes] = {}
+    haystacks |= db_dump(stack.db_url)
+    haystacks |= files_under(stack.artifacts_dir, "artifact")
+    haystacks |= {f"worker log {w.log_path.name}": w.log_path.read_bytes() for w in stack.workers}
+    haystacks |= await drain(execution_events, 3 * len(ids))
+    leaks = hunt(haystacks, {"generated": generated, "plain key": plain_token, "cut": cut_token})
+    # The part of the cut secret that fitted under the cap is not visible either.
+    leaks += [
+        f"cut prefix in {place}"
+        for place, data in haystacks.items()
+        if cut_token[:8].encode() in data
+    ]
+    assert leaks == [], "\n".join(leaks)

@@ -48,12 +48,13 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    wrapper: list[str] = field(default_factory=list)  # e.g. setpriv to drop root
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [ATTUNE, "run-worker", "--name", self.name, *self.extra_args],
+            [*self.wrapper, ATTUNE, "run-worker", "--name", self.name, *self.extra_args],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -143,12 +144,18 @@ class Stack:
         return env
 
     async def start_worker(
-        self, *, capacity: int = 4, name: str | None = None, **env: str
+        self,
+        *,
+        capacity: int = 4,
+        name: str | None = None,
+        wrapper: list[str] | None = None,
+        **env: str,
     ) -> WorkerProcess:
         worker = WorkerProcess(
             name=name or f"w-{uuid.uuid4().hex[:8]}",
             env=self.env(ATTUNE__WORKER__MAX_CONCURRENT_TASKS=str(capacity), **env),
             log_path=self.root / f"worker-{len(self.workers)}.log",
+            wrapper=wrapper or [],
         )
         self.workers.append(worker)
         worker.start()

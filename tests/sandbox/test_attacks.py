@@ -284,7 +284,8 @@ async def test_05_stdout_flood_is_capped_and_the_run_killed(
     assert result["stdout_truncated"] is True
     assert result["stdout_bytes_truncated"] > 4 * MiB
     assert result["stdout"].endswith(NOTICE)
-    assert len(result["stdout"].encode()) == MiB + len(NOTICE)
+    # stored as at most the cap once in the result JSON (NUL is stored as U+FFFD)
+    assert MiB - 4 < len(result["stdout"].encode()) <= MiB + len(NOTICE)
     assert result["duration_ms"] < 5000
     assert growth_kib < 30 * 1024
 

@@ -94,15 +94,16 @@ async def test_non_json_return_value_fails_clearly(run_code: RunCode) -> None:
 
 
 async def test_a_value_larger_than_the_result_cap_is_refused(run_code: RunCode) -> None:
-    outcome = await run_code("def run():\n    return 'x' * (11 * 2**20)\n")
+    outcome = await run_code("def run():\n    return 'x' * (2 * 2**20)\n")
     assert outcome.status == "failed"
-    assert outcome.result["error"] == "result exceeds the 10485760 byte limit"
+    assert outcome.result["error"] == "result exceeds the 1048576 byte limit"
 
 
-async def test_a_value_larger_than_the_file_size_limit_fails_clearly(run_code: RunCode) -> None:
+async def test_a_value_past_the_file_size_limit_never_reaches_a_disk(run_code: RunCode) -> None:
+    """The result travels through a FIFO: 65 MiB is read, capped and counted, not stored."""
     outcome = await run_code("def run():\n    return 'x' * (65 * 2**20)\n")
     assert outcome.status == "failed"
-    assert outcome.result["error"] == "Cannot write the return value: File too large"
+    assert outcome.result["error"] == "result exceeds the 1048576 byte limit"
 
 
 async def test_missing_parameter_is_a_type_error(run_code: RunCode) -> None:

@@ -485,7 +485,7 @@ async def test_7_tmpfs_sizes(run_code: RunCode) -> None:
     assert outcome.result["data"] == {"/tmp": 64 * MiB, "/work": 256 * MiB, "/dev/shm": 64 * MiB}
 
 
-async def test_7_the_run_has_its_own_memory_and_pids_cgroup(
+async def test_7_the_run_has_its_own_memory_pids_and_cpu_cgroup(
     run_code: RunCode, facts: host.HostFacts
 ) -> None:
     if facts.cgroups.version == 0:
@@ -507,7 +507,7 @@ async def test_7_the_run_has_its_own_memory_and_pids_cgroup(
                         continue
                     for line in Path(f"/proc/{proc.pid}/cgroup").read_text().splitlines():
                         _, controllers, path = line.split(":", 2)
-                        for c in ("memory", "pids"):
+                        for c in ("memory", "pids", "cpu"):
                             if c in controllers.split(",") or (
                                 controllers == "" and facts.cgroups.version == 2
                             ):
@@ -519,10 +519,16 @@ async def test_7_the_run_has_its_own_memory_and_pids_cgroup(
                 assert (mem / "memory.limit_in_bytes").read_text().strip() == str(512 * MiB)
                 assert (pids / "pids.max").read_text().strip() == "256"
                 assert mem.parent == facts.cgroups.memory_parent
+                if facts.cgroups.cpu_parent is not None:  # the profile's cpus = 1.0
+                    cpu = Path("/sys/fs/cgroup/cpu") / found["cpu"].lstrip("/")
+                    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "100000"
+                    assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
             else:
                 d = Path("/sys/fs/cgroup") / found["memory"].lstrip("/")
                 assert (d / "memory.max").read_text().strip() == str(512 * MiB)
+                assert (d / "memory.swap.max").read_text().strip() == "0"
                 assert (d / "pids.max").read_text().strip() == "256"
+                assert (d / "cpu.max").read_text().strip() == "100000 100000"
     assert outcome is not None and outcome.status == "completed"
 
 

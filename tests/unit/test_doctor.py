@@ -98,6 +98,7 @@ def test_a_healthy_host_passes_every_check_and_nothing_blocks_the_worker() -> No
         "network_isolation",
         "rlimits",
         "cgroups",
+        "privileges",
         "per_slot_uids",
         "run_dir_access",
         "umask",
@@ -179,20 +180,45 @@ def test_a_worker_that_is_not_root_is_warned_about_shared_uids_and_no_cgroups() 
     assert refusal(checks.values()) is None
 
 
-def test_a_delegated_v2_subtree_without_child_controllers_warns_about_internal_processes() -> None:
-    parent = Path("/sys/fs/cgroup/system.slice/attune-worker.service/attune")
+def test_a_delegated_v2_worker_reports_the_v2_limits() -> None:
+    runs = Path("/sys/fs/cgroup/system.slice/attune-worker.service/runs")
+    support = CgroupSupport(
+        2, runs, runs, "cgroup v2 delegated", runs, frozenset({"cpu", "memory", "pids"})
+    )
     snapshot = _snapshot(
-        facts=_facts(cgroup=CgroupSupport(2, parent, parent, "cgroup v2 delegated")),
-        cgroup=CgroupView("v2", ("cpu", "memory", "pids"), child_controllers=()),
+        facts=_facts(cgroup=support), cgroup=CgroupView("v2", ("cpu", "memory", "pids"))
     )
     check = _by_name(build_checks(snapshot, Config()))["cgroups"]
-    assert check.status == "WARN"
-    assert "memory,pids" in check.detail and "internal processes" in check.fix
-    enabled = dataclasses.replace(
-        snapshot, cgroup=CgroupView("v2", ("memory", "pids"), ("memory", "pids"))
+    assert check.status == "OK" and "delegated" in check.detail
+    assert "memory.swap.max=0" in check.detail and "cpu.max" in check.detail
+
+
+def test_v2_without_delegation_warns_with_the_systemd_fix() -> None:
+    snapshot = _snapshot(
+        facts=_facts(cgroup=CgroupSupport(0, None, None, "cgroup v2 x has no memory controller")),
+        cgroup=CgroupView("v2", ("cpu",)),
     )
-    ok = _by_name(build_checks(enabled, Config()))["cgroups"]
-    assert ok.status == "OK" and "delegated" in ok.detail
+    check = _by_name(build_checks(snapshot, Config()))["cgroups"]
+    assert check.status == "WARN" and "rlimits only" in check.detail
+    assert "Delegate=yes" in check.fix and "leaf" in check.fix
+
+
+def test_v1_without_a_cpu_hierarchy_says_there_is_no_cpu_quota() -> None:
+    check = _by_name(build_checks(_snapshot(), Config()))["cgroups"]
+    assert check.status == "OK" and "memory.limit_in_bytes" in check.detail
+    assert "no CPU quota" in check.detail
+
+
+def test_a_worker_without_root_is_told_exactly_what_it_loses() -> None:
+    snapshot = _snapshot(
+        facts=_facts(is_root=False, cgroup=CgroupSupport(0, None, None, "not root"))
+    )
+    check = _by_name(build_checks(snapshot, Config()))["privileges"]
+    assert check.status == "WARN" and not check.unsafe
+    for lost in ("per-slot uids", "per-run cgroups", "OOM reporting", "leftover sandboxes"):
+        assert lost in check.detail
+    assert "seccomp" in check.detail  # and what it keeps
+    assert _by_name(build_checks(_snapshot(), Config()))["privileges"].status == "OK"
 
 
 @pytest.mark.parametrize(

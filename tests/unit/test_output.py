@@ -266,3 +266,73 @@ def test_signal_errors_name_the_limit(signo: int, expected: str) -> None:
     assert signal_error(signo) == expected
     _, result = build_result(report(exit_code=128 + signo, signal=signo, stderr=b"noise\n"))
     assert result["error"] == expected
+
+
+# --- what the stored result can hold (attune.jsonsafe) --------------------------------
+
+
+def stored(result: dict[str, Any]) -> str:
+    import json
+
+    text = json.dumps(result, ensure_ascii=False, allow_nan=False)
+    text.encode("utf-8")
+    assert "\\u0000" not in text
+    return text
+
+
+def test_nul_in_text_output_is_stored_as_the_replacement_character() -> None:
+    status, result = build_result(report(stdout=b"a\0b\n", stderr=b"e\0"))
+    assert status == "completed"
+    assert result["stdout"] == "a\ufffdb\n" and result["stderr"] == "e\ufffd"
+    stored(result)
+
+
+def test_nan_in_json_output_is_stored_as_text() -> None:
+    status, result = build_result(report(stdout=b'{"x": NaN, "y": Infinity}', output_format="json"))
+    assert status == "completed"
+    assert result["data"] == {"x": "NaN", "y": "Infinity"}
+    stored(result)
+
+
+def test_yaml_date_output_stays_text() -> None:
+    status, result = build_result(report(stdout=b"when: 2024-01-01\n", output_format="yaml"))
+    assert (status, result["data"]) == ("completed", {"when": "2024-01-01"})
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "yaml"])
+def test_deeply_nested_output_fails_the_run_with_the_bound(fmt: Any) -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    status, result = build_result(report(stdout=deep, output_format=fmt))
+    assert status == "failed"
+    assert "nested deeper than" in result["error"]
+    assert "data" not in result and result["stdout"]
+    stored(result)
+
+
+def test_yaml_alias_bomb_output_fails_the_run() -> None:
+    bomb = b'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n' + b"".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n".encode()
+        for p, c in zip("abcdefg", "bcdefgh", strict=True)
+    )
+    status, result = build_result(report(stdout=bomb, output_format="yaml"))
+    assert status == "failed" and "aliases" in result["error"]
+
+
+def test_a_run_function_value_nested_900_deep_fails_cleanly() -> None:
+    value: list[Any] = []
+    cur = value
+    for _ in range(899):
+        cur.append([])
+        cur = cur[0]
+    status, result = build_result(report(wrapper={"ok": True, "value": value}))
+    assert status == "failed"
+    assert result["error"] == "Result refused: the return value is nested deeper than 100 levels"
+
+
+def test_control_bytes_are_bounded_once_escaped() -> None:
+    b = buf(b"\x01" * 6000, limit=6000)
+    _, result = build_result(report(stdout=b))
+    text = result["stdout"]
+    assert text.endswith(NOTICE) and result["stdout_truncated"]
+    assert len(stored({"s": text[: -len(NOTICE)]})) - 9 <= 6000
+    assert result["stdout_bytes_truncated"] == 6000 - text.count("\x01")

@@ -155,6 +155,43 @@ def test_invalid_yaml_names_the_file(pack: Path) -> None:
         load_pack(pack)
 
 
+LAUGHS = "".join(
+    ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n']
+    + [
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+)
+
+
+@pytest.mark.parametrize("where", ["pack.yaml", "actions/thing.yaml"])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (LAUGHS, "aliases expanded"),
+        ("ref: demo.thing\nparameters: " + "{a: " * 70 + "1" + "}" * 70 + "\n", "deeper than 64"),
+        ("tags: [" + "x, " * 100_001 + "x]\n", "more than 100000 values"),
+    ],
+    ids=["alias-bomb", "deep", "wide"],
+)
+def test_metadata_bombs_are_refused_naming_the_file_and_the_bound(
+    pack: Path, where: str, text: str, needle: str
+) -> None:
+    (pack / where).write_text(text)
+    with pytest.raises(InputError, match=needle) as caught:
+        load_pack(pack)
+    assert where.split("/")[-1] in str(caught.value)
+
+
+def test_metadata_dates_stay_text(pack: Path) -> None:
+    text = (pack / "pack.yaml").read_text()
+    (pack / "pack.yaml").write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith("version:"))
+        + "\nversion: 2024-01-01\n"
+    )
+    assert load_pack(pack).version == "2024-01-01"
+
+
 def test_pack_yaml_that_is_not_a_mapping_is_refused(pack: Path) -> None:
     (pack / "pack.yaml").write_text("- a\n- b\n")
     with pytest.raises(InputError, match="mapping"):

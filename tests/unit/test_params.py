@@ -9,9 +9,13 @@ import yaml
 
 from attune.errors import InputError
 from attune.params import (
+    ENV_VALUE_MAX_BYTES,
+    PARAM_ENV_MAX_BYTES,
+    PARAM_ENV_TOTAL_BYTES,
     apply_schema,
     context_env,
     encode_params,
+    env_name_refusal,
     load_params_file,
     parse_kv_params,
     parse_params_json,
@@ -509,10 +513,21 @@ def test_context_env_sets_the_attune_variables() -> None:
 
 
 def test_context_env_adds_string_env_vars() -> None:
-    env = ctx({"GREETING": "hi", "_private": "x", "lower_ok1": "y"})
+    env = ctx({"GREETING": "hi", "API_URL": "https://x", "RETRIES2": "3", "X": "1"})
     assert env["GREETING"] == "hi"
-    assert env["_private"] == "x"
-    assert env["lower_ok1"] == "y"
+    assert env["API_URL"] == "https://x"
+    assert env["RETRIES2"] == "3" and env["X"] == "1"
+
+
+@pytest.mark.parametrize("name", ["_private", "lower_ok1", "http_proxy", "A" * 65])
+def test_context_env_names_are_upper_case_ascii_and_short(name: str) -> None:
+    assert name not in ctx({name: "x"})
+    assert env_name_refusal(name) is not None
+
+
+def test_context_env_skips_huge_values() -> None:
+    assert "BIG" not in ctx({"BIG": "x" * (ENV_VALUE_MAX_BYTES + 1)})
+    assert "BIG" in ctx({"BIG": "x" * ENV_VALUE_MAX_BYTES})
 
 
 def test_context_env_skips_non_strings() -> None:
@@ -550,6 +565,36 @@ def test_context_env_cannot_redirect_the_interpreter(name: str) -> None:
     assert name not in ctx({name: "/tmp/evil"})
 
 
+# One or more names of every family an interpreter, the loader or libc reads.
+FAMILIES = {
+    "bash prompts and hooks": ["PS0", "PS1", "PS2", "PS3", "PS4", "PROMPT_COMMAND"],
+    "bash and sh start-up": ["ENV", "BASH_ENV", "BASH_FUNC_F", "BASH_XTRACEFD", "BASHOPTS"],
+    "shell parsing": ["IFS", "GLOBIGNORE", "CDPATH", "SHELLOPTS", "POSIXLY_CORRECT", "FPATH"],
+    "shell history and input": ["HISTFILE", "HISTCONTROL", "INPUTRC", "MAILPATH", "TMOUT"],
+    "tools that run commands": ["EDITOR", "VISUAL", "PAGER", "LESSOPEN", "GIT_SSH_COMMAND"],
+    "dynamic loader": ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "LD_DEBUG"],
+    "libc": ["GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN",
+             "GLIBC_TUNABLES", "MALLOC_CHECK_", "TZ", "LC_ALL", "LANGUAGE", "TMPDIR"],
+    "python": ["PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONINSPECT", "PYTHONWARNINGS"],
+    "perl": ["PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB", "PERL_UNICODE"],
+    "ruby": ["RUBYOPT", "RUBYLIB", "GEM_PATH", "GEM_HOME", "BUNDLE_GEMFILE"],
+    "node": ["NODE_OPTIONS", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE", "NPM_CONFIG_PREFIX"],
+    "jvm and others": ["JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH", "LUA_INIT",
+                       "TCLLIBPATH", "OPENSSL_CONF", "SSL_CERT_FILE", "MAVEN_OPTS"],
+    "tool options and configuration": ["CURL_HOME", "WGETRC", "PIP_CONFIG_FILE", "GNUPGHOME",
+                                       "SOME_TOOL_OPTIONS", "MANPATH", "XDG_CONFIG_HOME"],
+    "the worker's own": ["PATH", "HOME", "LANG", "ATTUNE_SECRETS_FILE", "PARAM_X", "SHELL"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name", [n for names in FAMILIES.values() for n in names], ids=lambda n: str(n)
+)
+def test_context_env_refuses_every_interpreter_family(name: str) -> None:
+    assert name not in ctx({name: "$(touch /tmp/pwned)"})
+    assert env_name_refusal(name) is not None
+
+
 @pytest.mark.parametrize("name", ["1ABC", "A-B", "A B", "A=B", "", "É"])
 def test_context_env_skips_invalid_names(name: str) -> None:
     assert name not in ctx({name: "x"})
@@ -573,3 +618,47 @@ def test_json_encoding_matches_the_stdlib_compact_form() -> None:
     assert (
         encode_params(params, "json") == (json.dumps(params, separators=(",", ":")) + "\n").encode()
     )
+
+
+# --- names and sizes that cannot be environment variables or dotenv keys --------------
+
+
+def test_shell_env_leaves_large_values_on_stdin_only_and_says_so() -> None:
+    big = "x" * (PARAM_ENV_MAX_BYTES + 1)
+    env = shell_env({"big": big, "small": "s"})
+    assert "PARAM_BIG" not in env
+    assert env["PARAM_SMALL"] == "s"
+    assert env["ATTUNE_PARAMS_NOT_IN_ENV"] == "big"
+
+
+def test_shell_env_total_is_bounded() -> None:
+    chunk = "y" * PARAM_ENV_MAX_BYTES
+    params = {f"p{i:02d}": chunk for i in range(20)}
+    env = shell_env(params)
+    kept = [k for k in env if k.startswith("PARAM_")]
+    assert sum(len(env[k]) for k in kept) <= PARAM_ENV_TOTAL_BYTES
+    assert len(kept) == PARAM_ENV_TOTAL_BYTES // PARAM_ENV_MAX_BYTES
+    assert env["ATTUNE_PARAMS_NOT_IN_ENV"].split(",") == [f"p{i:02d}" for i in range(8, 20)]
+
+
+def test_shell_env_leaves_out_non_ascii_names() -> None:
+    env = shell_env({"é": 1, "straße": 2, "ok": 3})
+    assert env == {"PARAM_OK": "3", "ATTUNE_PARAMS_NOT_IN_ENV": "stra\\u00dfe,\\u00e9"}
+    assert all(k.isascii() and v.isascii() for k, v in env.items() if k != "PARAM_OK")
+
+
+@pytest.mark.parametrize("name", ["é", "straße", "Ｘ", "x\u200by", "٣"])
+def test_dotenv_refuses_non_ascii_names(name: str) -> None:
+    with pytest.raises(InputError, match="ASCII letters, digits"):
+        encode_params({name: 1}, "dotenv")
+    with pytest.raises(InputError, match="ASCII letters, digits"):
+        encode_params({"a": {name: 1}}, "dotenv")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"a": {"b": 1}, "a.b": 2}, {"a.b": 2, "a": {"b": 1}}, {"a": {"b.c": 1, "b": {"c": 2}}}],
+)
+def test_dotenv_refuses_two_parameters_that_become_one_key(params: dict[str, Any]) -> None:
+    with pytest.raises(InputError, match="become the same dotenv key"):
+        encode_params(params, "dotenv")

@@ -294,7 +294,7 @@ def test_an_undecryptable_key_fails_naming_its_ref() -> None:
         resolve_run_secrets({}, [], keys, encryption_key=None)
 
 
-def test_run_masker_covers_params_encrypted_keys_schema_secrets_and_the_key() -> None:
+def test_run_masker_covers_params_every_key_schema_secrets_and_the_key() -> None:
     schema = {"type": "object", "properties": {"plain_pw": {"type": "string", "secret": True}}}
     config = {"pw": redaction_marker(), "plain_pw": "sent-in-clear", "pin": redaction_marker()}
     keys = [
@@ -309,7 +309,8 @@ def test_run_masker_covers_params_encrypted_keys_schema_secrets_and_the_key() ->
         param_schema=schema,
     )
     text = "param-secret sent-in-clear api-key-value eu-west-1 12 " + KEY
-    assert run.masker.text(text) == "*** *** *** eu-west-1 12 ***"
+    # a key stored with encrypted = false is delivered as a secret: masked as one too
+    assert run.masker.text(text) == "*** *** *** *** 12 ***"
     assert run.too_short == ("/pin",)
     assert run.params["pw"] == "param-secret"
     assert set(run.secret_paths) == {"/pw", "/pin", "/plain_pw"}
@@ -504,6 +505,76 @@ async def test_output_guard_masks_the_stream_the_result_and_rewrites_logs(
     assert (tmp_path / "stdout.log").read_bytes() == f"a {MASK} b {MASK}".encode()
     assert (tmp_path / "stderr.log").read_bytes() == MASK.encode()
     assert result == {"data": {"token": MASK}, "stdout": f"a {MASK} b {MASK}"}
+
+
+# --- masking gaps: failed runs, cuts at the output cap -----------------------------
+
+OUT_SCHEMA = {"type": "object", "properties": {"token": {"type": "string", "secret": True}}}
+
+
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        '{"token": "tok-generated-1"}\n',
+        'progress\n{"token": "tok-generated-1"}\n',
+        '{"a": 1}\n{"token": "tok-generated-1"}\n{"b": 2}\n',
+        "token: tok-generated-1\n",
+    ],
+    ids=["json", "json-last-line", "jsonl", "yaml"],
+)
+def test_a_failed_run_printing_an_output_schema_secret_is_masked(stdout: str) -> None:
+    result = {
+        "succeeded": False,
+        "exit_code": 1,
+        "stdout": stdout + "then it broke: tok-generated-1",
+        "stderr": "boom tok-generated-1",
+        "error": "boom tok-generated-1",
+    }
+    masked, masker = redact_result(result, Masker(), OUT_SCHEMA)
+    assert "tok-generated-1" not in json.dumps(masked)
+    assert masker.text("tok-generated-1") == MASK
+
+
+def test_a_secret_cut_in_two_by_the_output_cap_leaves_no_prefix() -> None:
+    secret = "s3cret-value-0123456789"
+    notice = "\n\n[OUTPUT TRUNCATED: stdout exceeded size limit]\n"
+    for keep in range(1, len(secret)):
+        result = {"stdout": "log: " + secret[:keep] + notice, "stdout_truncated": True}
+        masked, _ = redact_result(result, Masker([secret]), None)
+        assert masked["stdout"] == "log: " + MASK + notice, keep
+    untruncated, _ = redact_result({"stdout": "log: s3c"}, Masker([secret]), None)
+    assert untruncated["stdout"] == "log: s3c"  # a normal end is not a cut
+
+
+def test_encoded_forms_cut_by_the_cap_leave_no_prefix() -> None:
+    secret = 'p@ss/w+rd "q" ü&='
+    masker = Masker([secret])
+    for form in (quote(secret, safe=""), base64.b64encode(secret.encode()).decode()):
+        assert masker.cut_text("x " + form[: len(form) // 2]) == "x " + MASK
+        assert masker.cut_bytes(("x " + form[:5]).encode()) == ("x " + MASK).encode()
+
+
+def test_stream_masker_flush_at_a_cut_masks_the_trailing_prefix() -> None:
+    masker = Masker(["s3cret-value-0123456789"])
+    stream = StreamMasker(masker)
+    out = stream.feed(b"a" * 100 + b"s3cret-va")
+    assert out + stream.flush(cut=True) == b"a" * 100 + MASK.encode()
+    stream = StreamMasker(masker)
+    out = stream.feed(b"a" * 100 + b"s3cret-va")
+    assert out + stream.flush() == b"a" * 100 + b"s3cret-va"
+
+
+async def test_output_guard_masks_a_prefix_where_the_stream_was_cut(tmp_path: Path) -> None:
+    written = b""
+
+    async def sink(stream: str, chunk: bytes) -> None:
+        nonlocal written
+        written += chunk
+
+    async with OutputGuard(Masker(["s3cret-value-0123456789"]), sink, None) as guard:
+        await guard.write("stdout", b"x" * 50 + b"s3cret-val")
+        await guard.redact({"stdout": "...", "stdout_truncated": True})
+    assert written == b"x" * 50 + MASK.encode()
 
 
 # --- the helper Python actions import in the sandbox --------------------------------

@@ -10,15 +10,18 @@ import importlib.util
 import io
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import trio
 
+from attune.errors import ExecutionError
 from attune.params import encode_params
-from attune.runner.sandbox import read_wrapper_report
+from attune.runner.resultpipe import ResultPipe, make_fifo, parse_wrapper_report
 
 WRAPPER = Path(__file__).resolve().parents[2] / "sandbox" / "python_wrapper.py"
 
@@ -194,60 +197,72 @@ def test_result_symlink_is_not_followed(
     assert target.read_text() == "precious"
 
 
-# --- the worker's side: read_wrapper_report (docs/sandbox.md guarantee 10) -------------------
+# --- the worker's side: the result FIFO (resultpipe.py) ----------------------------------
 
 
-def test_report_is_read(tmp_path: Path) -> None:
-    (tmp_path / "result.json").write_text('{"ok": true, "value": [1, 2]}')
-    assert read_wrapper_report(tmp_path, 1000) == ({"ok": True, "value": [1, 2]}, None)
-
-
-def test_symlinked_report_is_refused_and_its_target_never_read(tmp_path: Path) -> None:
-    target = tmp_path / "host-secret"
-    target.write_text('{"ok": true, "value": "host file content"}')
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "result.json").symlink_to(target)
-    report, problem = read_wrapper_report(tmp_path / "out", 1000)
-    assert report is None
-    assert problem is not None and problem.startswith("refused the result file")
-    assert "host file content" not in problem
-
-
-def test_symlinked_out_dir_is_refused(tmp_path: Path) -> None:
-    real = tmp_path / "real"
-    real.mkdir()
-    (real / "result.json").write_text('{"ok": true, "value": 1}')
-    (tmp_path / "out").symlink_to(real)
-    report, problem = read_wrapper_report(tmp_path / "out", 1000)
-    assert report is None and problem is not None
-    assert problem.startswith("cannot open the result directory")
-
-
-def test_fifo_report_is_refused_without_blocking(tmp_path: Path) -> None:
-    os.mkfifo(tmp_path / "result.json")
-    report, problem = read_wrapper_report(tmp_path, 1000)
-    assert report is None
-    assert problem == "refused the result file: not a regular file"
-
-
-def test_directory_report_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "result.json").mkdir()
-    report, problem = read_wrapper_report(tmp_path, 1000)
-    assert report is None and problem == "refused the result file: not a regular file"
+def test_report_is_parsed() -> None:
+    assert parse_wrapper_report(b'{"ok": true, "value": [1, 2]}', 0, 1000) == (
+        {"ok": True, "value": [1, 2]},
+        None,
+    )
 
 
 @pytest.mark.parametrize(
-    ("content", "problem"),
+    ("content", "dropped", "problem"),
     [
-        (None, "the action ended without reporting a return value"),
-        ("", "the action ended without reporting a return value"),
-        ("x" * 1001, "result exceeds the 1000 byte limit"),
-        ("{not json", "the result file is not valid JSON"),
-        ("[1, 2]", "the result file is malformed"),
-        ('{"value": 1}', "the result file is malformed"),
+        (b"", 0, "the action ended without reporting a return value"),
+        (b"x" * 1000, 1, "result exceeds the 1000 byte limit"),
+        (b"{not json", 0, "the result file is not valid JSON"),
+        (b"[1, 2]", 0, "the result file is malformed"),
+        (b'{"value": 1}', 0, "the result file is malformed"),
+        (b'{"ok": true, "value": ' + b"[" * 5000 + b"]" * 5000 + b"}", 0, None),
     ],
 )
-def test_bad_reports(tmp_path: Path, content: str | None, problem: str) -> None:
-    if content is not None:
-        (tmp_path / "result.json").write_text(content)
-    assert read_wrapper_report(tmp_path, 1000) == (None, problem)
+def test_bad_reports(content: bytes, dropped: int, problem: str | None) -> None:
+    report, found = parse_wrapper_report(content, dropped, 100_000)
+    if problem is None:  # deep: refused by its bound, never a RecursionError
+        assert report is None and found is not None and "nested deeper" in found
+    else:
+        assert (report, found) == (None, problem.replace("1000 byte", "100000 byte"))
+
+
+def test_the_worker_refuses_anything_but_its_own_fifo(tmp_path: Path) -> None:
+    target = tmp_path / "host-secret"
+    target.write_text('{"ok": true, "value": "host file content"}')
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(OSError):
+        ResultPipe(tmp_path / "link", 1000)
+    with pytest.raises(ExecutionError, match="not the FIFO"):
+        ResultPipe(target, 1000)
+
+
+async def test_the_fifo_is_read_as_written_and_capped(tmp_path: Path) -> None:
+    path = tmp_path / "result.json"
+    make_fifo(path, None)
+    assert stat.S_ISFIFO(os.lstat(path).st_mode)
+    pipe = ResultPipe(path, 100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pipe.pump)
+        fd = os.open(path, os.O_WRONLY)  # never blocks: the worker holds the read end
+        os.write(fd, b'{"ok": true, ')
+        os.write(fd, b'"value": 1}' + b" " * 200)
+        os.close(fd)
+        pipe.writers_gone()
+        with trio.fail_after(5):
+            await pipe.done.wait()
+    pipe.close()
+    assert pipe.buffer.dropped == 124
+    assert pipe.report() == (None, "result exceeds the 100 byte limit")
+
+
+def test_a_lone_surrogate_in_the_value_is_written_as_its_escape(
+    wrapper: ModuleType, tmp_path: Path
+) -> None:
+    wrapper._write_report({"ok": True, "value": {"\ud800k": "x\udfff"}})
+    data = (tmp_path / "result.json").read_bytes()
+    data.decode("utf-8")  # valid UTF-8
+    report, problem = parse_wrapper_report(data, 0, 1000)
+    assert problem is None and report is not None
+    from attune.jsonsafe import normalise
+
+    assert normalise(report["value"]) == {"\ufffdk": "x\ufffd"}
