@@ -16,6 +16,7 @@ FAILED file holds pip's output), and that pack's Python runs fail with
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -33,9 +34,10 @@ import trio
 from attune.config import Config
 from attune.errors import ExecutionError, InputError
 from attune.packs import PACK_REF_RE
-from attune.pip_config import PipSettings, host_settings
+from attune.pip_config import PipSettings, host_settings, index_destinations
+from attune.runner import egress
 from attune.runner.env_build import BuildLimits, BuildNetwork, BuildPlan, run_build
-from attune.runner.host import untraversable_ancestors
+from attune.runner.host import detect, untraversable_ancestors
 from attune.runner.sandbox import PackSource, write_etc
 from attune.yamlsafe import load_yaml
 
@@ -219,6 +221,39 @@ def _pip_config_copies(base: Path, pip: PipSettings) -> tuple[tuple[str, str], .
     return tuple(copies)
 
 
+def build_network(config: Config, pip: PipSettings, egress_available: bool) -> BuildNetwork:
+    """The build sandbox's network: egress to the package indexes pip is configured
+    for, and nothing else, when the operator turned egress on and this worker can
+    provide it; otherwise none (local find-links and file:// indexes still work).
+
+    The policy is the operator's narrowed to the index hosts (a packet must pass both),
+    with their names resolved by the worker and written to /etc/hosts: the build gets
+    no DNS resolver to talk to.
+    """
+    destinations = index_destinations(pip)
+    if not (config.network.egress and egress_available and destinations):
+        return BuildNetwork()
+    narrowed = egress.narrow(config.network.policy(), destinations)
+    return BuildNetwork(policy=dataclasses.replace(narrowed, dns="hosts"))
+
+
+def offline_hint(pip: PipSettings, network: BuildNetwork) -> str:
+    """What a failed offline build adds to its reason when pip wanted a remote index."""
+    destinations = index_destinations(pip)
+    if network.policy is not None or not destinations:
+        return ""
+    hosts = ", ".join(d.split()[0] for d in destinations)
+    return (
+        f"; the package index ({hosts}) was unreachable because egress is off for "
+        "environment builds (network.egress: true on a root worker with the egress "
+        "layer turns it on; local find-links and file:// indexes work without it)"
+    )
+
+
+def _egress_available() -> bool:
+    return os.geteuid() == 0 and detect(probe_version=False).layer_active("egress")
+
+
 @dataclass(frozen=True)
 class BuildOutcome:
     status: EnvStatus
@@ -284,6 +319,8 @@ async def _build_locked(
         if is_root:
             os.chown(path, uid, uid)
         settings = pip if pip is not None else host_settings()
+        if network is None:
+            network = build_network(config, settings, _egress_available())
         plan = BuildPlan(
             env_dir=str(path),
             stage_dir=str(path),
@@ -292,15 +329,16 @@ async def _build_locked(
             etc_dir=str(write_etc(root.parent / ".etc")),
             pip=settings,
             config_copies=_pip_config_copies(root.parent, settings),
-            network=network or BuildNetwork(),
+            network=network,
             limits=limits or BuildLimits(),
         )
         bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
         result = await run_build(plan, bwrap, uid if is_root else None)
         if not result.ok:
             shutil.rmtree(path, ignore_errors=True)
-            failed.write_text(f"{result.reason}\n{result.output}")
-            st = EnvStatus("failed", path, f"{result.reason}")
+            reason = result.reason + offline_hint(settings, network)
+            failed.write_text(f"{reason}\n{result.output}")
+            st = EnvStatus("failed", path, reason)
             return BuildOutcome(st, True, time.monotonic() - started, result.output)
         await trio.to_thread.run_sync(_seal, path)
         (path / READY).write_text(text)

@@ -5,12 +5,14 @@ and constraint files through pip.conf files and PIP_* variables. The build sandb
 none of the host's files, so the configuration files are bound into it read-only, the
 PIP_* variables are passed on, and every local path they name (a find-links directory,
 a file:// index, a constraints file, a CA bundle) is bound read-only too. Nothing else
-of the host is visible to the untrusted build code.
+of the host is visible to the untrusted build code. The remote indexes they name are
+the only destinations a build with egress may reach (`index_destinations`).
 """
 
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +21,10 @@ from urllib.parse import unquote, urlparse
 
 from attune.runner.host import untraversable_ancestors
 
+# pip's default index and the host it serves files from.
+PYPI_DESTINATIONS = ("pypi.org tcp/443", "files.pythonhosted.org tcp/443")
+_URL_OPTIONS = frozenset({"index-url", "extra-index-url", "find-links"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
 # Where pip reads configuration, in its own order (site config lives in the venv).
 CONFIG_FILES = (
     "/etc/pip.conf",
@@ -47,6 +53,10 @@ class PipSettings:
     env: dict[str, str]
     config_files: tuple[str, ...]
     local_paths: tuple[str, ...]
+    # Remote (http/https) index-url, extra-index-url and find-links values pip will use.
+    remote_urls: tuple[str, ...] = ()
+    own_index: bool = False  # an index-url is set (else pip's default index is PyPI)
+    no_index: bool = False
 
 
 def local_path(value: str) -> str | None:
@@ -80,11 +90,41 @@ def settings_from(environ: Mapping[str, str], config_texts: Mapping[str, str]) -
     for text in config_texts.values():
         pairs += list(_option_values(text))
     paths = {p for option, v in pairs if option in _PATH_OPTIONS if (p := local_path(v))}
+    remote = [v for o, v in pairs if o in _URL_OPTIONS and v.startswith(("http://", "https://"))]
+    no_index = any(o == "no-index" and v.lower() in _TRUE for o, v in pairs)
+    own_index = any(o == "index-url" for o, _ in pairs)
     return PipSettings(
         env=env,
         config_files=tuple(sorted(config_texts)),
         local_paths=tuple(sorted(os.path.normpath(p) for p in paths)),
+        remote_urls=tuple(dict.fromkeys(remote)),
+        own_index=own_index,
+        no_index=no_index,
     )
+
+
+def index_destinations(settings: PipSettings) -> list[str]:
+    """Egress allow entries (`HOST tcp/PORT`) for the remote indexes pip will use.
+
+    index-url, extra-index-url and find-links URLs on their port (443 for https, 80 for
+    http, unless the URL names one). With no index-url at all, pip's default index is
+    PyPI, which serves its files from a second host. `no-index`: nothing remote at all.
+    """
+    if settings.no_index:
+        return []
+    out: list[str] = []
+    for url in settings.remote_urls:
+        parts = urlparse(url)
+        if not parts.hostname:
+            continue
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            continue
+        out.append(f"{parts.hostname} tcp/{port}")
+    if not settings.own_index:
+        out += list(PYPI_DESTINATIONS)
+    return list(dict.fromkeys(out))
 
 
 def host_settings(environ: Mapping[str, str] | None = None) -> PipSettings:
@@ -101,4 +141,4 @@ def host_settings(environ: Mapping[str, str] | None = None) -> PipSettings:
     found = settings_from(env, texts)
     # A path the build uid cannot reach cannot be bound (its pip option then fails).
     reachable = tuple(p for p in found.local_paths if not untraversable_ancestors(p))
-    return PipSettings(env=found.env, config_files=found.config_files, local_paths=reachable)
+    return dataclasses.replace(found, local_paths=reachable)

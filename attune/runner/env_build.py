@@ -12,7 +12,8 @@ as a build uid in a bubblewrap sandbox of its own, never as root on the host:
   the local paths it names, and nothing else of the host: no /etc beyond certificates
   and name service files, no /home, /root, /var;
 - its network is a parameter: `BuildNetwork()` unshares it (local find-links and
-  file:// indexes only); egress to an allowlisted index plugs in there;
+  file:// indexes only); with an egress policy (pack_env.py narrows the operator's to
+  the package indexes) the user-mode network is attached behind its rules;
 - time, address space, file size and process count are capped (prlimit, timeout).
 
 The worker then makes the copied tree root-owned and read-only and only then marks it
@@ -21,17 +22,18 @@ ready (attune/pack_env.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
-import subprocess
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from attune.errors import SandboxUnavailable
+from attune.errors import ExecutionError, SandboxUnavailable
 from attune.pip_config import PipSettings
-from attune.runner.argv import ETC_FILES, PRLIMIT, encode_args, isolation_args
-from attune.runner.process import SETPRIV
+from attune.runner import egress, network, process
+from attune.runner.argv import ETC_FILES, NET_ETC_FILES, PRLIMIT, encode_args, isolation_args
 from attune.runner.seccomp import bpf_fd, default_bpf
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -54,10 +56,13 @@ class BuildNetwork:
     """The build sandbox's network. Default: none (a local index or find-links only).
 
     The sandbox always gets a network namespace of its own (`--unshare-net` in
-    isolation_args); `extra_args` are added bwrap options for a caller that attaches
-    an egress path to the package index to that namespace.
+    isolation_args). With `policy` (egress, narrowed to the package indexes) the worker
+    attaches a user-mode network behind that policy's nftables rules before pip starts,
+    and the sandbox's hosts/nsswitch.conf/resolv.conf are the run's own. `extra_args`
+    are added bwrap options.
     """
 
+    policy: egress.EgressPolicy | None = None
     extra_args: tuple[str, ...] = ()
 
     def bwrap_args(self) -> list[str]:
@@ -88,7 +93,7 @@ class BuildPlan:
     limits: BuildLimits = field(default_factory=BuildLimits)
 
 
-def build_args(plan: BuildPlan, seccomp_fd: int) -> list[str]:
+def build_args(plan: BuildPlan, seccomp_fd: int, net_etc_dir: str | None = None) -> list[str]:
     """bwrap's options for a build (sent through --args FD); pure, golden-testable."""
     lim = plan.limits
     args = [
@@ -120,10 +125,15 @@ def build_args(plan: BuildPlan, seccomp_fd: int) -> list[str]:
         "--dir",
         "/etc",
     ]
-    for name in ETC_FILES:
-        args += ["--ro-bind", f"{plan.etc_dir}/{name}", f"/etc/{name}"]
-    for path in ("/etc/ld.so.cache", "/etc/ssl", "/etc/ca-certificates", "/etc/resolv.conf"):
+    for name in dict.fromkeys((*ETC_FILES, *NET_ETC_FILES)):
+        if net_etc_dir is not None and name in NET_ETC_FILES:
+            args += ["--ro-bind", f"{net_etc_dir}/{name}", f"/etc/{name}"]
+        elif name in ETC_FILES:
+            args += ["--ro-bind", f"{plan.etc_dir}/{name}", f"/etc/{name}"]
+    for path in ("/etc/ld.so.cache", "/etc/ssl", "/etc/ca-certificates"):
         args += ["--ro-bind-try", path, path]
+    if net_etc_dir is None:
+        args += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
     for copy, path in plan.config_copies:
         args += ["--ro-bind", copy, path]
     for path in plan.pip.local_paths:
@@ -188,27 +198,42 @@ class BuildResult:
 
 
 async def run_build(plan: BuildPlan, bwrap: str, uid: int | None) -> BuildResult:
-    """Run one build sandbox to the end (or the time limit); pip errors are a result."""
+    """Run one build sandbox to the end (or the time limit); pip errors are a result.
+
+    With an egress policy the command waits behind the gate until the worker has loaded
+    the rules into the sandbox's network namespace and attached the user-mode network.
+    """
     if not Path(bwrap).exists():
         raise SandboxUnavailable(f"bubblewrap not found at {bwrap}")
-    become = [SETPRIV, "--pdeathsig", "SIGKILL"]
-    if uid is not None:
-        become += [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    policy = plan.network.policy
+    net_etc: Path | None = None
+    rules = ""
     output = bytearray()
-    seccomp_fd = bpf_fd(default_bpf())
-    args_r, args_w = os.pipe2(0)
+    seccomp_fd = -1
     try:
-        argv = [*become, "--", bwrap, "--args", str(args_r), *build_command(plan)]
-        os.write(args_w, encode_args(build_args(plan, seccomp_fd)))
-        os.close(args_w)
-        args_w = -1
-        code: int | None = None
-        with trio.move_on_after(plan.limits.timeout_seconds):
-            code = await _run(argv, (args_r, seccomp_fd), output)
+        if policy is not None:
+            net_etc = Path(f"{plan.stage_dir}.net-etc")
+            shutil.rmtree(net_etc, ignore_errors=True)
+            base_hosts = Path(plan.etc_dir, "hosts").read_text()
+            rules = await network.prepare(policy, base_hosts, net_etc)
+        seccomp_fd = bpf_fd(default_bpf())
+        args = build_args(plan, seccomp_fd, None if net_etc is None else str(net_etc))
+        command = build_command(plan)
+        if policy is not None:
+            command = egress.gate_command(command)
+        proc = await process.spawn(
+            bwrap, encode_args(args), command, pass_fds=(seccomp_fd,), uid=uid, gid=uid
+        )
+        os.close(seccomp_fd)
+        seccomp_fd = -1
+        code = await _supervise(proc, plan, policy, rules, output)
+    except ExecutionError as exc:  # the network could not be attached
+        return BuildResult(False, _tail(output), str(exc))
     finally:
-        for fd in (args_r, args_w, seccomp_fd):
-            if fd >= 0:
-                os.close(fd)
+        if seccomp_fd >= 0:
+            os.close(seccomp_fd)
+        if net_etc is not None:
+            shutil.rmtree(net_etc, ignore_errors=True)
     if code is None:
         limit = plan.limits.timeout_seconds
         return BuildResult(False, _tail(output), f"timed out after {limit:g} s")
@@ -217,37 +242,47 @@ async def run_build(plan: BuildPlan, bwrap: str, uid: int | None) -> BuildResult
     return BuildResult(True, _tail(output))
 
 
-def _tail(output: bytearray) -> str:
-    return bytes(output[-MAX_LOG_BYTES:]).decode("utf-8", "replace")
-
-
-async def _run(argv: list[str], fds: tuple[int, ...], output: bytearray) -> int:
-    """Run argv with stdout and stderr on one pipe, kept (bounded) in `output`.
-
-    Spawned from the trio thread itself, not a worker thread: setpriv's parent-death
-    signal fires when the *thread* that forked exits, and trio retires idle threads.
-    """
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+async def _supervise(
+    proc: process.SandboxProcess,
+    plan: BuildPlan,
+    policy: egress.EgressPolicy | None,
+    rules: str,
+    output: bytearray,
+) -> int | None:
+    """Attach the network if any, collect output, wait; None when the time ran out."""
+    attachment: network.Attachment | None = None
+    code: int | None = None
     try:
-        popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end, pass_fds=fds
-        )
+        with trio.move_on_after(plan.limits.timeout_seconds):
+            if policy is not None:
+                attachment = await network.attach_sandbox(proc, rules, policy.dns)
+            await proc.pipes.stdin.aclose()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_collect, proc.pipes.stdout, output)
+                nursery.start_soon(_collect, proc.pipes.stderr, output)
+                code = await proc.wait()
+        if code is None:
+            with trio.CancelScope(shield=True):
+                await proc.kill_and_wait()
     finally:
-        os.close(write_end)
-    pidfd = os.pidfd_open(popen.pid)
-    stream = trio.lowlevel.FdStream(read_end)
-    try:
+        if attachment is not None:
+            attachment.release()
+        with trio.CancelScope(shield=True):
+            await proc.reap_init()
+        proc.close()
+        if attachment is not None:
+            attachment.discard()
+    return code
+
+
+async def _collect(stream: trio.lowlevel.FdStream, output: bytearray) -> None:
+    """Keep (bounded) what the build prints; stdout and stderr interleave in `output`."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         while chunk := await stream.receive_some(65536):
             output += chunk
             if len(output) > 4 * MAX_LOG_BYTES:
                 del output[: len(output) - MAX_LOG_BYTES]
-        await trio.lowlevel.wait_readable(pidfd)
-        return popen.wait()
-    finally:
-        with trio.CancelScope(shield=True):
-            if popen.poll() is None:
-                popen.kill()
-                await trio.lowlevel.wait_readable(pidfd)
-                popen.wait()
-            os.close(pidfd)
-            await stream.aclose()
+
+
+def _tail(output: bytearray) -> str:
+    return bytes(output[-MAX_LOG_BYTES:]).decode("utf-8", "replace")

@@ -25,7 +25,7 @@ from pathlib import Path
 import trio
 
 from attune.errors import ExecutionError, SandboxUnavailable
-from attune.runner import egress, netns
+from attune.runner import egress, netns, process
 
 ATTACH_TIMEOUT = 10.0
 EXIT_WAIT = 5.0
@@ -290,3 +290,62 @@ async def _slirp_ready(attachment: Attachment) -> None:
         with trio.move_on_after(1):
             await _wait(attachment.slirp)
         raise SandboxUnavailable(f"egress: slirp4netns failed: {attachment.problem()}")
+
+
+# --- the two steps every egress sandbox goes through (actions and pack builds) ---------
+
+
+async def prepare(policy: egress.EgressPolicy, base_hosts: str, etc: Path) -> str:
+    """Resolve the allowlisted names, write the run's /etc files into `etc` (created),
+    and return the nftables ruleset of the run."""
+    resolved = await resolve(policy)
+    rules = egress.ruleset(egress.resolve_names(policy, resolved), host_network())
+    etc.mkdir(mode=0o755)
+    os.chmod(etc, 0o755)
+    files = {
+        "hosts": egress.hosts_file(base_hosts, resolved if policy.dns == "hosts" else {}),
+        "nsswitch.conf": egress.nsswitch(policy.dns),
+        "resolv.conf": egress.resolv_conf(policy.dns),
+    }
+    for name, text in files.items():
+        (etc / name).write_text(text)
+        os.chmod(etc / name, 0o644)
+    return rules
+
+
+async def attach_sandbox(
+    proc: process.SandboxProcess, rules: str, dns: egress.DnsMode
+) -> Attachment:
+    """Load the rules, attach the network once the gate speaks, then let the command go.
+
+    The sandbox must run under `egress.gate_command` (or the python wrapper's gate).
+    Any failure kills the sandbox before the command's first instruction.
+    """
+
+    async def gate_ready() -> None:
+        ready = await proc.pipes.stdout.receive_some(len(egress.GATE_READY))
+        if ready != egress.GATE_READY:
+            raise ExecutionError("egress: the sandbox ended before its network was attached")
+
+    try:
+        with trio.fail_after(ATTACH_TIMEOUT):
+            await proc.read_info()  # bwrap names the sandbox's init as soon as it exists
+        init_pid = proc.learn_init()
+        if init_pid is None:
+            raise ExecutionError("egress: the sandbox ended before its network was attached")
+        attachment = await attach(init_pid, rules, dns=dns, ready=gate_ready)
+    except BaseException as exc:
+        with trio.CancelScope(shield=True):
+            await proc.kill_and_wait()
+        if isinstance(exc, trio.TooSlowError):
+            raise ExecutionError("egress: the sandbox did not start in time") from None
+        if isinstance(exc, SandboxUnavailable):
+            raise ExecutionError(str(exc)) from None
+        raise
+    try:
+        await proc.pipes.stdin.send_all(egress.GATE_GO)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await attachment.close()
+        raise
+    return attachment

@@ -348,59 +348,14 @@ class Sandbox:
 
     async def _plan_network(self, policy: egress.EgressPolicy, rd: _RunDir) -> _NetworkPlan:
         """Resolve the allowlisted names, render the rules, write the run's /etc files."""
-        resolved = await network.resolve(policy)
-        rules = egress.ruleset(egress.resolve_names(policy, resolved), network.host_network())
         etc = rd.root / "etc"
-        etc.mkdir(mode=0o755)
-        os.chmod(etc, 0o755)
-        base_hosts = (self._etc / "hosts").read_text()
-        files = {
-            "hosts": egress.hosts_file(base_hosts, resolved if policy.dns == "hosts" else {}),
-            "nsswitch.conf": egress.nsswitch(policy.dns),
-            "resolv.conf": egress.resolv_conf(policy.dns),
-        }
-        for name, text in files.items():
-            (etc / name).write_text(text)
-            os.chmod(etc / name, 0o644)
+        rules = await network.prepare(policy, (self._etc / "hosts").read_text(), etc)
         return _NetworkPlan(policy, rules, etc)
 
     async def _attach_network(
         self, proc: process.SandboxProcess, plan: _NetworkPlan
     ) -> network.Attachment:
-        """Load the rules, attach the network once the gate speaks, then let the action go.
-
-        Any failure kills the sandbox before the action's first instruction.
-        """
-
-        async def gate_ready() -> None:
-            ready = await proc.pipes.stdout.receive_some(len(egress.GATE_READY))
-            if ready != egress.GATE_READY:
-                raise ExecutionError("egress: the sandbox ended before its network was attached")
-
-        try:
-            with trio.fail_after(network.ATTACH_TIMEOUT):
-                await proc.read_info()  # bwrap names the sandbox's init as soon as it exists
-            init_pid = proc.learn_init()
-            if init_pid is None:
-                raise ExecutionError("egress: the sandbox ended before its network was attached")
-            attachment = await network.attach(
-                init_pid, plan.rules, dns=plan.policy.dns, ready=gate_ready
-            )
-        except BaseException as exc:
-            with trio.CancelScope(shield=True):
-                await proc.kill_and_wait()
-            if isinstance(exc, trio.TooSlowError):
-                raise ExecutionError("egress: the sandbox did not start in time") from None
-            if isinstance(exc, SandboxUnavailable):
-                raise ExecutionError(str(exc)) from None
-            raise
-        try:
-            await proc.pipes.stdin.send_all(egress.GATE_GO)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await attachment.close()
-            raise
-        return attachment
+        return await network.attach_sandbox(proc, plan.rules, plan.policy.dns)
 
     def _make_cgroup(self, name: str, profile: Profile) -> RunCgroup | None:
         if self.facts.cgroups.version == 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -23,21 +22,12 @@ from attune.messages import (
 from attune.pack_events import publish_registered
 from attune.pip_config import settings_from
 from tests.integration.worker_kit import Stack, WorkerProcess
+from tests.sandbox.helpers import make_wheel
 
 pytestmark = pytest.mark.services
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT = REPO / "examples" / "packs" / "report"
-
-
-def _make_wheel(out: Path) -> Path:
-    spec = importlib.util.spec_from_file_location(
-        "make_wheel", REPO / "examples/wheels/make_wheel.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_wheel(out)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -46,7 +36,7 @@ def reachable_dirs() -> Iterator[tuple[Path, Path]]:
     root = Path(tempfile.mkdtemp(prefix="attune-envs-test-"))
     root.chmod(0o755)
     wheels, envs = root / "wheels", root / "envs"
-    _make_wheel(wheels)
+    make_wheel(wheels)
     wheels.chmod(0o755)
     try:
         yield wheels, envs

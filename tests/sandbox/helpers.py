@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
+
+
+def make_wheel(out: Path, *args: object) -> Path:
+    """examples/wheels/make_wheel.py's `make_wheel(out, *args)`: a wheel made offline."""
+    script = Path(__file__).resolve().parents[2] / "examples" / "wheels" / "make_wheel.py"
+    spec = importlib.util.spec_from_file_location("make_wheel", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_wheel(out, *args)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from attune import pack_env
+from attune.config import Config, NetworkConfig
 from attune.errors import ExecutionError
-from attune.pip_config import local_path, settings_from
+from attune.pip_config import index_destinations, local_path, settings_from
 from attune.runner import env_build
 
 
@@ -138,3 +139,64 @@ def test_build_command_is_capped_and_uses_the_system_python() -> None:
     cmd = env_build.build_command(_plan())
     assert cmd[0] == "/usr/bin/prlimit" and any(a.startswith("--as=") for a in cmd)
     assert cmd[-3:] == ["/usr/bin/python3", "/envs/p/python-1", env_build.MANIFEST]
+
+
+def test_index_destinations_name_the_configured_index_hosts_on_their_ports() -> None:
+    pip = settings_from(
+        {"PIP_INDEX_URL": "https://pypi.internal.example/simple"},
+        {
+            "/etc/pip.conf": "[global]\nextra-index-url = http://mirror.example:8080/simple "
+            "file:///opt/pypi/simple\nfind-links = /opt/wheels https://wheels.example/\n"
+        },
+    )
+    assert index_destinations(pip) == [
+        "pypi.internal.example tcp/443",
+        "mirror.example tcp/8080",
+        "wheels.example tcp/443",
+    ]
+
+
+def test_without_an_index_url_the_destinations_are_pypi_and_its_file_host() -> None:
+    pip = settings_from({}, {"/etc/pip.conf": "[global]\nfind-links = /opt/wheels\n"})
+    assert index_destinations(pip) == ["pypi.org tcp/443", "files.pythonhosted.org tcp/443"]
+
+
+def test_no_index_or_a_local_index_needs_no_network() -> None:
+    assert index_destinations(settings_from({"PIP_NO_INDEX": "1"}, {})) == []
+    local = settings_from({"PIP_INDEX_URL": "file:///opt/pypi/simple"}, {})
+    assert index_destinations(local) == []
+
+
+def _config(egress: bool, allow: list[str] | None = None) -> Config:
+    return Config(network=NetworkConfig(egress=egress, allow=allow or []))
+
+
+def test_the_build_network_is_the_operators_egress_narrowed_to_the_indexes() -> None:
+    pip = settings_from({"PIP_INDEX_URL": "https://idx.example/simple"}, {})
+    net = pack_env.build_network(_config(True, ["203.0.113.0/24"]), pip, True)
+    assert net.policy is not None and net.policy.dns == "hosts"
+    assert [str(r) for r in net.policy.allow] == ["203.0.113.0/24"]  # the operator's, kept
+    assert [str(r) for r in net.policy.narrowed or ()] == ["idx.example tcp/443"]
+    assert pack_env.offline_hint(pip, net) == ""
+
+
+def test_the_build_stays_offline_without_egress_and_a_failure_says_why() -> None:
+    pip = settings_from({"PIP_INDEX_URL": "https://idx.example/simple"}, {})
+    for net in (
+        pack_env.build_network(_config(False), pip, True),
+        pack_env.build_network(_config(True), pip, False),  # not root / no egress layer
+        pack_env.build_network(_config(True), settings_from({"PIP_NO_INDEX": "1"}, {}), True),
+    ):
+        assert net.policy is None
+    hint = pack_env.offline_hint(pip, env_build.BuildNetwork())
+    assert "package index (idx.example) was unreachable because egress is off" in hint
+
+
+def test_an_egress_build_gets_the_runs_own_hosts_and_resolver_files() -> None:
+    args = env_build.build_args(_plan(), 9, "/run/net-etc")
+    binds = [(args[i + 1], args[i + 2]) for i, a in enumerate(args) if a == "--ro-bind"]
+    for name in ("hosts", "nsswitch.conf", "resolv.conf"):
+        assert (f"/run/net-etc/{name}", f"/etc/{name}") in binds
+    assert "/etc/resolv.conf" not in [
+        args[i + 1] for i, a in enumerate(args) if a == "--ro-bind-try"
+    ]
