@@ -234,6 +234,7 @@ async def reject_unreadable(
 
 async def handle_dispatch(p: Pipeline, delivery: Delivery) -> None:
     """Everything about one dispatch message; never raises for bad input."""
+    received = trio.current_time()
     try:
         envelope, request = decode_dispatch(delivery.body)
     except MessageError as exc:
@@ -271,7 +272,7 @@ async def handle_dispatch(p: Pipeline, delivery: Delivery) -> None:
         await delivery.ack()
         return
     await delivery.ack()
-    await run_claimed(p, claiming, claim.execution, claim.action, corr)
+    await run_claimed(p, claiming, claim.execution, claim.action, corr, received=received)
 
 
 async def run_claimed(
@@ -280,6 +281,8 @@ async def run_claimed(
     execution: Execution,
     action: Action | None,
     corr: str | None,
+    *,
+    received: float | None = None,
 ) -> None:
     """Run a claimed execution and record its end, whatever happens on the way."""
     ref = ref_of(execution)
@@ -316,8 +319,24 @@ async def run_claimed(
         duration_ms=result.get("duration_ms"),
         error=result.get("error") if outcome != "completed" else None,
     )
+    ran = trio.current_time()
     with trio.CancelScope(shield=True), trio.move_on_after(p.record_timeout):
         await end_run(p, ref, outcome, result, corr)
+    # Where the time between the dispatch and the announced end went (debug level).
+    log_event(
+        log,
+        "execution_timing",
+        logging.DEBUG,
+        execution_id=ref.id,
+        claim_ms=_ms(began - received) if received is not None else None,
+        run_ms=_ms(ran - began),
+        in_sandbox_ms=result.get("duration_ms"),
+        record_ms=_ms(trio.current_time() - ran),
+    )
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
 
 
 async def _outcome(

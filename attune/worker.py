@@ -50,6 +50,7 @@ from attune.pipeline import Pipeline, handle_cancel, handle_dispatch, recover_or
 from attune.runner import host, process
 from attune.runner.profiles import capped_output, load_profiles
 from attune.runner.sandbox import Sandbox
+from attune.runner.teardown import Teardown
 from attune.runs import SHUTDOWN_REASON, Runs
 
 log = logging.getLogger("attune.worker")
@@ -288,6 +289,8 @@ async def run_worker(config: Config) -> None:
             await declare_packs_queue(broker, worker_id)
             artifacts = ArtifactStore(Path(config.artifacts_dir), name)
             outbox = Outbox(broker)
+            teardown = Teardown()  # run dirs and cgroups removed after the answer
+            sandbox.teardown = teardown
             pipeline = Pipeline(
                 store=db,
                 announcer=outbox,
@@ -324,6 +327,7 @@ async def run_worker(config: Config) -> None:
                     interval = config.worker.heartbeat_interval
                     await services.start(heartbeat, db, worker_id, interval, metrics)
                     await services.start(outbox.run)
+                    await services.start(teardown.run)
                     await services.start(consume_cancels, broker, pipeline)
                     await services.start(consume_pack_events, config, broker, worker_id)
                     await services.start(retention, artifacts, config.artifacts)

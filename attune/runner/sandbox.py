@@ -18,6 +18,7 @@ host's disk.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -47,6 +48,7 @@ from attune.runner.output import (
 from attune.runner.profiles import Profile
 from attune.runner.resultpipe import ResultPipe, make_fifo
 from attune.runner.seccomp import bpf_fd, default_bpf
+from attune.runner.teardown import Teardown
 
 SANDBOX_ASSETS = Path(__file__).resolve().parent.parent.parent / "sandbox"
 CHUNK = 64 * 1024
@@ -161,6 +163,7 @@ class Sandbox:
         self.subreaper = process.become_subreaper()
         self._prepare_base()
         self._proc_masks = argv_mod.present_proc_masks(_entry_kind)
+        self.teardown: Teardown | None = None  # set by the worker: cleanup after the answer
 
     def _prepare_base(self) -> None:
         missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
@@ -334,9 +337,14 @@ class Sandbox:
                 pipe.close()
             if attachment is not None:
                 attachment.discard()  # killed now, reaped after it has torn down
-            # Both may block briefly (rmdir of a cgroup retries while a process exits).
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_cleanup, rd.root, cgroup)
+            # The execution's data goes now; the rest after the answer when a Teardown
+            # runs (teardown.py). Both may block briefly (rmdir of a cgroup retries while
+            # a process exits).
+            _scrub(rd)
+            job = functools.partial(_cleanup, rd.root, cgroup)
+            if self.teardown is None or not self.teardown.defer(job):
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(job)
 
     async def _plan_network(self, policy: egress.EgressPolicy, rd: _RunDir) -> _NetworkPlan:
         """Resolve the allowlisted names, render the rules, write the run's /etc files."""
@@ -473,6 +481,14 @@ def _entry_kind(path: str) -> bool | None:
     if stat.S_ISDIR(mode):
         return True
     return False if mode & 0o006 else None
+
+
+def _scrub(rd: _RunDir) -> None:
+    """Unlink the files holding the execution's data (result, parameters, secrets)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(rd.out):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
 
 
 def _cleanup(root: Path, cgroup: RunCgroup | None) -> None:

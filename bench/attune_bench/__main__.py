@@ -30,6 +30,15 @@ from attune.errors import AttuneError
 
 from . import e2e, egress, local
 from .cleanup import Cleanup
+from .compare import (
+    SIDE_BY_SIDE_HEADER,
+    SPAN_LABELS,
+    CaseLine,
+    CpuShare,
+    side_by_side,
+    timing_spans,
+    to_csv,
+)
 from .stats import (
     Row,
     Summary,
@@ -55,6 +64,8 @@ class Plan:
     seed: int
     egress: bool = True
     only_egress: bool = False
+    compare: bool = False  # Celery cases, plain bwrap floor, chart (requirements-bench.lock)
+    timing: bool = False  # the capacity-1 worker logs execution_timing (debug level)
 
 
 @dataclass
@@ -67,6 +78,7 @@ class Results:
     memory: dict[int, dict[str, float | None]] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
     egress: dict[str, Any] = field(default_factory=dict)
+    compare: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
 
     def add(self, name: str, seconds: float) -> None:
@@ -192,12 +204,15 @@ async def run_e2e(
     async with e2e.open_stack(root, cleanup) as stack:
         for capacity in CAPACITIES:
             progress(f"end to end: worker at capacity {capacity}")
-            worker = await stack.start_worker(capacity)
+            timing = plan.timing and capacity == CAPACITIES[0]
+            worker = await stack.start_worker(capacity, timing=timing)
             await trio.sleep(1.0)
             memory: dict[str, float | None] = {"idle": worker.rss()}
             results.memory[capacity] = memory
             if capacity == CAPACITIES[0]:
                 await latency(stack, plan, results)
+                if timing:
+                    add_spans(results, worker.log_path.read_text(errors="replace"))
             memory["before_throughput"] = worker.rss()
             half = plan.throughput_n // 2
             floor = FloorRun()
@@ -223,6 +238,8 @@ async def run_e2e(
                 "steady_per_second": steady_rate(run.finish_times),
                 "worker_cpu_ms_per_execution": run.worker_cpu_ms,
                 "sandbox_cpu_ms_per_execution": run.sandbox_cpu_ms,
+                "cpu_ms": run.cpu.as_dict() if run.cpu else None,
+                "load1": run.load1,
             }
             await worker.stop()
             results.workers.append(
@@ -293,7 +310,97 @@ async def main_async(plan: Plan, root: Path, cleanup: Cleanup, results: Results)
                 # Raised inside open_stack's nursery, so they arrive as a group.
                 results.errors["e2e"] = "; ".join(str(exc) for exc in _leaves(group))
                 progress(f"end to end failed: {results.errors['e2e']}")
+        if plan.compare and not plan.only_egress:
+            await run_compare(plan, results, root, cleanup)
         nursery.cancel_scope.cancel()
+
+
+async def run_compare(plan: Plan, results: Results, root: Path, cleanup: Cleanup) -> None:
+    from . import celery_case  # imports Celery: only with --compare
+
+    progress(f"compare: plain bwrap floor, {plan.throughput_n} runs at concurrency 2")
+    results.compare["plain_bwrap_rate"] = await celery_case.plain_bwrap_rate(plan.throughput_n)
+    progress("compare: Celery 5 (subprocess, plain bwrap), PostgreSQL results")
+    try:
+        results.compare["celery"] = await celery_case.measure(
+            root,
+            cleanup,
+            latency_runs=plan.latency_runs,
+            throughput_n=plan.throughput_n,
+            seed=plan.seed,
+        )
+    except* (local.CaseError, AttuneError) as group:
+        results.errors["celery"] = "; ".join(str(exc) for exc in _leaves(group))
+        progress(f"Celery comparison failed: {results.errors['celery']}")
+
+
+def add_spans(results: Results, log_text: str) -> None:
+    """The latency runs' execution_timing spans, as cases of their own."""
+    section = "end to end, the worker's own spans (--timing; capacity 1, debug log)"
+    for name, values in timing_spans(log_text).items():
+        results.labels[f"span_{name}"] = (section, SPAN_LABELS.get(name, name))
+        results.samples[f"span_{name}"] = values
+
+
+def case_lines(results: Results) -> list[CaseLine]:
+    """The side-by-side table: floors, the worker at capacity 2, Celery."""
+    summaries = results.summaries()
+
+    def share(value: dict[str, Any] | None) -> CpuShare | None:
+        return CpuShare(value["runner"], value["postgres"], value["rabbitmq"]) if value else None
+
+    lines = []
+    if "plain_python" in summaries:
+        lines.append(
+            CaseLine("floor: python3 -c pass, bare", summaries["plain_python"], None, None, None)
+        )
+    plain = results.compare.get("plain_bwrap_rate")
+    if plain:
+        lines.append(
+            CaseLine(
+                "floor: plain bwrap python3 -I -c", None, plain["per_second"], None, plain["load1"]
+            )
+        )
+    floor2 = results.floor_rates.get(2)
+    if floor2:
+        cpu = floor2["spawner_cpu_ms_per_run"] + floor2["sandbox_cpu_ms_per_run"]
+        lines.append(
+            CaseLine(
+                "floor: worker's bwrap+seccomp python3 -c pass",
+                summaries.get("bwrap_python"),
+                floor2["per_second"],
+                CpuShare(cpu, 0.0, 0.0),
+                None,
+            )
+        )
+    run2 = results.throughput.get(2, {})
+    for name, label in (
+        ("e2e_python", "worker bench.noop_py"),
+        ("e2e_shell", "worker bench.noop_sh"),
+    ):
+        if name in summaries or (run2 and name == "e2e_python"):
+            python = name == "e2e_python"
+            lines.append(
+                CaseLine(
+                    label,
+                    summaries.get(name),
+                    run2.get("per_second") if python else None,
+                    share(run2.get("cpu_ms")) if python else None,
+                    run2.get("load1") if python else None,
+                )
+            )
+    for name, case in results.compare.get("celery", {}).items():
+        latency = Summary.of(case["latency_ms"]) if case.get("latency_ms") else None
+        lines.append(
+            CaseLine(
+                f"Celery {name} per task, PostgreSQL results",
+                latency,
+                case.get("per_second"),
+                share(case.get("cpu_ms")),
+                case.get("load1"),
+            )
+        )
+    return lines
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -379,6 +486,13 @@ def report(results: Results, targets: Sequence[Any]) -> str:
         )
     if results.egress:
         parts.append(egress.format_report(results.egress))
+    lines = case_lines(results)
+    if lines:
+        parts.append(
+            "side by side (CPU in ms per execution; PostgreSQL: the case's own database's\n"
+            "backends; RabbitMQ: the whole shared server)\n"
+            + format_table(SIDE_BY_SIDE_HEADER, side_by_side(lines), frozenset(range(1, 5)))
+        )
     parts.append(format_targets(targets))
     if results.errors:
         parts.append("errors:\n" + "\n".join(f"  {k}: {v}" for k, v in results.errors.items()))
@@ -415,6 +529,7 @@ def to_json(
         "memory_mib": {str(c): m for c, m in results.memory.items()},
         "workers": results.workers,
         "egress": results.egress,
+        "compare": results.compare,
         "targets": [t.as_dict() for t in targets],
         "errors": results.errors,
     }
@@ -445,6 +560,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=6, help="shuffle seed of the round-robin")
     parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="add Celery 5 and the plain bwrap floor, and draw the chart "
+        "(scripts/bench installs requirements-bench.lock first)",
+    )
+    parser.add_argument(
+        "--timing",
+        action="store_true",
+        help="the capacity-1 worker logs at debug level; its execution_timing spans "
+        "(claim, run outside the sandbox, in the sandbox, record) become cases",
+    )
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        default=None,
+        help="where to draw the PNG with --compare (default: next to the JSON)",
+    )
+    parser.add_argument(
         "--egress-only",
         action="store_true",
         help="only the egress cost (no network vs egress through Sandbox.run)",
@@ -462,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         e2e=not args.no_e2e,
         seed=args.seed,
         only_egress=args.egress_only,
+        compare=args.compare,
+        timing=args.timing,
     )
     started = datetime.now(UTC)
     info = machine()
@@ -485,8 +620,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report(results, targets))
     path = args.json or default_json_path(started)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_json(plan, info, results, targets, started), indent=1) + "\n")
+    doc = to_json(plan, info, results, targets, started)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
     progress(f"results written to {path}")
+    lines = case_lines(results)
+    if lines:
+        path.with_suffix(".csv").write_text(to_csv(lines))
+    if plan.compare:
+        from . import chart  # imports matplotlib: only with --compare
+
+        png = args.chart or path.with_suffix(".png")
+        if chart.draw(doc, png):
+            progress(f"chart drawn to {png}")
     if results.interrupted:
         return 130
     return 1 if results.errors or failures else 0

@@ -39,7 +39,9 @@ from attune.messages import (
 from attune.models import Action
 from attune.packs import install_pack, load_pack
 
+from . import cpu
 from .cleanup import Cleanup
+from .compare import CpuShare, cpu_share
 from .local import ATTUNE, REPO, CaseError
 from .stats import parse_cpu_ticks, parse_vmrss_kib
 
@@ -163,6 +165,11 @@ class Completions:
             )
 
 
+def _ready(log_text: str) -> bool:
+    """worker_ready in the text format or (with --timing) the JSON one."""
+    return "event=worker_ready" in log_text or '"event": "worker_ready"' in log_text
+
+
 @dataclass
 class WorkerProc:
     proc: subprocess.Popen[bytes]
@@ -183,7 +190,7 @@ class WorkerProc:
 
     async def wait_ready(self) -> None:
         with trio.move_on_after(WORKER_READY_TIMEOUT):
-            while "event=worker_ready" not in self.log_path.read_text(errors="replace"):
+            while not _ready(self.log_path.read_text(errors="replace")):
                 if self.proc.poll() is not None:
                     raise CaseError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
                 await trio.sleep(0.02)
@@ -216,7 +223,7 @@ class Stack:
     worker_id: int | None = None
     starts: int = 0
 
-    def worker_env(self, capacity: int) -> dict[str, str]:
+    def worker_env(self, capacity: int, *, timing: bool = False) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE")}
         env.update(
             {
@@ -228,9 +235,11 @@ class Stack:
                 "ATTUNE__WORKER__MAX_CONCURRENT_TASKS": str(capacity),
             }
         )
+        if timing:  # the execution_timing spans (debug level), one JSON object a line
+            env |= {"ATTUNE__LOG__LEVEL": "debug", "ATTUNE__LOG__FORMAT": "json"}
         return env
 
-    async def start_worker(self, capacity: int) -> WorkerProc:
+    async def start_worker(self, capacity: int, *, timing: bool = False) -> WorkerProc:
         self.starts += 1
         log_path = self.root / f"worker-c{capacity}-{self.starts}.log"
         with open(log_path, "wb") as log:
@@ -239,7 +248,7 @@ class Stack:
             # worker itself (SIGTERM, then SIGKILL) during cleanup.
             proc = subprocess.Popen(
                 [ATTUNE, "run-worker", "--name", self.worker_name],
-                env=self.worker_env(capacity),
+                env=self.worker_env(capacity, timing=timing),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -355,6 +364,8 @@ class Throughput:
     rss_samples: list[float]
     worker_cpu_ms: float | None  # per execution: the worker process, all threads
     sandbox_cpu_ms: float | None  # per execution: its reaped children (bwrap + action)
+    cpu: CpuShare | None = None  # per execution: worker tree + PostgreSQL + RabbitMQ
+    load1: float | None = None
 
 
 async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput:
@@ -369,6 +380,9 @@ async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput
                 samples.append(value)
             await trio.sleep(0.1)
 
+    database = urlsplit(stack.db_url).path.lstrip("/")
+    load1 = os.getloadavg()[0]
+    share_before = await cpu.snapshot(worker.proc.pid, PG_ADMIN_URL, database)
     cpu_before = cpu_seconds(worker.proc.pid)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sample_rss)
@@ -378,6 +392,7 @@ async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput
         await stack.completions.wait_all(ids, timeout=120 + count / 2)
         nursery.cancel_scope.cancel()
     cpu_after = cpu_seconds(worker.proc.pid)
+    share_after = await cpu.snapshot(worker.proc.pid, PG_ADMIN_URL, database)
     own = children = None
     if cpu_before is not None and cpu_after is not None:
         own = (cpu_after[0] - cpu_before[0]) * 1000 / count
@@ -393,6 +408,8 @@ async def throughput(stack: Stack, worker: WorkerProc, count: int) -> Throughput
         rss_samples=samples,
         worker_cpu_ms=own,
         sandbox_cpu_ms=children,
+        cpu=cpu_share(share_before, share_after, count),
+        load1=load1,
     )
 
 

@@ -33,7 +33,16 @@ def _cgroup_leftovers() -> list[str]:
     roots = [Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup/pids")]
     if (Path("/sys/fs/cgroup") / "cgroup.controllers").exists():
         roots = [Path("/sys/fs/cgroup")]
-    return [str(p) for root in roots for p in root.glob("**/attune/execution-*") if p.is_dir()]
+    # os.walk, not Path.glob: other runs create and remove their cgroups meanwhile, and a
+    # directory that vanishes mid-walk is skipped instead of failing the scan.
+    return [
+        os.path.join(directory, name)
+        for root in roots
+        for directory, children, _ in os.walk(root)
+        if os.path.basename(directory) == "attune"
+        for name in children
+        if name.startswith("execution-")
+    ]
 
 
 async def test_two_thousand_executions_one_in_fifty_hostile_all_terminal_exactly_once(

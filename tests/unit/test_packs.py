@@ -340,6 +340,25 @@ def test_parameters_must_be_an_object_schema(pack: Path, schema: str, needle: st
     assert str(path) in str(info.value) and needle in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("schema", "needle"),
+    [("{token: {type: string, secret: 'yes'}}", "parameters.token.secret")],
+)
+def test_flat_parameters_are_checked_like_the_json_schema_form(
+    pack: Path, schema: str, needle: str
+) -> None:
+    path = _action(pack, GOOD_ACTION + f"parameters: {schema}\n")
+    with pytest.raises(InputError) as info:
+        load_pack(pack)
+    assert str(path) in str(info.value) and needle in str(info.value)
+
+
+def test_well_formed_flat_parameters_load(pack: Path) -> None:
+    flat = "{name: {type: string, required: true}, token: {type: string, secret: true}}"
+    _action(pack, GOOD_ACTION + f"parameters: {flat}\n")
+    assert any(a.parameters and "token" in a.parameters for a in load_pack(pack).actions)
+
+
 # --- special files ----------------------------------------------------------------------
 
 

@@ -299,6 +299,20 @@ async def test_a_claimed_run_that_completes_is_recorded_and_announced_in_order()
     assert p.runs.in_flight == 0 and p.runs.admitted == 0
 
 
+async def test_the_time_to_the_recorded_end_is_broken_down_at_debug_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    p, store, _announcer, _runner = make()
+    store.add(5)
+    with caplog.at_level("DEBUG", logger="attune.worker"):
+        await handle_dispatch(p, dispatch(5))
+    (timing,) = [r for r in caplog.records if r.getMessage() == "execution_timing"]
+    fields = timing.attune_fields  # type: ignore[attr-defined]
+    spans = {k: v for k, v in fields.items() if k.endswith("_ms")}
+    assert set(spans) >= {"claim_ms", "run_ms", "record_ms"}
+    assert all(v is None or v >= 0 for v in spans.values())
+
+
 async def test_a_failed_run_is_recorded_failed() -> None:
     async def fails(*_: Any) -> tuple[str, dict[str, Any]]:
         return "failed", {"succeeded": False, "exit_code": 1, "error": "boom"}
