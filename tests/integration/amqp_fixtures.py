@@ -26,6 +26,7 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import NoReturn
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -40,16 +41,15 @@ from attune.messages import (
     Envelope,
     decode_envelope,
 )
+from tests.unavailable import unavailable
 
 AMQP_BASE_URL = os.environ.get("ATTUNE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 _BATCH = 16
 _RABBITMQCTL_TIMEOUT = 60
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"RabbitMQ unavailable under CI: {reason}")
-    pytest.skip(f"RabbitMQ unavailable: {reason}")
+def _unavailable(reason: str) -> NoReturn:
+    unavailable(f"RabbitMQ: {reason}")
 
 
 def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 
 from attune.db import Database
+from tests.unavailable import unavailable
 
 PG_HOST = os.environ.get("ATTUNE_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("ATTUNE_TEST_PG_PORT", "5432"))
@@ -25,19 +26,11 @@ PG_USER = os.environ.get("ATTUNE_TEST_PG_USER", "postgres")
 ADMIN_URL = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres"
 
 
-def service_missing(what: str) -> None:
-    """Skip locally, fail under CI: a CI run must never pass by skipping everything."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{what} is required under CI=true but is unavailable", pytrace=False)
-    pytest.skip(f"{what} is unavailable")
-
-
 def _admin() -> psycopg.Connection[tuple[object, ...]]:
     try:
         return psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        service_missing(f"PostgreSQL at {PG_HOST}:{PG_PORT} ({exc})")
-        raise  # unreachable: service_missing raises
+        unavailable(f"PostgreSQL at {PG_HOST}:{PG_PORT} ({exc})")
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 from attune.errors import TransientError
 from attune.runner import host
 from tests.integration.worker_kit import Stack
+from tests.unavailable import unavailable
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 
@@ -78,7 +79,7 @@ async def test_egress_action_fails_unrun_on_a_worker_that_does_not_offer_it(
 async def test_submit_sends_egress_actions_to_a_worker_offering_egress(stack: Stack) -> None:
     ok, detail = host.egress_detail()
     if not ok or not host.detect(probe_version=False).is_root:
-        pytest.skip(f"egress unavailable on this host: {detail}")
+        unavailable(f"egress unavailable on this host: {detail}")
     await stack.load_pack(write_pack(stack.root))
     await stack.start_worker(capacity=1)
     offering = await stack.start_worker(capacity=1, ATTUNE__NETWORK__EGRESS="true")

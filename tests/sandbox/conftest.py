@@ -24,6 +24,7 @@ from attune.runner import host
 from attune.runner.profiles import Profile, load_profiles
 from attune.runner.sandbox import RunOutcome, RunSpec, Sandbox
 from tests.sandbox.helpers import of_uids
+from tests.unavailable import unavailable
 
 ROOT_RUN_BASE = Path("/var/lib/attune/test-runs")
 SLOTS = range(4)
@@ -43,10 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def facts() -> host.HostFacts:
     facts = host.detect()
     if not facts.usable:
-        message = "sandbox unavailable: " + "; ".join(facts.problems())
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("sandbox unavailable: " + "; ".join(facts.problems()))
     return facts
 
 

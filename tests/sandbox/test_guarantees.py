@@ -19,6 +19,7 @@ from attune.runner import host
 from attune.runner.sandbox import RunControl, RunOutcome, Sandbox
 from tests.sandbox.conftest import RunCode
 from tests.sandbox.helpers import SYSCALLS, HostProcess, token, wait_until_gone, with_token
+from tests.unavailable import unavailable
 
 pytestmark = pytest.mark.sandbox
 
@@ -490,7 +491,7 @@ async def test_7_the_run_has_its_own_memory_pids_and_cpu_cgroup(
     run_code: RunCode, facts: host.HostFacts
 ) -> None:
     if facts.cgroups.version == 0:
-        pytest.skip(f"no cgroups here: {facts.cgroups.detail}")
+        unavailable(f"no cgroups here: {facts.cgroups.detail}")
     name = f"cg_{uuid.uuid4().hex[:10]}.py"
     found: dict[str, str] = {}
     outcome: RunOutcome | None = None
