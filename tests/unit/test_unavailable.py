@@ -9,7 +9,7 @@ from tests.unavailable import unavailable
 
 def test_missing_requirement_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="required under CI=true.*no bwrap"):
+    with pytest.raises(pytest.fail.Exception, match=r"required under CI=true.*no bwrap"):
         unavailable("no bwrap")
 
 
