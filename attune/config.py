@@ -149,6 +149,14 @@ class SandboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allow_unsafe: Annotated[
         bool, msgspec.Meta(description="run even when the host lacks sandbox features")
     ] = False
+    warm_pool: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            le=64,
+            description="parked single-use sandboxes kept ready per runtime (0: off)",
+        ),
+    ] = 0
 
     def effective_profiles_dir(self) -> Path:
         """Resolved lazily so an installed worker finds the profiles shipped beside it."""

@@ -48,6 +48,7 @@ from attune.outbox import Outbox
 from attune.pack_events import consume_pack_events, declare_packs_queue
 from attune.pipeline import Pipeline, handle_cancel, handle_dispatch, recover_orphans
 from attune.runner import host, process
+from attune.runner.pool import WarmPool, pool_uids
 from attune.runner.profiles import capped_output, load_profiles
 from attune.runner.sandbox import Sandbox
 from attune.runner.teardown import Teardown
@@ -243,9 +244,18 @@ async def run_worker(config: Config) -> None:
             log_event(log, "UNSAFE_SANDBOX_OVERRIDE", logging.CRITICAL, problems=problems)
         process.become_subreaper()
         pin_malloc_thresholds()
+        profiles = capped_output(
+            load_profiles(config.sandbox.effective_profiles_dir()),
+            config.worker.max_stdout_bytes,
+            config.worker.max_stderr_bytes,
+        )
+        capacity = config.worker.max_concurrent_tasks
+        parked_uids = pool_uids(
+            config.sandbox.slot_uid_base, capacity, config.sandbox.warm_pool, len(profiles)
+        )
         if facts.is_root:
             leftovers = process.kill_uid_range(
-                config.sandbox.slot_uid_base, config.worker.max_concurrent_tasks
+                config.sandbox.slot_uid_base, parked_uids.stop - config.sandbox.slot_uid_base
             )
             if leftovers:
                 log_event(
@@ -255,14 +265,14 @@ async def run_worker(config: Config) -> None:
                     count=len(leftovers),
                     pids=",".join(map(str, leftovers)),
                 )
-        profiles = capped_output(
-            load_profiles(config.sandbox.effective_profiles_dir()),
-            config.worker.max_stdout_bytes,
-            config.worker.max_stderr_bytes,
-        )
         sandbox = Sandbox(
             facts, Path(config.sandbox.run_dir), slot_uid_base=config.sandbox.slot_uid_base
         )
+        pool: WarmPool | None = None
+        if config.sandbox.warm_pool > 0:
+            uids = list(parked_uids) if facts.is_root else [None] * len(parked_uids)
+            pool = WarmPool(sandbox, list(profiles.values()), config.sandbox.warm_pool, uids)
+            sandbox.pool = pool
         name = config.worker.effective_name()
         async with (
             Database.open_ctx(
@@ -328,6 +338,8 @@ async def run_worker(config: Config) -> None:
                     await services.start(heartbeat, db, worker_id, interval, metrics)
                     await services.start(outbox.run)
                     await services.start(teardown.run)
+                    if pool is not None:  # parked sandboxes before the first delivery
+                        await services.start(pool.run)
                     await services.start(consume_cancels, broker, pipeline)
                     await services.start(consume_pack_events, config, broker, worker_id)
                     await services.start(retention, artifacts, config.artifacts)

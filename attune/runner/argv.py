@@ -53,7 +53,9 @@ OUT_DIR = "/attune/out"  # read-only; holds the two files below
 RESULT_FILE = "/attune/out/result.json"  # the result FIFO, the one writable host path
 PARAMS_FILE = "/attune/out/parameters"  # parameter_delivery = file, read-only
 SECRETS_FILE = "/attune/out/secrets.json"  # keystore secrets of the run, read-only
-ACTION_DIR = "/attune/action"
+ACTION_DIR = "/attune/action"  # the run's own tmpfs: the action file (copied or handed over)
+PARKED_LAUNCHER = "parked.py"  # sandbox/parked.py, the command of a parked sandbox
+LAUNCHER_PYTHON = ("/usr/bin/python3", "-B", "-I", "-S")  # parks non-Python runtimes
 INIT_PATH = "/attune-init"  # pid 1, on the sandbox's read-only root (not a host mount)
 MiB = 1024 * 1024
 NET_ETC_FILES = ("hosts", "nsswitch.conf", "resolv.conf")  # per run with egress
@@ -116,6 +118,9 @@ class RunLayout:
     # cannot mount over an entry that does not exist (`present_proc_masks`).
     proc_masks: tuple[tuple[str, bool], ...] = ()
     pack: PackMount | None = None  # the action's whole pack, when it comes from one
+    # A parked sandbox (pool.py): started before its action is known, the launcher
+    # writes the action's files itself when the handoff arrives.
+    parked: bool = False
 
 
 def present_proc_masks(kind: Callable[[str], bool | None]) -> tuple[tuple[str, bool], ...]:
@@ -150,17 +155,28 @@ ETC_FILES = ("passwd", "group", "hosts", "nsswitch.conf")
 
 
 def run_files(
-    action_file: str, wrapper: str | None, *, params: bool, secrets: bool, net: bool = False
+    action_file: str,
+    wrapper: str | None,
+    *,
+    params: bool,
+    secrets: bool,
+    net: bool = False,
+    parked: bool = False,
 ) -> list[tuple[str, str]]:
     """What one run gets copied in, as (source key, path inside): the key is an
     `etc/NAME` or sandbox asset name, `net/NAME` (an egress run's own hosts,
     nsswitch.conf and resolv.conf), `action`, `parameters` or `secrets`; the caller
-    opens an fd for each."""
+    opens an fd for each. A parked sandbox gets the launcher and the run() wrapper
+    instead of the action's files, which its launcher writes once they arrive."""
     files = [
         (f"net/{name}" if net and name in NET_ETC_FILES else f"etc/{name}", f"/etc/{name}")
         for name in dict.fromkeys((*ETC_FILES, *NET_ETC_FILES))
         if name in ETC_FILES or net
     ]
+    if parked:
+        for asset in (PARKED_LAUNCHER, "python_wrapper.py", "attune_secrets.py"):
+            files.append((asset, f"{ATTUNE_DIR}/{asset}"))
+        return files
     files.append(("action", f"{ACTION_DIR}/{action_file}"))
     if wrapper is not None:
         files.append((wrapper, f"{ATTUNE_DIR}/{wrapper}"))
@@ -267,8 +283,19 @@ def interpreter_command(profile: Profile, pack: PackMount | None) -> list[str]:
     return command
 
 
+def parked_command(profile: Profile) -> list[str]:
+    """The launcher's interpreter: the profile's own Python (its flags included) for a
+    Python profile, so a run() action runs in exactly the interpreter a cold run
+    starts; a bare, quick-starting python3 for the others, which exec their command."""
+    if profile.function_wrapper is not None:
+        return [*profile.command, f"{ATTUNE_DIR}/{PARKED_LAUNCHER}"]
+    return [*LAUNCHER_PYTHON, f"{ATTUNE_DIR}/{PARKED_LAUNCHER}"]
+
+
 def action_command(profile: Profile, layout: RunLayout) -> list[str]:
     """What bwrap runs as pid 1: attune-init, which forks and execs the rest."""
+    if layout.parked:
+        return [INIT_PATH, *parked_command(profile)]
     wrapper = [f"{ATTUNE_DIR}/{layout.wrapper}"] if layout.wrapper else []
     target = (
         layout.pack.action_path if layout.pack is not None else f"{ACTION_DIR}/{layout.action_file}"
@@ -348,8 +375,11 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--dir",
         "/etc",
     ]
-    for directory in (ATTUNE_DIR, ACTION_DIR, OUT_DIR):
-        args += ["--perms", "0755", "--dir", directory]
+    args += ["--perms", "0755", "--dir", ATTUNE_DIR]
+    # The action file lives on a tmpfs of the run's own: a parked sandbox's launcher
+    # writes it there, a cold one gets it copied in; the same place either way.
+    args += ["--size", str(profile.limits.tmpfs_mb * MiB), "--perms", "0755", "--tmpfs", ACTION_DIR]
+    args += ["--size", str(profile.limits.tmpfs_mb * MiB), "--perms", "0755", "--tmpfs", OUT_DIR]
     for fd, path in layout.files:
         private = path in (PARAMS_FILE, SECRETS_FILE)  # readable by the action's uid only
         args += ["--perms", "0400" if private else "0444", "--file", str(fd), path]

@@ -142,6 +142,10 @@ class SandboxProcess:
     def returncode(self) -> int | None:
         return self._popen.returncode
 
+    def running(self) -> bool:
+        """True while bwrap has not exited (a parked sandbox still waiting, say)."""
+        return self._popen.poll() is None
+
     async def read_info(self) -> None:
         """Learn the sandbox init's host pid from bwrap's --info-fd (EOF if bwrap failed).
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 import shutil
@@ -27,16 +26,16 @@ import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from attune.errors import ExecutionError, SandboxUnavailable
 from attune.models import OutputFormat, ParameterDelivery, ParameterFormat
-from attune.params import encode_params, shell_env
 from attune.runner import argv as argv_mod
 from attune.runner import egress, network, process
 from attune.runner.cgroups import RunCgroup
+from attune.runner.handoff import RunInputs, encode_handoff, run_inputs
 from attune.runner.host import HostFacts, untraversable_ancestors
 from attune.runner.output import (
     OUTPUT_KILL_FACTOR,
@@ -130,10 +129,39 @@ class _NetworkPlan:
 class _RunDir:
     root: Path
     out: Path  # host-only, 0700 slot-owned: holds the result file
+    uid: int | None  # the host uid the run's sandbox runs as
 
     @property
     def result_file(self) -> Path:
         return self.out / "result.json"
+
+
+@dataclass
+class _Box:
+    """One sandbox's host side, from its run dir to its cleanup (cold or parked)."""
+
+    rd: _RunDir
+    pipe: ResultPipe | None = None
+    cgroup: RunCgroup | None = None
+    proc: process.SandboxProcess | None = None
+    plan: _NetworkPlan | None = None
+    attachment: network.Attachment | None = None
+    started: float = 0.0  # when the action's clock starts: spawn (cold) or handoff
+    profile_name: str = ""
+    on_closed: Callable[[], None] | None = None  # the pool takes its uid back
+
+    @property
+    def uid(self) -> int | None:
+        return self.rd.uid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.running()
+
+
+class PoolLike(Protocol):
+    """What the runner needs of a warm pool (pool.py): a parked sandbox for a run."""
+
+    def take(self, spec: RunSpec) -> _Box | None: ...
 
 
 def write_etc(etc: Path) -> Path:
@@ -164,6 +192,7 @@ class Sandbox:
         self._prepare_base()
         self._proc_masks = argv_mod.present_proc_masks(_entry_kind)
         self.teardown: Teardown | None = None  # set by the worker: cleanup after the answer
+        self.pool: PoolLike | None = None  # set by the worker: parked sandboxes
 
     def _prepare_base(self) -> None:
         missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
@@ -182,22 +211,20 @@ class Sandbox:
     def slot_uid(self, slot: int) -> int | None:
         return self.slot_uid_base + slot if self.facts.is_root else None
 
-    def _make_run_dir(self, spec: RunSpec, uid: int | None) -> _RunDir:
-        if "/" in spec.code_name or spec.code_name in ("", ".", ".."):
-            raise ExecutionError(f"invalid action file name {spec.code_name!r}")
-        root = self.run_dir / f"{spec.label}-{os.urandom(6).hex()}"
+    def _make_run_dir(self, label: str, uid: int | None) -> _RunDir:
+        root = self.run_dir / f"{label}-{os.urandom(6).hex()}"
         root.mkdir(mode=0o711)
         try:
             os.chmod(root, 0o711)  # modes are set explicitly: the worker's umask may be 027
-            return self._fill_run_dir(root, spec, uid)
+            return self._fill_run_dir(root, uid)
         except BaseException:
             _remove_tree(root)
             raise
 
-    def _fill_run_dir(self, root: Path, spec: RunSpec, uid: int | None) -> _RunDir:
+    def _fill_run_dir(self, root: Path, uid: int | None) -> _RunDir:
         out = root / "out"
         out.mkdir(mode=0o700)
-        rd = _RunDir(root, out)
+        rd = _RunDir(root, out, uid)
         if uid is not None:
             os.chown(out, uid, uid)
         # A FIFO, not a file: what the action writes there never reaches the disk.
@@ -213,102 +240,35 @@ class Sandbox:
         control: RunControl | None = None,
         on_output: OutputSink | None = None,
     ) -> RunOutcome:
+        """Run `spec` in a parked sandbox of the warm pool if one fits, else a cold one."""
+        _check_code_name(spec.code_name)
         profile = spec.profile
-        uid = self.slot_uid(slot)
-        rd = self._make_run_dir(spec, uid)
-        cgroup: RunCgroup | None = None
-        pipe: ResultPipe | None = None
-        attachment: network.Attachment | None = None  # egress: the user-mode network
+        wrapped = profile.function_wrapper is not None and defines_run(spec.code)
+        inputs = run_inputs(
+            profile,
+            code=spec.code,
+            params=spec.params,
+            env=spec.env,
+            delivery=spec.parameter_delivery,
+            fmt=spec.parameter_format,
+            secrets=spec.secrets,
+        )
+        parked = self.pool.take(spec) if self.pool is not None else None
+        if parked is not None:
+            box = parked
+            stdin_data = encode_handoff(profile, inputs, spec.code_name, call=wrapped)
+            box.started = trio.current_time()
+        else:
+            box = _Box(self._make_run_dir(spec.label, self.slot_uid(slot)))
         try:
-            pipe = ResultPipe(rd.result_file, profile.limits.max_result_bytes)
-            env = dict(spec.env)
-            if profile.params_as_env:
-                env.update(shell_env(spec.params))
-            env["ATTUNE_PARAMETER_DELIVERY"] = spec.parameter_delivery
-            env["ATTUNE_PARAMETER_FORMAT"] = spec.parameter_format
-            payload = encode_params(spec.params, spec.parameter_format)
-            stdin_data = payload
-            # In-memory files, copied into the sandbox by bwrap: never on the host's disk.
-            contents = {"action": spec.code}
-            if spec.parameter_delivery == "file":
-                contents["parameters"] = payload
-                env["ATTUNE_PARAMETER_FILE"] = argv_mod.PARAMS_FILE
-                stdin_data = b""
-            if spec.secrets:
-                contents["secrets"] = json.dumps(spec.secrets, ensure_ascii=False).encode()
-                env["ATTUNE_SECRETS_FILE"] = argv_mod.SECRETS_FILE
-            wrapper = profile.function_wrapper if defines_run(spec.code) else None
-            plan = await self._plan_network(spec.network, rd) if spec.network else None
-            if plan is not None and wrapper is not None:
-                # The wrapper holds the action itself, after the interpreter's start-up,
-                # which then overlaps with attaching the network.
-                env[egress.GATE_ENV] = "stdio"
-            cgroup = self._make_cgroup(rd.root.name, profile)
-            wanted = argv_mod.run_files(
-                spec.code_name,
-                wrapper,
-                params="parameters" in contents,
-                secrets="secrets" in contents,
-                net=plan is not None,
-            )
-            sources: dict[str, Path] = (
-                {}
-                if plan is None
-                else {f"net/{name}": plan.etc_dir / name for name in argv_mod.NET_ETC_FILES}
-            )
-            seccomp_fd = bpf_fd(self._bpf)
-            opened = [seccomp_fd]
+            if parked is None:
+                stdin_data = inputs.stdin
+                await self._start_cold(box, spec, inputs, wrapped)
+            assert box.proc is not None and box.pipe is not None
+            proc = box.proc
             try:
-                init_fd = _open_source(self.init)
-                opened.append(init_fd)
-                files = []
-                for key, path in wanted:
-                    fd = (
-                        process.data_fd(key, contents[key])
-                        if key in contents
-                        else _open_source(sources.get(key, SANDBOX_ASSETS / key))
-                    )
-                    opened.append(fd)
-                    files.append((fd, path))
-                pack_mount: argv_mod.PackMount | None = None
-                if spec.pack is not None:
-                    pack_mount = argv_mod.PackMount(
-                        pack_dir=spec.pack.pack_dir,
-                        action_path=spec.pack.action_path,
-                        env_dir=spec.pack.env_dir,
-                    )
-                layout = argv_mod.RunLayout(
-                    result_file=str(rd.result_file),
-                    proc_masks=self._proc_masks,
-                    action_file=spec.code_name,
-                    wrapper=wrapper,
-                    seccomp_fd=seccomp_fd,
-                    init_fd=init_fd,
-                    env=env,
-                    files=tuple(files),
-                    pack=pack_mount,
-                )
-                args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
-                command = argv_mod.action_command(profile, layout)
-                if plan is not None and wrapper is None:  # hold it until the network is there
-                    command = egress.gate_command(command)
-                started = trio.current_time()
-                proc = await process.spawn(
-                    self.bwrap,
-                    args,
-                    command,
-                    pass_fds=tuple(opened),
-                    uid=uid,
-                    gid=uid,
-                    rlimits=argv_mod.rlimit_prefix(profile),
-                    cgroup_procs=cgroup.procs_files if cgroup else (),
-                )
-            finally:
-                for fd in opened:
-                    os.close(fd)
-            try:
-                if plan is not None:
-                    attachment = await self._attach_network(proc, plan)
+                if box.plan is not None:
+                    box.attachment = await self._attach_network(proc, box.plan)
                 report = await self._supervise(
                     proc,
                     spec,
@@ -316,35 +276,186 @@ class Sandbox:
                     timeout,
                     control,
                     on_output,
-                    started,
-                    wrapper is not None,
-                    pipe,
+                    box.started,
+                    wrapped,
+                    box.pipe,
                 )
             finally:
-                if attachment is not None:
-                    attachment.release()  # slirp4netns ends while we clean up
+                if box.attachment is not None:
+                    box.attachment.release()  # slirp4netns ends while we clean up
                 with trio.CancelScope(shield=True):
                     await proc.reap_init()
                 proc.close()
-            if cgroup is not None and cgroup.oom_killed():
+            if box.cgroup is not None and box.cgroup.oom_killed():
                 report = _replace(report, oom_killed=True)
             # Parsing and normalising up to 10 MiB of output takes a while: off the trio
             # thread, so other runs and the heartbeat never wait for it.
             status, result = await trio.to_thread.run_sync(build_result, report)
             return RunOutcome(status, result)
         finally:
-            if pipe is not None:
-                pipe.close()
-            if attachment is not None:
-                attachment.discard()  # killed now, reaped after it has torn down
-            # The execution's data goes now; the rest after the answer when a Teardown
-            # runs (teardown.py). Both may block briefly (rmdir of a cgroup retries while
-            # a process exits).
-            _scrub(rd)
-            job = functools.partial(_cleanup, rd.root, cgroup)
-            if self.teardown is None or not self.teardown.defer(job):
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(job)
+            await self._close_box(box)
+
+    async def _start_cold(self, box: _Box, spec: RunSpec, inputs: RunInputs, wrapped: bool) -> None:
+        """Make the run's result channel, network plan and cgroup, then spawn it."""
+        profile = spec.profile
+        box.pipe = ResultPipe(box.rd.result_file, profile.limits.max_result_bytes)
+        env = dict(inputs.env)
+        wrapper = profile.function_wrapper if wrapped else None
+        box.plan = await self._plan_network(spec.network, box.rd) if spec.network else None
+        if box.plan is not None and wrapper is not None:
+            # The wrapper holds the action itself, after the interpreter's start-up,
+            # which then overlaps with attaching the network.
+            env[egress.GATE_ENV] = "stdio"
+        box.cgroup = self._make_cgroup(box.rd.root.name, profile)
+        pack_mount: argv_mod.PackMount | None = None
+        if spec.pack is not None:
+            pack_mount = argv_mod.PackMount(
+                pack_dir=spec.pack.pack_dir,
+                action_path=spec.pack.action_path,
+                env_dir=spec.pack.env_dir,
+            )
+        wanted = argv_mod.run_files(
+            spec.code_name,
+            wrapper,
+            params="parameters" in inputs.contents,
+            secrets="secrets" in inputs.contents,
+            net=box.plan is not None,
+        )
+        sources: dict[str, Path] = (
+            {}
+            if box.plan is None
+            else {f"net/{name}": box.plan.etc_dir / name for name in argv_mod.NET_ETC_FILES}
+        )
+        gated = box.plan is not None and wrapper is None  # held until the network is there
+        await self._spawn(
+            box,
+            profile,
+            wanted,
+            inputs.contents,
+            sources,
+            env,
+            spec.code_name,
+            wrapper,
+            pack_mount,
+            gated=gated,
+        )
+
+    async def park(self, profile: Profile, uid: int | None) -> _Box:
+        """Start a sandbox of `profile` that waits for its action (the warm pool's unit).
+
+        It is made exactly like a cold one (uid, cgroup, limits, seccomp, mounts), with
+        the launcher (sandbox/parked.py) as its command and no file of any execution.
+        Returns once the launcher has said it is ready; a failure leaves nothing behind.
+        """
+        box = _Box(self._make_run_dir("parked", uid))
+        try:
+            box.pipe = ResultPipe(box.rd.result_file, profile.limits.max_result_bytes)
+            box.cgroup = self._make_cgroup(box.rd.root.name, profile)
+            wanted = argv_mod.run_files("", None, params=False, secrets=False, parked=True)
+            await self._spawn(box, profile, wanted, {}, {}, {}, "", None, None, parked=True)
+            assert box.proc is not None
+            await box.proc.read_info()
+            ready = await box.proc.pipes.stdout.receive_some(1)
+            if ready != b"r":
+                detail = b""
+                with trio.move_on_after(1):
+                    detail = await box.proc.pipes.stderr.receive_some(4096)
+                raise SandboxUnavailable(
+                    "a parked sandbox did not start: "
+                    + (detail.decode(errors="replace").strip() or "no ready signal")
+                )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.discard(box)
+            raise
+        return box
+
+    async def discard(self, box: _Box) -> None:
+        """Kill a parked sandbox that will never run anything, and clean it up."""
+        with trio.CancelScope(shield=True):
+            if box.proc is not None:
+                with trio.move_on_after(process.KILL_GRACE_SECONDS + 6):
+                    await box.proc.kill_and_wait()
+                    await box.proc.reap_init()
+                box.proc.close()
+            await self._close_box(box)
+
+    async def _spawn(
+        self,
+        box: _Box,
+        profile: Profile,
+        wanted: list[tuple[str, str]],
+        contents: dict[str, bytes],
+        sources: dict[str, Path],
+        env: dict[str, str],
+        action_file: str,
+        wrapper: str | None,
+        pack_mount: argv_mod.PackMount | None,
+        *,
+        gated: bool = False,
+        parked: bool = False,
+    ) -> None:
+        assert box.pipe is not None
+        seccomp_fd = bpf_fd(self._bpf)
+        opened = [seccomp_fd]
+        try:
+            init_fd = _open_source(self.init)
+            opened.append(init_fd)
+            files = []
+            for key, path in wanted:
+                fd = (
+                    process.data_fd(key, contents[key])
+                    if key in contents
+                    else _open_source(sources.get(key, SANDBOX_ASSETS / key))
+                )
+                opened.append(fd)
+                files.append((fd, path))
+            layout = argv_mod.RunLayout(
+                result_file=str(box.rd.result_file),
+                proc_masks=self._proc_masks,
+                action_file=action_file,
+                wrapper=wrapper,
+                seccomp_fd=seccomp_fd,
+                init_fd=init_fd,
+                env=env,
+                files=tuple(files),
+                pack=pack_mount,
+                parked=parked,
+            )
+            args = argv_mod.encode_args(argv_mod.bwrap_args(profile, layout))
+            command = argv_mod.action_command(profile, layout)
+            if gated:
+                command = egress.gate_command(command)
+            box.started = trio.current_time()
+            box.proc = await process.spawn(
+                self.bwrap,
+                args,
+                command,
+                pass_fds=tuple(opened),
+                uid=box.uid,
+                gid=box.uid,
+                rlimits=argv_mod.rlimit_prefix(profile),
+                cgroup_procs=box.cgroup.procs_files if box.cgroup else (),
+            )
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    async def _close_box(self, box: _Box) -> None:
+        if box.pipe is not None:
+            box.pipe.close()
+        if box.attachment is not None:
+            box.attachment.discard()  # killed now, reaped after it has torn down
+        # The execution's data goes now; the rest after the answer when a Teardown
+        # runs (teardown.py). Both may block briefly (rmdir of a cgroup retries while
+        # a process exits).
+        _scrub(box.rd)
+        job = functools.partial(_cleanup, box.rd.root, box.cgroup)
+        if self.teardown is None or not self.teardown.defer(job):
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(job)
+        if box.on_closed is not None:
+            box.on_closed()
 
     async def _plan_network(self, policy: egress.EgressPolicy, rd: _RunDir) -> _NetworkPlan:
         """Resolve the allowlisted names, render the rules, write the run's /etc files."""
@@ -464,6 +575,12 @@ class Sandbox:
             output_exceeded=exceeded[0] if exceeded else None,
             output_format=spec.output_format or spec.profile.default_output_format,
         )
+
+
+def _check_code_name(name: str) -> None:
+    """The action's file name becomes a path inside the sandbox: one plain component."""
+    if "/" in name or name in ("", ".", ".."):
+        raise ExecutionError(f"invalid action file name {name!r}")
 
 
 def _open_source(path: str | Path) -> int:

@@ -4,6 +4,10 @@ Run directories live where the per-slot uids can traverse them: under
 /var/lib/attune/test-runs when the tests run as root (pytest's tmp_path under /tmp sits
 in a 0700 root-only directory), else under pytest's own temporary directory.
 
+With ATTUNE_TEST_WARM_POOL=N (scripts/test runs this suite both ways) every `run_code`
+runs through a warm pool of depth N: a run takes a parked sandbox whenever one fits, so
+every guarantee and attack test also pins the pooled path.
+
 Every test is followed by two checks (`_nothing_survives`): no process of a slot uid is
 left on the host within a second, and the run directory holds no per-run leftovers.
 """
@@ -14,13 +18,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from attune.runner import host
+from attune.runner.pool import WarmPool, pool_uids
 from attune.runner.profiles import Profile, load_profiles
 from attune.runner.sandbox import RunOutcome, RunSpec, Sandbox
 from tests.sandbox.helpers import of_uids
@@ -28,6 +33,8 @@ from tests.unavailable import unavailable
 
 ROOT_RUN_BASE = Path("/var/lib/attune/test-runs")
 SLOTS = range(4)
+UID_STRIDE = 32  # slots, exec's uid and the pool's uids of one test process
+WARM_POOL = int(os.environ.get("ATTUNE_TEST_WARM_POOL") or 0)
 
 RunCode = Callable[..., Awaitable[RunOutcome]]
 
@@ -65,7 +72,7 @@ def run_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def sandbox(facts: host.HostFacts, run_base: Path) -> Sandbox:
     # Slot uids of our own: RLIMIT_NPROC and the leftover checks are per host uid, and a
     # worker or another test session on this host may be using the default 100000+.
-    base = 300000 + (os.getpid() % 10000) * len(SLOTS)
+    base = 300000 + (os.getpid() % 10000) * UID_STRIDE
     return Sandbox(facts, run_base / "runs", slot_uid_base=base)
 
 
@@ -74,10 +81,47 @@ def profiles() -> dict[str, Profile]:
     return load_profiles()
 
 
+def suite_pool_uids(sandbox: Sandbox, profiles: dict[str, Profile]) -> list[int | None]:
+    uids = pool_uids(sandbox.slot_uid_base, len(SLOTS), max(WARM_POOL, 1), len(profiles))
+    assert uids.stop <= sandbox.slot_uid_base + UID_STRIDE
+    return list(uids) if sandbox.slot_uid(0) is not None else [None] * len(uids)
+
+
 @pytest.fixture
-def slot_uids(sandbox: Sandbox) -> set[int]:
-    """Host uids of the slots the tests use (empty when not root: they share ours)."""
-    return {uid for slot in SLOTS if (uid := sandbox.slot_uid(slot)) is not None}
+def slot_uids(sandbox: Sandbox, profiles: dict[str, Profile]) -> set[int]:
+    """Host uids of the slots and the pool (empty when not root: they share ours)."""
+    slots = {uid for slot in SLOTS if (uid := sandbox.slot_uid(slot)) is not None}
+    return slots | {uid for uid in suite_pool_uids(sandbox, profiles) if uid is not None}
+
+
+@pytest.fixture
+async def warm_pool(
+    sandbox: Sandbox, profiles: dict[str, Profile], nursery: Any
+) -> AsyncIterator[WarmPool | None]:
+    """The suite's warm pool (ATTUNE_TEST_WARM_POOL), running for one test; else None."""
+    if not WARM_POOL:
+        yield None
+        return
+    pool = WarmPool(sandbox, list(profiles.values()), WARM_POOL, suite_pool_uids(sandbox, profiles))
+    await nursery.start(pool.run)
+    sandbox.pool = pool
+    try:
+        yield pool
+    finally:
+        sandbox.pool = None
+        POOL_RUNS["taken"] += pool.taken
+        POOL_RUNS["cold"] += pool.missed
+
+
+POOL_RUNS = {"taken": 0, "cold": 0}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if WARM_POOL:
+        terminalreporter.write_line(
+            f"warm pool (depth {WARM_POOL}): {POOL_RUNS['taken']} runs in parked sandboxes, "
+            f"{POOL_RUNS['cold']} that fitted ran cold (shelf empty)"
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +138,7 @@ def _nothing_survives(sandbox: Sandbox, slot_uids: set[int]) -> Iterator[None]:
 
 
 @pytest.fixture
-def run_code(sandbox: Sandbox, profiles: dict[str, Profile]) -> RunCode:
+def run_code(sandbox: Sandbox, profiles: dict[str, Profile], warm_pool: WarmPool | None) -> RunCode:
     """Run code through Sandbox.run exactly as `attune exec` does.
 
     Keyword arguments go to RunSpec when it has such a field (env, parameter_delivery,

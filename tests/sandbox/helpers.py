@@ -58,6 +58,19 @@ def host_processes() -> list[HostProcess]:
     return found
 
 
+def outer_bwrap_of(token: str) -> HostProcess | None:
+    """The worker's child (bwrap) above the process whose command line holds `token`:
+    by ancestry, since a parked sandbox's bwrap names the launcher, not the action."""
+    procs = {p.pid: p for p in host_processes()}
+    for start in (p for p in procs.values() if token in p.cmdline):
+        proc: HostProcess | None = start
+        while proc is not None and proc.ppid != os.getpid():
+            proc = procs.get(proc.ppid)
+        if proc is not None:
+            return proc
+    return None
+
+
 def with_token(token: str) -> list[HostProcess]:
     return [p for p in host_processes() if token in p.cmdline]
 

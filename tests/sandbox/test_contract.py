@@ -13,7 +13,7 @@ import trio
 
 from attune.runner.sandbox import RunControl, Sandbox
 from tests.sandbox.conftest import RunCode
-from tests.sandbox.helpers import token, wait_until_gone, with_token
+from tests.sandbox.helpers import outer_bwrap_of, token, wait_until_gone, with_token
 
 pytestmark = pytest.mark.sandbox
 
@@ -424,11 +424,9 @@ async def test_bwrap_killed_from_outside_orphans_nothing(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(runner)
         with trio.fail_after(5):
-            while not (
-                outer := [p for p in with_token(name) if p.ppid == os.getpid()]
-            ) or not with_token(f"sleep {mark}"):
+            while (outer := outer_bwrap_of(f"sleep {mark}")) is None:
                 await trio.sleep(0.02)
-        os.kill(outer[0].pid, signal.SIGKILL)
+        os.kill(outer.pid, signal.SIGKILL)
     assert outcome is not None
     assert outcome.status == "failed"
     assert outcome.result["error"] == "Command killed by SIGKILL"

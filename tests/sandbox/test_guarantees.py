@@ -16,9 +16,17 @@ import pytest
 import trio
 
 from attune.runner import host
+from attune.runner.pool import WarmPool
 from attune.runner.sandbox import RunControl, RunOutcome, Sandbox
 from tests.sandbox.conftest import RunCode
-from tests.sandbox.helpers import SYSCALLS, HostProcess, token, wait_until_gone, with_token
+from tests.sandbox.helpers import (
+    SYSCALLS,
+    HostProcess,
+    of_uids,
+    token,
+    wait_until_gone,
+    with_token,
+)
 from tests.unavailable import unavailable
 
 pytestmark = pytest.mark.sandbox
@@ -233,7 +241,10 @@ async def test_4_filesystem_is_minimal_and_read_only(run_code: RunCode, runtime:
     etc = sorted([*etc, "alternatives", "ca-certificates", "ssl"])  # read-only binds
     assert data["etc"] == etc
     assert not any(data["absent"].values()), data["absent"]
-    assert {d for d, r in data["writable"].items() if r == "OK"} == {"/work", "/tmp", "/dev/shm"}
+    # The run's own tmpfs mounts: scratch space, and the action's file and result (what a
+    # parked sandbox's launcher writes); each sized, none a host path.
+    scratch = {"/work", "/tmp", "/dev/shm", "/attune/action", "/attune/out"}
+    assert {d for d, r in data["writable"].items() if r == "OK"} == scratch
     assert data["writable"]["/"] == "EROFS" and data["writable"]["/usr"] == "EROFS"
     assert data["root_mount"] == ["ro"]
     assert data["bin"] == "usr/bin"
@@ -252,8 +263,16 @@ async def test_4_synthetic_passwd_names_the_action_user(run_code: RunCode) -> No
 # --- 5. uids ---------------------------------------------------------------------------
 
 
+def _made_here_by(uids: set[int]) -> list[HostProcess]:
+    """A parked sandbox's processes carry the launcher's command line, not the action's
+    file name: find the run by the file it made, then its processes by its host uid."""
+    procs = of_uids(uids)
+    maker = [p for p in procs if os.path.exists(f"/proc/{p.pid}/root/work/made-here")]
+    return [p for p in procs if maker and p.uids[0] == maker[0].uids[0]]
+
+
 async def sandbox_processes_while(
-    run_code: RunCode, source: str, name: str, **kw: object
+    run_code: RunCode, source: str, name: str, uids: set[int], **kw: object
 ) -> tuple[RunOutcome, list[HostProcess], int]:
     """Start a run, capture its host processes (and a file owner) while it sleeps."""
     seen: list[HostProcess] = []
@@ -268,7 +287,7 @@ async def sandbox_processes_while(
         nursery.start_soon(runner)
         with trio.fail_after(5):
             while True:
-                procs = with_token(name)
+                procs = with_token(name) or _made_here_by(uids)
                 action = [p for p in procs if p.cmdline.startswith("/usr/bin/python3")]
                 made = f"/proc/{action[0].pid}/root/work/made-here" if action else ""
                 if action and os.geteuid() != 0:  # /proc/PID/root needs CAP_SYS_PTRACE
@@ -285,7 +304,11 @@ async def sandbox_processes_while(
 
 @pytest.mark.parametrize("slot", [0, 1])
 async def test_5_sandbox_runs_as_the_slot_uid_on_the_host(
-    run_code: RunCode, sandbox: Sandbox, slot: int
+    run_code: RunCode,
+    sandbox: Sandbox,
+    slot: int,
+    slot_uids: set[int],
+    warm_pool: WarmPool | None,
 ) -> None:
     name = f"uid_{uuid.uuid4().hex[:10]}.py"
     source = code("""
@@ -297,7 +320,9 @@ async def test_5_sandbox_runs_as_the_slot_uid_on_the_host(
             return {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),
                     "groups": os.getgroups(), "file_uid": st.st_uid}
     """)
-    outcome, procs, owner = await sandbox_processes_while(run_code, source, name, slot=slot)
+    outcome, procs, owner = await sandbox_processes_while(
+        run_code, source, name, slot_uids, slot=slot
+    )
     assert outcome.status == "completed", outcome.result
     assert outcome.result["data"] == {
         "uid": 1000,
@@ -307,6 +332,10 @@ async def test_5_sandbox_runs_as_the_slot_uid_on_the_host(
         "file_uid": 1000,
     }
     expected = sandbox.slot_uid(slot) if os.geteuid() == 0 else os.geteuid()
+    if warm_pool is not None and warm_pool.taken and os.geteuid() == 0:
+        # A parked sandbox has a uid of the pool's own, held by no other live sandbox.
+        expected = procs[0].uids[0]
+        assert expected in slot_uids and expected != sandbox.slot_uid(slot)
     assert expected != 0
     # outer bwrap, the sandbox's init, the action: all the slot's uid on the host
     assert len(procs) >= 3

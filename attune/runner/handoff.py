@@ -1,0 +1,104 @@
+"""What a run hands its sandbox: one pure description, two deliveries.
+
+`run_inputs` decides, from a run's spec, the action's environment, the files it finds
+(the action code, the parameter and secrets files) and what it reads on stdin. A cold
+sandbox gets the files copied in by bwrap (`--file`) and the environment as bwrap
+options; a parked one (pool.py) gets the same inputs as one `encode_handoff` message on
+its stdin, which sandbox/parked.py unpacks before it becomes the action. Both paths go
+through `run_inputs`, so what the action sees is the same either way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from attune.models import ParameterDelivery, ParameterFormat
+from attune.params import encode_params, shell_env
+from attune.runner import argv as argv_mod
+from attune.runner.profiles import Profile
+
+HEADER_LIMIT = 1 << 31  # the 4-byte length prefix
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """The run's own variables (on top of the profile's), files by key, and stdin."""
+
+    env: dict[str, str]
+    contents: dict[str, bytes]  # "action", "parameters", "secrets" -> bytes
+    stdin: bytes
+
+
+def run_inputs(
+    profile: Profile,
+    *,
+    code: bytes,
+    params: dict[str, Any],
+    env: dict[str, str],
+    delivery: ParameterDelivery,
+    fmt: ParameterFormat,
+    secrets: dict[str, str],
+) -> RunInputs:
+    run_env = dict(env)
+    if profile.params_as_env:
+        run_env.update(shell_env(params))
+    run_env["ATTUNE_PARAMETER_DELIVERY"] = delivery
+    run_env["ATTUNE_PARAMETER_FORMAT"] = fmt
+    payload = encode_params(params, fmt)
+    stdin = payload
+    contents = {"action": code}
+    if delivery == "file":
+        contents["parameters"] = payload
+        run_env["ATTUNE_PARAMETER_FILE"] = argv_mod.PARAMS_FILE
+        stdin = b""
+    if secrets:
+        contents["secrets"] = json.dumps(secrets, ensure_ascii=False).encode()
+        run_env["ATTUNE_SECRETS_FILE"] = argv_mod.SECRETS_FILE
+    return RunInputs(run_env, contents, stdin)
+
+
+# Where each file lands and with which mode: the same as bwrap's `--perms` in
+# argv.bwrap_args (the parameter and secrets files readable by the action's uid only).
+def _placement(key: str, action_file: str) -> tuple[str, int]:
+    if key == "action":
+        return f"{argv_mod.ACTION_DIR}/{action_file}", 0o444
+    if key == "parameters":
+        return argv_mod.PARAMS_FILE, 0o400
+    if key == "secrets":
+        return argv_mod.SECRETS_FILE, 0o400
+    raise ValueError(f"no place for run file {key!r}")
+
+
+def encode_handoff(
+    profile: Profile,
+    inputs: RunInputs,
+    action_file: str,
+    *,
+    call: bool,
+) -> bytes:
+    """The message a parked sandbox waits for (format: sandbox/parked.py).
+
+    `call` runs a run() action inside the parked interpreter (the wrapper); otherwise
+    the action is exec'd with the profile's command, exactly as a cold sandbox runs it.
+    """
+    path = f"{argv_mod.ACTION_DIR}/{action_file}"
+    files = []
+    blobs = []
+    for key, data in inputs.contents.items():
+        where, mode = _placement(key, action_file)
+        files.append([where, mode, len(data)])
+        blobs.append(data)
+    header: dict[str, Any] = {
+        "env": argv_mod.sandbox_env(profile, inputs.env),
+        "files": files,
+    }
+    if call:
+        header["call"] = path
+    else:
+        header["argv"] = [*profile.command, path]
+    encoded = json.dumps(header, ensure_ascii=False).encode()
+    if len(encoded) >= HEADER_LIMIT:
+        raise ValueError("the run's environment is too large to hand over")
+    return b"".join([len(encoded).to_bytes(4, "big"), encoded, *blobs, inputs.stdin])
