@@ -1,0 +1,111 @@
+"""The handoff to a parked sandbox and the pool's bookkeeping: pure, no processes."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+
+from attune.runner import argv
+from attune.runner.egress import EgressPolicy
+from attune.runner.handoff import encode_handoff, run_inputs
+from attune.runner.pool import WarmPool, fits, parkable, pool_uids
+from attune.runner.profiles import load_profiles
+from attune.runner.sandbox import PackSource, RunSpec, _Box, _RunDir
+
+PROFILES = load_profiles()
+
+
+def decode(frame: bytes) -> tuple[dict, list[bytes], bytes]:
+    size = int.from_bytes(frame[:4], "big")
+    header = json.loads(frame[4 : 4 + size])
+    rest = frame[4 + size :]
+    blobs = []
+    for _path, _mode, length in header["files"]:
+        blobs.append(rest[:length])
+        rest = rest[length:]
+    return header, blobs, rest
+
+
+def test_a_run_action_is_called_in_the_parked_interpreter_with_params_on_stdin() -> None:
+    profile = PROFILES["python"]
+    inputs = run_inputs(
+        profile,
+        code=b"def run(x): return x\n",
+        params={"x": 1},
+        env={"ATTUNE_EXEC_ID": "7"},
+        delivery="stdin",
+        fmt="json",
+        secrets={},
+    )
+    header, blobs, stdin = decode(encode_handoff(profile, inputs, "a.py", call=True))
+    assert header["call"] == "/attune/action/a.py" and "argv" not in header
+    assert header["files"] == [["/attune/action/a.py", 0o444, len(blobs[0])]]
+    assert blobs == [b"def run(x): return x\n"]
+    assert json.loads(stdin) == {"x": 1}
+    # The whole environment, as bwrap would set it for a cold run.
+    assert header["env"] == argv.sandbox_env(profile, inputs.env)
+    assert header["env"]["ATTUNE_EXEC_ID"] == "7" and header["env"]["HOME"] == "/work"
+
+
+def test_a_script_is_execd_with_the_profile_command_and_file_params_are_private() -> None:
+    profile = PROFILES["shell"]
+    inputs = run_inputs(
+        profile,
+        code=b"echo hi\n",
+        params={"name": "bob"},
+        env={},
+        delivery="file",
+        fmt="json",
+        secrets={"token": "s3cret"},
+    )
+    header, blobs, stdin = decode(encode_handoff(profile, inputs, "a.sh", call=False))
+    assert header["argv"] == [*profile.command, "/attune/action/a.sh"]
+    files = {
+        path: (mode, blob) for (path, mode, _), blob in zip(header["files"], blobs, strict=True)
+    }
+    assert files[argv.PARAMS_FILE] == (0o400, b'{"name":"bob"}\n')
+    assert files[argv.SECRETS_FILE][0] == 0o400
+    assert json.loads(files[argv.SECRETS_FILE][1]) == {"token": "s3cret"}
+    assert stdin == b""  # file delivery: nothing on stdin
+    assert header["env"]["PARAM_NAME"] == "bob"  # the shell profile's params_as_env
+    assert header["env"]["ATTUNE_PARAMETER_FILE"] == argv.PARAMS_FILE
+
+
+def test_pool_uids_follow_the_slots_and_execs_uid_and_cover_parked_plus_running() -> None:
+    uids = pool_uids(100000, capacity=4, depth=2, profiles=2)
+    assert uids.start == 100005  # 100000-100003 slots, 100004 attune exec
+    assert len(uids) == 2 * 2 + 4
+    assert len(pool_uids(100000, 4, 0, 2)) == 0
+
+
+def spec(runtime: str = "python", **kw: object) -> RunSpec:
+    return RunSpec(profile=PROFILES[runtime], code=b"def run(): return 1\n", code_name="a.py", **kw)  # type: ignore[arg-type]
+
+
+def test_only_runs_that_would_get_the_same_sandbox_cold_fit_a_parked_one() -> None:
+    assert fits(spec())
+    assert not fits(spec(network=EgressPolicy()))
+    assert not fits(spec(pack=PackSource(pack_dir="/p", action_path="/p/actions/a.py")))
+    assert all(parkable(p) for p in PROFILES.values())
+
+
+class FakeBox(_Box):
+    def __init__(self, alive: bool) -> None:
+        super().__init__(_RunDir(root=None, out=None, uid=None))  # type: ignore[arg-type]
+        self._alive = alive
+
+    def alive(self) -> bool:
+        return self._alive
+
+
+def test_take_skips_dead_parked_sandboxes_and_other_profiles() -> None:
+    pool = WarmPool(None, list(PROFILES.values()), 2, [])  # type: ignore[arg-type]
+    dead, live = FakeBox(False), FakeBox(True)
+    pool._shelves["python"].parked += [dead, live]
+    assert pool.take(spec("shell")) is None  # the shell shelf is empty: cold
+    other = msgspec.structs.replace(PROFILES["python"], command=["/usr/bin/python3"])
+    assert pool.take(RunSpec(profile=other, code=b"", code_name="a.py")) is None
+    assert pool.take(spec()) is live
+    assert pool._dead == [dead]  # discarded by the refill task, never handed a run
+    assert (pool.taken, pool.missed) == (1, 1)  # the other profile never fitted
