@@ -283,23 +283,26 @@ def interpreter_command(profile: Profile, pack: PackMount | None) -> list[str]:
     return command
 
 
-def parked_command(profile: Profile) -> list[str]:
-    """The launcher's interpreter: the profile's own Python (its flags included) for a
-    Python profile, so a run() action runs in exactly the interpreter a cold run
+def parked_command(profile: Profile, pack: PackMount | None) -> list[str]:
+    """The launcher's interpreter: the profile's own Python (its flags, a pack's venv)
+    for a Python profile, so a run() action runs in exactly the interpreter a cold run
     starts; a bare, quick-starting python3 for the others, which exec their command."""
     if profile.function_wrapper is not None:
-        return [*profile.command, f"{ATTUNE_DIR}/{PARKED_LAUNCHER}"]
+        return [*interpreter_command(profile, pack), f"{ATTUNE_DIR}/{PARKED_LAUNCHER}"]
     return [*LAUNCHER_PYTHON, f"{ATTUNE_DIR}/{PARKED_LAUNCHER}"]
+
+
+def action_target(*, layout_action: str, pack: PackMount | None) -> str:
+    """The action's path inside the sandbox: its place in its pack, or its copy."""
+    return pack.action_path if pack is not None else f"{ACTION_DIR}/{layout_action}"
 
 
 def action_command(profile: Profile, layout: RunLayout) -> list[str]:
     """What bwrap runs as pid 1: attune-init, which forks and execs the rest."""
     if layout.parked:
-        return [INIT_PATH, *parked_command(profile)]
+        return [INIT_PATH, *parked_command(profile, layout.pack)]
     wrapper = [f"{ATTUNE_DIR}/{layout.wrapper}"] if layout.wrapper else []
-    target = (
-        layout.pack.action_path if layout.pack is not None else f"{ACTION_DIR}/{layout.action_file}"
-    )
+    target = action_target(layout_action=layout.action_file, pack=layout.pack)
     return [
         INIT_PATH,
         *interpreter_command(profile, layout.pack),

@@ -76,14 +76,16 @@ def encode_handoff(
     inputs: RunInputs,
     action_file: str,
     *,
-    call: bool,
+    target: str,
+    command: list[str] | None,
 ) -> bytes:
     """The message a parked sandbox waits for (format: sandbox/parked.py).
 
-    `call` runs a run() action inside the parked interpreter (the wrapper); otherwise
-    the action is exec'd with the profile's command, exactly as a cold sandbox runs it.
+    `target` is the action's path inside the sandbox (its copy under /attune/action,
+    or its place in its pack). With `command` None the run() wrapper calls it inside the
+    parked interpreter; otherwise `command + [target]` is exec'd, exactly what a cold
+    sandbox's init would run.
     """
-    path = f"{argv_mod.ACTION_DIR}/{action_file}"
     files = []
     blobs = []
     for key, data in inputs.contents.items():
@@ -94,10 +96,10 @@ def encode_handoff(
         "env": argv_mod.sandbox_env(profile, inputs.env),
         "files": files,
     }
-    if call:
-        header["call"] = path
+    if command is None:
+        header["call"] = target
     else:
-        header["argv"] = [*profile.command, path]
+        header["argv"] = [*command, target]
     encoded = json.dumps(header, ensure_ascii=False).encode()
     if len(encoded) >= HEADER_LIMIT:
         raise ValueError("the run's environment is too large to hand over")

@@ -1,22 +1,28 @@
 """The warm pool: single-use sandboxes started before their execution is known.
 
 Most of a short run's latency is the sandbox and the interpreter starting, and neither
-depends on the execution. So the pool keeps `depth` sandboxes of each runtime profile
-parked (sandbox/parked.py: interpreter up, run() wrapper imported, blocked on stdin),
-and a run whose sandbox a parked one can be takes it and hands it the code, parameters,
-environment and secrets in one message (handoff.py). The refill runs off the critical
+depends on the execution. So the pool keeps `depth` sandboxes of each shape parked
+(sandbox/parked.py: interpreter up, run() wrapper imported, blocked on stdin), and a run
+whose sandbox a parked one can be takes it and hands it the code, parameters,
+environment and secrets in one message (handoff.py). Refills run off the critical
 path, in this task.
 
 What stays true: a parked sandbox is made exactly like a cold one (namespaces,
 seccomp, limits from the spawn chain, cgroup, attune-init as pid 1) and holds nothing
-of any execution; each runs one action and is destroyed like a cold one. A run takes a
-parked sandbox only if it would get the same sandbox cold: same profile, no egress
-network (that is set up per run), no pack (its directory and environment are bound at
-their own paths). Anything else runs cold, as does everything when the pool is empty.
+of any execution; each runs one action and is destroyed like a cold one.
+
+A shape is what a sandbox is made of before its action: the runtime profile and, for a
+pack's action, the pack directory and its Python environment (bound at their own
+paths). Every profile's plain shape is always kept; a pack's shape gets a shelf the
+first time one of its actions misses (that run goes cold), up to `PACK_SHAPES` packs,
+the least recently used giving way. A parked sandbox of a pack is only handed a run if
+the pack directory is still the one it bound: a re-loaded pack is swapped in by rename,
+and its stale sandboxes are discarded. Egress runs never take a parked sandbox: their
+network and its rules are made per run.
 
 uids: a parked sandbox needs its host uid from the start, and a slot can have one
 sandbox running and the next parked, so the pool has uids of its own (`pool_uids`),
-after the slots' and `attune exec`'s: depth x profiles parked plus one per slot in use.
+after the slots' and `attune exec`'s: depth x shapes parked plus one per slot in use.
 A uid goes back to the pool only once its sandbox has been reaped and cleaned up.
 """
 
@@ -24,12 +30,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from attune.log import log_event
+from attune.runner.argv import PackMount
 from attune.runner.profiles import Profile
 from attune.runner.sandbox import RunSpec, Sandbox, _Box
 
@@ -39,14 +47,19 @@ PARK_TIMEOUT = 30.0  # a sandbox that is not ready by then is killed
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 DISCARD_TIMEOUT = 20.0
+PACK_SHAPES = 4  # packs with parked sandboxes at once (least recently used goes)
+
+ShapeKey = tuple[str, str | None, str | None]  # profile, pack dir, pack environment
 
 
 def pool_uids(slot_uid_base: int, capacity: int, depth: int, profiles: int) -> range:
     """The pool's own host uids: after the slots (base .. base+capacity-1) and the one
-    `attune exec` uses (base+capacity); enough for every profile's parked sandboxes and
+    `attune exec` uses (base+capacity); enough for every shape's parked sandboxes and
     one taken sandbox per slot."""
     first = slot_uid_base + capacity + 1
-    return range(first, first + depth * profiles + capacity) if depth > 0 else range(first, first)
+    if depth <= 0:
+        return range(first, first)
+    return range(first, first + depth * (profiles + PACK_SHAPES) + capacity)
 
 
 def parkable(profile: Profile) -> bool:
@@ -55,21 +68,37 @@ def parkable(profile: Profile) -> bool:
 
 
 def fits(spec: RunSpec) -> bool:
-    """Would a parked sandbox of the spec's profile be the sandbox it gets cold?"""
-    return spec.network is None and spec.pack is None
+    """Could a parked sandbox be the one this run gets cold? (Not with egress.)"""
+    return spec.network is None
+
+
+def shape_key(spec: RunSpec) -> ShapeKey:
+    pack = spec.pack
+    return (spec.profile.name, pack.pack_dir if pack else None, pack.env_dir if pack else None)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @dataclass
 class _Shelf:
-    """The parked sandboxes of one profile, oldest first."""
+    """The parked sandboxes of one shape, oldest first."""
 
     profile: Profile
-    parked: list[_Box] = field(default_factory=list)
+    pack: PackMount | None = None
+    parked: list[tuple[_Box, tuple[int, int] | None]] = field(default_factory=list)
     failures: int = 0
+    retry_at: float = 0.0  # after a failed park: not before this (trio clock)
+    used: float = 0.0  # last take or miss (trio clock): the LRU order of pack shelves
 
 
 class WarmPool:
-    """Parked sandboxes per profile, refilled by `run`; trio tasks only, no locks."""
+    """Parked sandboxes per shape, refilled by `run`; trio tasks only, no locks."""
 
     def __init__(
         self,
@@ -80,12 +109,14 @@ class WarmPool:
     ) -> None:
         self.sandbox = sandbox
         self.depth = depth
-        self._shelves = {p.name: _Shelf(p) for p in profiles if parkable(p)}
+        self._shelves: dict[ShapeKey, _Shelf] = {
+            (p.name, None, None): _Shelf(p) for p in profiles if parkable(p)
+        }
         self._free: list[int | None] = list(uids)
         self._wanted = trio.Event()
-        self._dead: list[_Box] = []  # taken off a shelf dead: discarded by the refill
+        self._dead: list[_Box] = []  # off a shelf, never handed a run: the refill kills them
         self.taken = 0  # handoffs so far (metrics, tests)
-        self.missed = 0  # runs that fit but found the shelf empty
+        self.missed = 0  # runs that fitted but found their shelf empty or absent
 
     @property
     def parked(self) -> int:
@@ -93,18 +124,40 @@ class WarmPool:
 
     def take(self, spec: RunSpec) -> _Box | None:
         """A live parked sandbox for this run, or None (the run goes cold)."""
-        shelf = self._shelves.get(spec.profile.name)
-        if shelf is None or shelf.profile != spec.profile or not fits(spec):
+        if not fits(spec) or not parkable(spec.profile):
             return None
+        key = shape_key(spec)
+        shelf = self._shelves.get(key)
+        if shelf is not None and shelf.profile != spec.profile:
+            return None  # a profile of the same name but other limits: not this sandbox
+        if shelf is None:
+            shelf = self._add_pack_shelf(key, spec)
+        shelf.used = trio.current_time()
+        current = _identity(shelf.pack.pack_dir) if shelf.pack else None
         while shelf.parked:
-            box = shelf.parked.pop(0)
+            box, bound = shelf.parked.pop(0)
             self._wanted.set()
-            if box.alive():
+            if box.alive() and bound == current:
                 self.taken += 1
                 return box
-            self._dead.append(box)
+            self._dead.append(box)  # died, or its pack was re-loaded since
         self.missed += 1
+        self._wanted.set()
         return None
+
+    def _add_pack_shelf(self, key: ShapeKey, spec: RunSpec) -> _Shelf:
+        pack = spec.pack
+        assert pack is not None  # every plain shape has a shelf from the start
+        packs = [k for k in self._shelves if k[1] is not None]
+        if len(packs) >= PACK_SHAPES:
+            oldest = min(packs, key=lambda k: self._shelves[k].used)
+            self._dead += [box for box, _ in self._shelves.pop(oldest).parked]
+        shelf = _Shelf(
+            spec.profile,
+            PackMount(pack_dir=pack.pack_dir, action_path="", env_dir=pack.env_dir),
+        )
+        self._shelves[key] = shelf
+        return shelf
 
     def _give_back(self, uid: int | None) -> None:
         self._free.append(uid)
@@ -116,49 +169,58 @@ class WarmPool:
             await self._fill()
             task_status.started()
             while True:
-                await self._wanted.wait()
+                retry = min((s.retry_at for s in self._short()), default=None)
+                with trio.move_on_at(retry if retry is not None else float("inf")):
+                    await self._wanted.wait()
                 self._wanted = trio.Event()
                 await self._fill()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_TIMEOUT):
                 for shelf in self._shelves.values():
-                    while shelf.parked:
-                        await self.sandbox.discard(shelf.parked.pop())
+                    self._dead += [box for box, _ in shelf.parked]
+                    shelf.parked.clear()
                 await self._bury()
+
+    def _short(self) -> list[_Shelf]:
+        return [s for s in self._shelves.values() if len(s.parked) < self.depth]
 
     async def _bury(self) -> None:
         while self._dead:
             await self.sandbox.discard(self._dead.pop())
 
     async def _fill(self) -> None:
-        """Park until every shelf holds `depth` (one at a time, fairest first)."""
+        """Park until every shelf holds `depth`, one at a time, emptiest shelf first."""
         await self._bury()
         while self._free:
-            shelf = min(
-                (s for s in self._shelves.values() if len(s.parked) < self.depth),
-                key=lambda s: len(s.parked),
-                default=None,
-            )
-            if shelf is None:
+            now = trio.current_time()
+            short = [s for s in self._short() if s.retry_at <= now]
+            if not short:
                 return
+            shelf = min(short, key=lambda s: len(s.parked))
             uid = self._free.pop()
+            bound = _identity(shelf.pack.pack_dir) if shelf.pack else None
             try:
                 with trio.fail_after(PARK_TIMEOUT):
-                    box = await self.sandbox.park(shelf.profile, uid)
+                    box = await self.sandbox.park(shelf.profile, shelf.pack, uid)
             except Exception as exc:  # a host problem: logged, retried with backoff
                 self._free.append(uid)
                 shelf.failures += 1
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (shelf.failures - 1))
+                shelf.retry_at = trio.current_time() + delay
                 log_event(
                     log,
                     "warm_pool_park_failed",
                     logging.WARNING,
                     profile=shelf.profile.name,
+                    pack=shelf.pack.pack_dir if shelf.pack else None,
                     error=str(exc) or type(exc).__name__,
                     retry_in_s=delay,
                 )
-                await trio.sleep(delay)
                 continue
             shelf.failures = 0
             box.on_closed = functools.partial(self._give_back, uid)
-            shelf.parked.append(box)
+            if shelf in self._shelves.values():
+                shelf.parked.append((box, bound))
+            else:  # evicted while this one started
+                self._dead.append(box)
+                await self._bury()

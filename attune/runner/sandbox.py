@@ -256,7 +256,14 @@ class Sandbox:
         parked = self.pool.take(spec) if self.pool is not None else None
         if parked is not None:
             box = parked
-            stdin_data = encode_handoff(profile, inputs, spec.code_name, call=wrapped)
+            pack = _pack_mount(spec.pack)
+            stdin_data = encode_handoff(
+                profile,
+                inputs,
+                spec.code_name,
+                target=argv_mod.action_target(layout_action=spec.code_name, pack=pack),
+                command=None if wrapped else argv_mod.interpreter_command(profile, pack),
+            )
             box.started = trio.current_time()
         else:
             box = _Box(self._make_run_dir(spec.label, self.slot_uid(slot)))
@@ -307,13 +314,7 @@ class Sandbox:
             # which then overlaps with attaching the network.
             env[egress.GATE_ENV] = "stdio"
         box.cgroup = self._make_cgroup(box.rd.root.name, profile)
-        pack_mount: argv_mod.PackMount | None = None
-        if spec.pack is not None:
-            pack_mount = argv_mod.PackMount(
-                pack_dir=spec.pack.pack_dir,
-                action_path=spec.pack.action_path,
-                env_dir=spec.pack.env_dir,
-            )
+        pack_mount = _pack_mount(spec.pack)
         wanted = argv_mod.run_files(
             spec.code_name,
             wrapper,
@@ -340,19 +341,22 @@ class Sandbox:
             gated=gated,
         )
 
-    async def park(self, profile: Profile, uid: int | None) -> _Box:
-        """Start a sandbox of `profile` that waits for its action (the warm pool's unit).
+    async def park(
+        self, profile: Profile, pack: argv_mod.PackMount | None, uid: int | None
+    ) -> _Box:
+        """Start a sandbox of `profile` (in `pack`) that waits for its action.
 
-        It is made exactly like a cold one (uid, cgroup, limits, seccomp, mounts), with
-        the launcher (sandbox/parked.py) as its command and no file of any execution.
-        Returns once the launcher has said it is ready; a failure leaves nothing behind.
+        It is made exactly like a cold one (uid, cgroup, limits, seccomp, mounts, the
+        pack bound at its path), with the launcher (sandbox/parked.py) as its command
+        and no file of any execution. Returns once the launcher has said it is ready;
+        a failure leaves nothing behind.
         """
         box = _Box(self._make_run_dir("parked", uid))
         try:
             box.pipe = ResultPipe(box.rd.result_file, profile.limits.max_result_bytes)
             box.cgroup = self._make_cgroup(box.rd.root.name, profile)
             wanted = argv_mod.run_files("", None, params=False, secrets=False, parked=True)
-            await self._spawn(box, profile, wanted, {}, {}, {}, "", None, None, parked=True)
+            await self._spawn(box, profile, wanted, {}, {}, {}, "", None, pack, parked=True)
             assert box.proc is not None
             await box.proc.read_info()
             ready = await box.proc.pipes.stdout.receive_some(1)
@@ -575,6 +579,14 @@ class Sandbox:
             output_exceeded=exceeded[0] if exceeded else None,
             output_format=spec.output_format or spec.profile.default_output_format,
         )
+
+
+def _pack_mount(pack: PackSource | None) -> argv_mod.PackMount | None:
+    if pack is None:
+        return None
+    return argv_mod.PackMount(
+        pack_dir=pack.pack_dir, action_path=pack.action_path, env_dir=pack.env_dir
+    )
 
 
 def _check_code_name(name: str) -> None:
