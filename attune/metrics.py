@@ -188,6 +188,34 @@ class Metrics:
             }
         )
 
+    def bind_pool(
+        self,
+        *,
+        parked: Callable[[], float],
+        taken: Callable[[], float],
+        cold: Callable[[], float],
+    ) -> None:
+        """The warm pool's gauges, when the worker keeps one (sandbox.warm_pool > 0)."""
+        self._live.sources.update(
+            {
+                "attune_warm_pool_parked": (
+                    "gauge",
+                    "Sandboxes parked and ready for an action now.",
+                    parked,
+                ),
+                "attune_warm_pool_taken": (
+                    "counter",
+                    "Runs that started in a parked sandbox.",
+                    taken,
+                ),
+                "attune_warm_pool_cold": (
+                    "counter",
+                    "Runs that could have used a parked sandbox but found none ready.",
+                    cold,
+                ),
+            }
+        )
+
     # --- events -------------------------------------------------------------------------
 
     def execution_finished(

@@ -320,6 +320,12 @@ async def run_worker(config: Config) -> None:
                 outbox_pending=lambda: len(outbox.pending),
                 outbox_dropped=lambda: outbox.dropped,
             )
+            if pool is not None:
+                metrics.bind_pool(
+                    parked=lambda: pool.parked,
+                    taken=lambda: pool.taken,
+                    cold=lambda: pool.missed,
+                )
             log_event(
                 log,
                 "worker_registered",
@@ -328,6 +334,7 @@ async def run_worker(config: Config) -> None:
                 capacity=config.worker.max_concurrent_tasks,
                 pid=os.getpid(),
                 layers=",".join(layer.name for layer in facts.layers if layer.active),
+                warm_pool=config.sandbox.warm_pool,
             )
             await recover_orphans(pipeline)
             try:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from attune.runner import host
+from attune.runner.pool import pool_uids
 
 if TYPE_CHECKING:
     from attune.config import Config
@@ -261,9 +262,12 @@ def _privilege_check(snapshot: HostSnapshot) -> Check:
 
 
 def slot_uid_range(config: Config) -> range:
-    """The worker's slot uids and, one past them, the uid `attune exec` runs as."""
+    """The worker's slot uids, the uid `attune exec` runs as, and the warm pool's uids
+    (counted for up to 8 runtime profiles, more than any worker ships)."""
     base = config.sandbox.slot_uid_base
-    return range(base, base + config.worker.max_concurrent_tasks + 1)
+    capacity = config.worker.max_concurrent_tasks
+    pool = pool_uids(base, capacity, config.sandbox.warm_pool, 8)
+    return range(base, max(pool.stop, base + capacity + 1))
 
 
 def _slot_uid_check(snapshot: HostSnapshot, config: Config) -> Check:

@@ -20,7 +20,7 @@ from attune.broker import Broker
 from attune.messages import EXCHANGE_EXECUTIONS
 from tests.integration.amqp_fixtures import close_connections
 from tests.integration.conftest import ADMIN_URL
-from tests.integration.worker_kit import Stack, host_processes_of_uids, slot_uid_block
+from tests.integration.worker_kit import Stack, host_processes_of_uids, slot_uid_block, uid_span
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 
@@ -39,10 +39,11 @@ async def test_sigkill_mid_run_leaves_no_sandbox_and_restart_abandons_each_once(
             await trio.sleep(0.05)
     assert len({line.split()[0] for line in host_processes_of_uids(base, base + 3)}) == 3
     worker.kill()
+    span = base + uid_span(3)  # the slots, exec's uid and a warm pool's parked sandboxes
     with trio.move_on_after(3):
-        while host_processes_of_uids(base, base + 3):
+        while host_processes_of_uids(base, span):
             await trio.sleep(0.05)
-    assert host_processes_of_uids(base, base + 3) == []
+    assert host_processes_of_uids(base, span) == []
     await stack.start_worker(capacity=3, name=worker.name, ATTUNE__SANDBOX__SLOT_UID_BASE=str(base))
     statuses = await stack.wait_all(ids, 20)
     assert set(statuses.values()) == {"abandoned"}

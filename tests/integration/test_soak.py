@@ -7,6 +7,7 @@ process or cgroup of a run is left on the host.
 from __future__ import annotations
 
 import os
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.integration.worker_kit import (
     host_processes_of_uids,
     rss_kib,
     slot_uid_block,
+    uid_span,
 )
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox, pytest.mark.soak]
@@ -99,6 +101,11 @@ async def test_two_thousand_executions_one_in_fifty_hostile_all_terminal_exactly
     )
     assert rss_end - rss_after_100 < 20 * 1024
     assert host_processes_of_uids(uid_base, uid_base + 4) == []
+    # Parked sandboxes (a warm pool) live as long as the worker: stop it, then nothing
+    # of any sandbox may be left, running or parked.
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait_exit() == 0
+    assert host_processes_of_uids(uid_base, uid_base + uid_span(4)) == []
     with trio.move_on_after(5):
         while set(_cgroup_leftovers()) - cgroups_before:
             await trio.sleep(0.1)

@@ -32,6 +32,7 @@ from attune.messages import (
 )
 from attune.models import Execution
 from attune.packs import install_pack, load_pack
+from attune.runner.pool import pool_uids
 from attune.submit import schedule, wait_terminal
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -138,6 +139,7 @@ class Stack:
                 # Slot uids of this test process only: a worker kills its slot uids'
                 # leftovers at start-up, so two test sessions must never share them.
                 "ATTUNE__SANDBOX__SLOT_UID_BASE": str(SESSION_UID_BASE),
+                "ATTUNE__SANDBOX__WARM_POOL": str(WARM_POOL),
             }
         )
         env.update(overrides)
@@ -269,19 +271,30 @@ async def stack(
 
 SESSION_UID_BASE = 1_000_000 + (os.getpid() % 4000) * 256
 _SESSION_UIDS = 256
-_next_block = [16]  # the first 16 uids are the default workers' slots
+_DEFAULT_UIDS = 32  # the default workers' slots, exec's uid and their pool's uids
+_next_block = [_DEFAULT_UIDS]
+# ATTUNE_TEST_WARM_POOL=N: every worker of the suite keeps N parked sandboxes per shape
+# (scripts/test runs the sandbox and integration suites both ways).
+WARM_POOL = int(os.environ.get("ATTUNE_TEST_WARM_POOL") or 0)
+
+
+def uid_span(capacity: int) -> int:
+    """How many uids from its slot_uid_base a worker of `capacity` uses (profiles: 2)."""
+    return pool_uids(0, capacity, WARM_POOL, 2).stop if WARM_POOL else capacity + 1
 
 
 def slot_uid_block(size: int) -> int:
-    """The first of `size` slot uids no other test of this session (or process) uses.
+    """The first slot uid of a worker of capacity `size` that no other test of this
+    session (or process) uses, with room for its exec uid and its warm pool.
 
     For tests that need workers with slot uids of their own (several workers, or a
     worker that is killed and whose uids must be checked afterwards).
     """
+    span = uid_span(size)
     start = _next_block[0]
-    if start + size > _SESSION_UIDS:
-        start = 16
-    _next_block[0] = start + size
+    if start + span > _SESSION_UIDS:
+        start = _DEFAULT_UIDS
+    _next_block[0] = start + span
     return SESSION_UID_BASE + start
 
 
