@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from attune.errors import AttuneError
+from attune.runner import host
 
 from . import e2e, egress, local
 from .cleanup import Cleanup
@@ -66,6 +67,7 @@ class Plan:
     only_egress: bool = False
     compare: bool = False  # Celery cases, plain bwrap floor, chart (requirements-bench.lock)
     timing: bool = False  # the capacity-1 worker logs execution_timing (debug level)
+    warm_pool: int = 1  # the workers' sandbox.warm_pool; >0 also runs cold comparisons
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Results:
     labels: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (section, label)
     errors: dict[str, str] = field(default_factory=dict)
     throughput: dict[int, dict[str, Any]] = field(default_factory=dict)
+    throughput_cold: dict[int, dict[str, Any]] = field(default_factory=dict)  # pool off
     floor_rates: dict[int, dict[str, Any]] = field(default_factory=dict)
     memory: dict[int, dict[str, float | None]] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
@@ -146,6 +149,15 @@ async def run_local(env: local.LocalEnv, plan: Plan, results: Results) -> None:
     for case in cases.values():
         results.labels[case.name] = (case.section, case.label)
     order = round_robin(list(cases), plan.rounds, warmup=plan.warmup, seed=plan.seed)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(env.pool.run)  # the warm cases' parked sandboxes
+        await _run_cases(order, cases, plan, results)
+        nursery.cancel_scope.cancel()
+
+
+async def _run_cases(
+    order: list[tuple[int, str]], cases: dict[str, local.Case], plan: Plan, results: Results
+) -> None:
     last_round = None
     for index, name in order:
         if name in results.errors:
@@ -205,7 +217,7 @@ async def run_e2e(
         for capacity in CAPACITIES:
             progress(f"end to end: worker at capacity {capacity}")
             timing = plan.timing and capacity == CAPACITIES[0]
-            worker = await stack.start_worker(capacity, timing=timing)
+            worker = await stack.start_worker(capacity, timing=timing, warm_pool=plan.warm_pool)
             await trio.sleep(1.0)
             memory: dict[str, float | None] = {"idle": worker.rss()}
             results.memory[capacity] = memory
@@ -230,38 +242,58 @@ async def run_e2e(
                 "spawner_cpu_ms_per_run": floor.spawner_cpu * 1000 / plan.throughput_n,
                 "sandbox_cpu_ms_per_run": floor.sandbox_cpu * 1000 / plan.throughput_n,
             }
-            results.throughput[capacity] = {
-                "count": run.count,
-                "seconds": run.seconds,
-                "failed": run.failed,
-                "per_second": rate(run.count, run.seconds),
-                "steady_per_second": steady_rate(run.finish_times),
-                "worker_cpu_ms_per_execution": run.worker_cpu_ms,
-                "sandbox_cpu_ms_per_execution": run.sandbox_cpu_ms,
-                "cpu_ms": run.cpu.as_dict() if run.cpu else None,
-                "load1": run.load1,
-            }
+            results.throughput[capacity] = throughput_row(run)
             await worker.stop()
             results.workers.append(
                 e2e.summary_of_worker(worker) | {"exit_code": worker.proc.returncode}
             )
+            if plan.warm_pool and capacity in COLD_COMPARED:
+                await run_cold(stack, plan, results, capacity)
 
 
-async def latency(stack: e2e.Stack, plan: Plan, results: Results) -> None:
-    progress(f"end to end: latency, {plan.latency_runs} runs per runtime")
-    names = {"e2e_python": "python", "e2e_shell": "shell"}
-    results.labels |= {
-        "e2e_python": ("end to end (publish -> ExecutionCompleted)", "bench.noop_py"),
-        "e2e_shell": ("end to end (publish -> ExecutionCompleted)", "bench.noop_sh"),
-        "e2e_python_outside": (
-            "end to end (publish -> ExecutionCompleted)",
-            "bench.noop_py minus its in-sandbox duration_ms",
-        ),
-        "e2e_shell_outside": (
-            "end to end (publish -> ExecutionCompleted)",
-            "bench.noop_sh minus its in-sandbox duration_ms",
-        ),
+COLD_COMPARED = (1, 2)  # capacities also measured with the warm pool off
+
+
+def throughput_row(run: e2e.Throughput) -> dict[str, Any]:
+    return {
+        "count": run.count,
+        "seconds": run.seconds,
+        "failed": run.failed,
+        "per_second": rate(run.count, run.seconds),
+        "steady_per_second": steady_rate(run.finish_times),
+        "worker_cpu_ms_per_execution": run.worker_cpu_ms,
+        "sandbox_cpu_ms_per_execution": run.sandbox_cpu_ms,
+        "cpu_ms": run.cpu.as_dict() if run.cpu else None,
+        "load1": run.load1,
     }
+
+
+async def run_cold(stack: e2e.Stack, plan: Plan, results: Results, capacity: int) -> None:
+    """The same worker with `sandbox.warm_pool: 0`: the before of the warm pool."""
+    progress(f"end to end: worker at capacity {capacity}, warm pool off")
+    worker = await stack.start_worker(capacity, warm_pool=0)
+    await trio.sleep(1.0)
+    if capacity == CAPACITIES[0]:
+        await latency(stack, plan, results, suffix="_cold", note=", warm pool off")
+    run = await e2e.throughput(stack, worker, plan.throughput_n)
+    results.throughput_cold[capacity] = throughput_row(run)
+    await worker.stop()
+    results.workers.append(e2e.summary_of_worker(worker) | {"exit_code": worker.proc.returncode})
+
+
+async def latency(
+    stack: e2e.Stack, plan: Plan, results: Results, *, suffix: str = "", note: str = ""
+) -> None:
+    progress(f"end to end: latency, {plan.latency_runs} runs per runtime{note}")
+    names = {f"e2e_python{suffix}": "python", f"e2e_shell{suffix}": "shell"}
+    section = "end to end (publish -> ExecutionCompleted)"
+    for name, runtime in names.items():
+        action = "bench.noop_py" if runtime == "python" else "bench.noop_sh"
+        results.labels[name] = (section, f"{action}{note}")
+        results.labels[f"{name}_outside"] = (
+            section,
+            f"{action} minus its in-sandbox duration_ms{note}",
+        )
     order = round_robin(list(names), plan.latency_runs, warmup=2, seed=plan.seed)
     for index, name in order:
         seconds, done = await e2e.latency_one(stack, names[name])
@@ -294,7 +326,7 @@ async def main_async(plan: Plan, root: Path, cleanup: Cleanup, results: Results)
             progress(f"local cases: {plan.rounds} rounds (+{plan.warmup} warm-up), interleaved")
             await run_local(env, plan, results)
         if plan.egress:
-            ok, detail = local.host.egress_detail()
+            ok, detail = host.egress_detail()
             if ok and env.facts.is_root:
                 progress(f"egress: {plan.rounds} rounds without and with egress, interleaved")
                 try:
@@ -422,13 +454,15 @@ def report(results: Results, targets: Sequence[Any]) -> str:
     parts = [format_cases(list(sections.items()))]
     if results.throughput:
         rows = []
-        for capacity, run in sorted(results.throughput.items()):
+        runs = [(c, str(c), r) for c, r in sorted(results.throughput.items())]
+        runs += [(c, f"{c}, pool off", r) for c, r in sorted(results.throughput_cold.items())]
+        for capacity, shown, run in runs:
             floor_run = results.floor_rates.get(capacity, {})
             floor = floor_run.get("per_second")
             steady = run["steady_per_second"]
             rows.append(
                 [
-                    str(capacity),
+                    shown,
                     str(run["count"]),
                     f"{run['seconds']:.2f} s",
                     f"{run['per_second']:.1f}/s",
@@ -525,6 +559,7 @@ def to_json(
             for name, (section, label) in results.labels.items()
         },
         "throughput": {str(c): r for c, r in results.throughput.items()},
+        "throughput_pool_off": {str(c): r for c, r in results.throughput_cold.items()},
         "floor_rates": {str(c): r for c, r in results.floor_rates.items()},
         "memory_mib": {str(c): m for c, m in results.memory.items()},
         "workers": results.workers,
@@ -566,6 +601,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "(scripts/bench installs requirements-bench.lock first)",
     )
     parser.add_argument(
+        "--warm-pool",
+        type=int,
+        default=1,
+        metavar="N",
+        help="sandbox.warm_pool of the end-to-end workers (default 1); with N > 0 the "
+        "capacity 1 and 2 runs are repeated with the pool off, for the before/after",
+    )
+    parser.add_argument(
         "--timing",
         action="store_true",
         help="the capacity-1 worker logs at debug level; its execution_timing spans "
@@ -597,6 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         only_egress=args.egress_only,
         compare=args.compare,
         timing=args.timing,
+        warm_pool=args.warm_pool,
     )
     started = datetime.now(UTC)
     info = machine()

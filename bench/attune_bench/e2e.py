@@ -223,7 +223,9 @@ class Stack:
     worker_id: int | None = None
     starts: int = 0
 
-    def worker_env(self, capacity: int, *, timing: bool = False) -> dict[str, str]:
+    def worker_env(
+        self, capacity: int, *, timing: bool = False, warm_pool: int = 0
+    ) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE")}
         env.update(
             {
@@ -233,22 +235,25 @@ class Stack:
                 "ATTUNE__ARTIFACTS_DIR": str(self.root / "artifacts"),
                 "ATTUNE__SANDBOX__RUN_DIR": str(self.root / "worker-runs"),
                 "ATTUNE__WORKER__MAX_CONCURRENT_TASKS": str(capacity),
+                "ATTUNE__SANDBOX__WARM_POOL": str(warm_pool),
             }
         )
         if timing:  # the execution_timing spans (debug level), one JSON object a line
             env |= {"ATTUNE__LOG__LEVEL": "debug", "ATTUNE__LOG__FORMAT": "json"}
         return env
 
-    async def start_worker(self, capacity: int, *, timing: bool = False) -> WorkerProc:
+    async def start_worker(
+        self, capacity: int, *, timing: bool = False, warm_pool: int = 0
+    ) -> WorkerProc:
         self.starts += 1
-        log_path = self.root / f"worker-c{capacity}-{self.starts}.log"
+        log_path = self.root / f"worker-c{capacity}-p{warm_pool}-{self.starts}.log"
         with open(log_path, "wb") as log:
             started = time.perf_counter()
             # Own session: a Ctrl-C in the terminal reaches the bench, which stops the
             # worker itself (SIGTERM, then SIGKILL) during cleanup.
             proc = subprocess.Popen(
                 [ATTUNE, "run-worker", "--name", self.worker_name],
-                env=self.worker_env(capacity, timing=timing),
+                env=self.worker_env(capacity, timing=timing, warm_pool=warm_pool),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,

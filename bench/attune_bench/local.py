@@ -32,6 +32,7 @@ import trio
 from attune.runner import argv as argv_mod
 from attune.runner import host, process, seccomp
 from attune.runner.cgroups import RunCgroup
+from attune.runner.pool import WarmPool, pool_uids
 from attune.runner.profiles import Profile, load_profiles
 from attune.runner.sandbox import SANDBOX_ASSETS, RunSpec, Sandbox
 
@@ -132,6 +133,8 @@ class LocalEnv:
     bpf: bytes
     exec_env: dict[str, str]
     actions_dir: Path
+    warm: Sandbox  # a second Sandbox whose runs take parked sandboxes of `pool`
+    pool: WarmPool
     layouts: dict[int, FloorLayout] = field(default_factory=dict)
 
     @property
@@ -171,6 +174,9 @@ def _make_layout(root: Path, uid: int | None) -> FloorLayout:
     return FloorLayout(code, result)
 
 
+WARM_UID_BASE = 100500  # the warm cases' own uids (cold runs use 100000+, as a worker)
+
+
 def make_env(root: Path) -> LocalEnv:
     facts = host.detect()
     if not facts.usable:
@@ -183,14 +189,24 @@ def make_env(root: Path) -> LocalEnv:
     (actions / SH_NAME).write_bytes(SH_ACTION)
     exec_env = {k: v for k, v in os.environ.items() if not k.startswith("ATTUNE")}
     exec_env["ATTUNE__SANDBOX__RUN_DIR"] = str(root / "exec-runs")
+    profiles = load_profiles()
+    # The warm cases' sandboxes: uids past the cold runner's slots and exec's uid.
+    warm = Sandbox(facts, root / "warm-runs", slot_uid_base=WARM_UID_BASE)
+    uids = pool_uids(WARM_UID_BASE, 1, 1, len(profiles))
+    pool = WarmPool(
+        warm, list(profiles.values()), 1, list(uids) if facts.is_root else [None] * len(uids)
+    )
+    warm.pool = pool
     return LocalEnv(
         root=root,
         facts=facts,
         sandbox=sandbox,
-        profiles=load_profiles(),
+        profiles=profiles,
         bpf=seccomp.default_bpf(),
         exec_env=exec_env,
         actions_dir=actions,
+        warm=warm,
+        pool=pool,
     )
 
 
@@ -269,9 +285,12 @@ async def run_sandboxed(
     return seconds
 
 
-async def run_runner(env: LocalEnv, spec: RunSpec, slot: int = 0) -> float:
+async def run_runner(env: LocalEnv, spec: RunSpec, slot: int = 0, *, warm: bool = False) -> float:
     started = time.perf_counter()
-    outcome = await env.sandbox.run(spec, timeout=CASE_TIMEOUT, slot=slot)
+    if warm and not env.pool.parked:
+        raise CaseError("the warm pool has no parked sandbox (its refill failed)")
+    sandbox = env.warm if warm else env.sandbox
+    outcome = await sandbox.run(spec, timeout=CASE_TIMEOUT, slot=slot)
     seconds = time.perf_counter() - started
     wrong = spec.code == PY_ACTION and outcome.result.get("data") != 1
     if outcome.status != "completed" or wrong:
@@ -327,6 +346,18 @@ def cases(env: LocalEnv) -> list[Case]:
             "Sandbox.run shell ':'",
             "runner (in-process)",
             lambda: run_runner(env, sh_spec),
+        ),
+        Case(
+            "runner_python_warm",
+            "Sandbox.run python def run(): return 1, parked sandbox",
+            "runner (in-process)",
+            lambda: run_runner(env, py_spec, warm=True),
+        ),
+        Case(
+            "runner_shell_warm",
+            "Sandbox.run shell ':', parked sandbox",
+            "runner (in-process)",
+            lambda: run_runner(env, sh_spec, warm=True),
         ),
         Case(
             "exec_python",
