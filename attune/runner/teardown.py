@@ -10,23 +10,47 @@ off the critical path. Without a running `Teardown` (tests, `attune exec`), or w
 queue is full or closed, the sandbox removes everything inline as before.
 
 On shutdown the queue is closed and what is left is removed before the task returns.
+
+A sandbox whose init has reported the action's end (the end record, resultpipe.py) is
+answered before its pid namespace has finished tearing down: waiting for bwrap to exit,
+reaping its init and giving its uid back then happen here too, as `defer_tail` tasks in
+this task's nursery (at most TAILS_LIMIT at once; beyond that the run does it inline).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
 QUEUE_LIMIT = 64  # a full queue means teardown cannot keep up: fall back to inline
+TAILS_LIMIT = 64
 
 Job = Callable[[], None]
+Tail = Callable[[], Awaitable[None]]
 
 
 class Teardown:
     def __init__(self, limit: int = QUEUE_LIMIT) -> None:
         self._send, self._receive = trio.open_memory_channel[Job](limit)
         self._running = False
+        self._nursery: trio.Nursery | None = None
+        self._tails = 0
+
+    def defer_tail(self, tail: Tail) -> bool:
+        """Run the async `tail` of a run after its answer; False: the caller runs it."""
+        if self._nursery is None or not self._running or self._tails >= TAILS_LIMIT:
+            return False
+        self._tails += 1
+        self._nursery.start_soon(self._run_tail, tail)
+        return True
+
+    async def _run_tail(self, tail: Tail) -> None:
+        try:
+            with trio.CancelScope(shield=True):  # each tail bounds its own waits
+                await tail()
+        finally:
+            self._tails -= 1
 
     def defer(self, job: Job) -> bool:
         """Queue `job`; False when the caller must run it itself (not running, full, closed)."""
@@ -39,13 +63,16 @@ class Teardown:
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._running = True
-        task_status.started()
         try:
-            async for job in self._receive:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(job)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._running = True
+                task_status.started()
+                async for job in self._receive:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(job)
         finally:
+            self._nursery = None
             self._running = False
             self._send.close()
             while True:  # shutdown: finish what was queued, bounded by the queue's size
