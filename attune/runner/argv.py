@@ -2,8 +2,9 @@
 
 Everything the sandbox is made of is decided here, so it can be golden-tested without
 spawning anything. The options go to bwrap through `--args FD`, never on its command
-line, so /proc/1/cmdline inside the sandbox shows only the command (interpreter, rlimits,
-action path), never the mounts, host paths or environment of the run.
+line, so /proc/1/cmdline inside the sandbox shows only the command (attune-init with the
+result pipe's fd number and byte limit, interpreter, action path), never the mounts, host
+paths or environment of the run.
 
 Nothing the action writes reaches the host's disk. The work dir (/work) is a tmpfs of
 `limits.work_dir_mb`, like /tmp and /dev/shm of `limits.tmpfs_mb` each. RLIMIT_FSIZE
