@@ -9,10 +9,13 @@ propagates, so nothing outlives the task that started it.
 Output is kept up to each stream's cap and the rest counted; once a stream has thrown
 away OUTPUT_KILL_FACTOR times its cap the run is killed (status failed,
 `output_limit_exceeded`), since draining a flood until the timeout would burn a worker
-core for nothing. The run directory on the host holds only the result FIFO
-(resultpipe.py): the code, the parameters and the secrets reach the sandbox as
-in-memory files that bwrap copies in, and nothing the action writes is stored on the
-host's disk.
+core for nothing. The code, the parameters and the secrets reach the sandbox as
+in-memory files that bwrap copies in (or, in a parked sandbox of the warm pool, as one
+handoff message its launcher unpacks: handoff.py, pool.py); a `run()` action's return
+value comes back through a pipe that only the sandbox's pid 1 writes (resultpipe.py),
+from a file on the run's own sized tmpfs. Nothing the action writes is stored on the
+host's disk, and the run directory on the host (egress /etc files at most) is never
+mounted into the sandbox, so none of its paths shows in the sandbox's mount table.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from attune.runner.output import (
     build_result,
 )
 from attune.runner.profiles import Profile
-from attune.runner.resultpipe import ResultPipe, make_fifo
+from attune.runner.resultpipe import ResultPipe
 from attune.runner.seccomp import bpf_fd, default_bpf
 from attune.runner.teardown import Teardown
 
@@ -127,13 +130,8 @@ class _NetworkPlan:
 
 @dataclass
 class _RunDir:
-    root: Path
-    out: Path  # host-only, 0700 slot-owned: holds the result file
+    root: Path  # host-only: the egress /etc files of the run, if any; never mounted
     uid: int | None  # the host uid the run's sandbox runs as
-
-    @property
-    def result_file(self) -> Path:
-        return self.out / "result.json"
 
 
 @dataclass
@@ -216,20 +214,10 @@ class Sandbox:
         root.mkdir(mode=0o711)
         try:
             os.chmod(root, 0o711)  # modes are set explicitly: the worker's umask may be 027
-            return self._fill_run_dir(root, uid)
         except BaseException:
             _remove_tree(root)
             raise
-
-    def _fill_run_dir(self, root: Path, uid: int | None) -> _RunDir:
-        out = root / "out"
-        out.mkdir(mode=0o700)
-        rd = _RunDir(root, out, uid)
-        if uid is not None:
-            os.chown(out, uid, uid)
-        # A FIFO, not a file: what the action writes there never reaches the disk.
-        make_fifo(rd.result_file, uid)
-        return rd
+        return _RunDir(root, uid)
 
     async def run(
         self,
@@ -253,7 +241,9 @@ class Sandbox:
             fmt=spec.parameter_format,
             secrets=spec.secrets,
         )
-        parked = self.pool.take(spec) if self.pool is not None else None
+        parked = (
+            self.pool.take(spec) if self.pool is not None and fits_parked(profile, inputs) else None
+        )
         if parked is not None:
             box = parked
             pack = _pack_mount(spec.pack)
@@ -305,7 +295,7 @@ class Sandbox:
     async def _start_cold(self, box: _Box, spec: RunSpec, inputs: RunInputs, wrapped: bool) -> None:
         """Make the run's result channel, network plan and cgroup, then spawn it."""
         profile = spec.profile
-        box.pipe = ResultPipe(box.rd.result_file, profile.limits.max_result_bytes)
+        box.pipe = ResultPipe(profile.limits.max_result_bytes)
         env = dict(inputs.env)
         wrapper = profile.function_wrapper if wrapped else None
         box.plan = await self._plan_network(spec.network, box.rd) if spec.network else None
@@ -338,6 +328,10 @@ class Sandbox:
             spec.code_name,
             wrapper,
             pack_mount,
+            out_size=argv_mod.out_dir_size(
+                profile.limits.max_result_bytes,
+                [len(data) for key, data in inputs.contents.items() if key != "action"],
+            ),
             gated=gated,
         )
 
@@ -353,10 +347,13 @@ class Sandbox:
         """
         box = _Box(self._make_run_dir("parked", uid))
         try:
-            box.pipe = ResultPipe(box.rd.result_file, profile.limits.max_result_bytes)
+            box.pipe = ResultPipe(profile.limits.max_result_bytes)
             box.cgroup = self._make_cgroup(box.rd.root.name, profile)
             wanted = argv_mod.run_files("", None, params=False, secrets=False, parked=True)
-            await self._spawn(box, profile, wanted, {}, {}, {}, "", None, pack, parked=True)
+            out_size = parked_out_size(profile)
+            await self._spawn(
+                box, profile, wanted, {}, {}, {}, "", None, pack, out_size=out_size, parked=True
+            )
             assert box.proc is not None
             await box.proc.read_info()
             ready = await box.proc.pipes.stdout.receive_some(1)
@@ -396,6 +393,7 @@ class Sandbox:
         wrapper: str | None,
         pack_mount: argv_mod.PackMount | None,
         *,
+        out_size: int,
         gated: bool = False,
         parked: bool = False,
     ) -> None:
@@ -415,7 +413,9 @@ class Sandbox:
                 opened.append(fd)
                 files.append((fd, path))
             layout = argv_mod.RunLayout(
-                result_file=str(box.rd.result_file),
+                result_fd=box.pipe.write_fd,
+                result_max=profile.limits.max_result_bytes,
+                out_size=out_size,
                 proc_masks=self._proc_masks,
                 action_file=action_file,
                 wrapper=wrapper,
@@ -435,7 +435,7 @@ class Sandbox:
                 self.bwrap,
                 args,
                 command,
-                pass_fds=tuple(opened),
+                pass_fds=(*opened, box.pipe.write_fd),
                 uid=box.uid,
                 gid=box.uid,
                 rlimits=argv_mod.rlimit_prefix(profile),
@@ -444,16 +444,16 @@ class Sandbox:
         finally:
             for fd in opened:
                 os.close(fd)
+            box.pipe.spawned()  # the sandbox's pid 1 holds the only write end now
 
     async def _close_box(self, box: _Box) -> None:
         if box.pipe is not None:
             box.pipe.close()
         if box.attachment is not None:
             box.attachment.discard()  # killed now, reaped after it has torn down
-        # The execution's data goes now; the rest after the answer when a Teardown
-        # runs (teardown.py). Both may block briefly (rmdir of a cgroup retries while
-        # a process exits).
-        _scrub(box.rd)
+        # The run dir and the cgroup go after the answer when a Teardown runs
+        # (teardown.py); the run dir holds none of the execution's data. Removing a
+        # cgroup may block briefly (rmdir retries while a process exits).
         job = functools.partial(_cleanup, box.rd.root, box.cgroup)
         if self.teardown is None or not self.teardown.defer(job):
             with trio.CancelScope(shield=True):
@@ -537,7 +537,7 @@ class Sandbox:
                     nursery.start_soon(pump, "stderr", proc.pipes.stderr, stderr)
                     nursery.start_soon(pipe.pump)
                     exit_code = await proc.wait()
-                    pipe.writers_gone()  # every writer in the sandbox died with it
+                    # The result pipe's writers (pid 1, bwrap) are gone with the sandbox.
                     with trio.move_on_after(DRAIN_SECONDS):
                         for event in (*drained.values(), pipe.done):
                             await event.wait()
@@ -581,6 +581,17 @@ class Sandbox:
         )
 
 
+def parked_out_size(profile: Profile) -> int:
+    """A parked sandbox's /attune/out: a cold run's size for files within the floor."""
+    return argv_mod.out_dir_size(profile.limits.max_result_bytes, [])
+
+
+def fits_parked(profile: Profile, inputs: RunInputs) -> bool:
+    """Do the run's parameter and secrets files fit a parked sandbox's /attune/out?"""
+    sizes = [len(data) for key, data in inputs.contents.items() if key != "action"]
+    return argv_mod.out_dir_size(profile.limits.max_result_bytes, sizes) <= parked_out_size(profile)
+
+
 def _pack_mount(pack: PackSource | None) -> argv_mod.PackMount | None:
     if pack is None:
         return None
@@ -612,14 +623,6 @@ def _entry_kind(path: str) -> bool | None:
     return False if mode & 0o006 else None
 
 
-def _scrub(rd: _RunDir) -> None:
-    """Unlink the files holding the execution's data (result, parameters, secrets)."""
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(rd.out):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-
-
 def _cleanup(root: Path, cgroup: RunCgroup | None) -> None:
     _remove_tree(root)
     if cgroup is not None:
@@ -627,7 +630,7 @@ def _cleanup(root: Path, cgroup: RunCgroup | None) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    """Remove a run dir; only the worker (and a bound result file) ever wrote there."""
+    """Remove a run dir; only the worker ever wrote there."""
 
     def make_writable_and_retry(func: Callable[..., Any], name: str, _exc: Any) -> None:
         with contextlib.suppress(OSError):

@@ -98,7 +98,7 @@ def test_every_run_but_an_egress_one_fits_a_parked_sandbox() -> None:
 
 class FakeBox(_Box):
     def __init__(self, alive: bool) -> None:
-        super().__init__(_RunDir(root=None, out=None, uid=None))  # type: ignore[arg-type]
+        super().__init__(_RunDir(root=None, uid=None))  # type: ignore[arg-type]
         self._alive = alive
 
     def alive(self) -> bool:
