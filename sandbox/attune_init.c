@@ -18,7 +18,7 @@
  * parked sandbox (warm pool) would run it unchanged: the command is then a wrapper that
  * blocks on a pipe until its action arrives.
  *
- * The result channel (`--result-fd`, runs whose action defines run()): N is the write
+ * The result channel (`--result-fd`, every run the worker starts): N is the write
  * end of a pipe the worker made for this run, passed down the spawn chain; the worker
  * reads the other end (attune/runner/resultpipe.py). It is marked close-on-exec before
  * the fork, so no process of the action ever holds it: the action has fds 0, 1 and 2
@@ -30,6 +30,13 @@
  * more than the worker keeps, so it can tell "too large"). A symlink, FIFO, directory,
  * device or a missing file forwards nothing. The fd number and the limit are the only
  * things on this command line (/proc/1/cmdline is readable by the action).
+ *
+ * What goes down the pipe is one end record: a 16-byte header ("ATTUNEND", the
+ * command's exit code as this init will exit with it, the report's length, big-endian
+ * 32-bit each), then the report's bytes. By then every process of the action is dead,
+ * so all its output is already in its stdout/stderr pipes: the worker answers as soon
+ * as the record is whole, and the namespace's teardown (a few milliseconds) happens
+ * after the answer. A run killed from outside sends no record.
  *
  * Built by scripts/setup; dynamically linked against the libc the sandbox binds from /usr
  * (a few KiB, copied into each sandbox by bwrap).
@@ -88,28 +95,49 @@ static int write_all(int fd, const char *data, size_t size)
     return 0;
 }
 
-/* Copy at most `limit` bytes of the report file to `out`, if it is a regular file. */
-static void forward_result(int out, long long limit)
+/* The end record: MAGIC, the command's exit code and the report's length (big-endian
+ * 32-bit each), then that many bytes of the report. The worker answers as soon as it
+ * has the whole record, without waiting for the namespace to be torn down. */
+static int write_header(int out, int code, unsigned long long length)
+{
+    unsigned char header[16] = {'A', 'T', 'T', 'U', 'N', 'E', 'N', 'D'};
+    int i;
+
+    for (i = 0; i < 4; i++) {
+        header[8 + i] = (unsigned char)((unsigned int)code >> (24 - 8 * i));
+        header[12 + i] = (unsigned char)(length >> (24 - 8 * i));
+    }
+    return write_all(out, (const char *)header, sizeof header);
+}
+
+/* Send the end record: the report file (a regular file only, at most `limit` bytes). */
+static void send_end(int out, int code, long long limit)
 {
     static char buf[64 * 1024];
     struct stat st;
+    long long length = 0, left;
     ssize_t n;
     int fd;
 
     fd = open(RESULT_PATH, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
-        while (limit > 0) {
-            n = read(fd, buf, limit < (long long)sizeof buf ? (size_t)limit : sizeof buf);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0 || write_all(out, buf, (size_t)n) != 0)
-                break;
-            limit -= n;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+        length = st.st_size < limit ? (long long)st.st_size : limit;
+    if (write_header(out, code, (unsigned long long)length) != 0)
+        length = -1;
+    for (left = length; left > 0;) {
+        n = read(fd, buf, left < (long long)sizeof buf ? (size_t)left : sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) { /* shorter than it was (cannot happen: no writer is left) */
+            memset(buf, ' ', sizeof buf); /* pad: the announced length is kept */
+            n = left < (long long)sizeof buf ? (ssize_t)left : (ssize_t)sizeof buf;
         }
+        if (write_all(out, buf, (size_t)n) != 0)
+            break;
+        left -= n;
     }
-    close(fd);
+    if (fd >= 0)
+        close(fd);
 }
 
 int main(int argc, char **argv)
@@ -196,7 +224,7 @@ int main(int argc, char **argv)
             while (wait(NULL) >= 0 || errno == EINTR)
                 ;
         }
-        forward_result(result_fd, result_max + 1);
+        send_end(result_fd, code, result_max + 1);
         close(result_fd);
     }
     return code;

@@ -209,6 +209,11 @@ class SandboxProcess:
             raise
         return self._popen.returncode  # type: ignore[return-value]
 
+    async def exited(self) -> None:
+        """Wait until bwrap has exited; cancelling this only stops the wait."""
+        while self._popen.poll() is None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+
     async def kill_and_wait(self) -> None:
         """Kill the sandbox and wait (bounded) until bwrap is gone."""
         self.kill()

@@ -262,27 +262,19 @@ class Sandbox:
                 stdin_data = inputs.stdin
                 await self._start_cold(box, spec, inputs, wrapped)
             assert box.proc is not None and box.pipe is not None
-            proc = box.proc
-            try:
-                if box.plan is not None:
-                    box.attachment = await self._attach_network(proc, box.plan)
-                report = await self._supervise(
-                    proc,
-                    spec,
-                    stdin_data,
-                    timeout,
-                    control,
-                    on_output,
-                    box.started,
-                    wrapped,
-                    box.pipe,
-                )
-            finally:
-                if box.attachment is not None:
-                    box.attachment.release()  # slirp4netns ends while we clean up
-                with trio.CancelScope(shield=True):
-                    await proc.reap_init()
-                proc.close()
+            if box.plan is not None:
+                box.attachment = await self._attach_network(box.proc, box.plan)
+            report = await self._supervise(
+                box.proc,
+                spec,
+                stdin_data,
+                timeout,
+                control,
+                on_output,
+                box.started,
+                wrapped,
+                box.pipe,
+            )
             if box.cgroup is not None and box.cgroup.oom_killed():
                 report = _replace(report, oom_killed=True)
             # Parsing and normalising up to 10 MiB of output takes a while: off the trio
@@ -290,6 +282,31 @@ class Sandbox:
             status, result = await trio.to_thread.run_sync(build_result, report)
             return RunOutcome(status, result)
         finally:
+            # A sandbox that sent its end record is still tearing its namespace down:
+            # with a Teardown running, that is waited for after the answer.
+            tail = functools.partial(self._finish, box)
+            if not (
+                self.teardown is not None
+                and box.proc is not None
+                and box.proc.running()
+                and self.teardown.defer_tail(tail)
+            ):
+                await tail()
+
+    async def _finish(self, box: _Box) -> None:
+        """The end of every sandbox: bwrap gone (killed past a grace), its init reaped,
+        fds closed, then the run dir, cgroup and uid (`_close_box`)."""
+        with trio.CancelScope(shield=True):
+            proc = box.proc
+            if box.attachment is not None:
+                box.attachment.release()  # slirp4netns ends while we clean up
+            if proc is not None:
+                with trio.move_on_after(process.KILL_GRACE_SECONDS):
+                    await proc.exited()
+                if proc.running():
+                    await proc.kill_and_wait()
+                await proc.reap_init()
+                proc.close()
             await self._close_box(box)
 
     async def _start_cold(self, box: _Box, spec: RunSpec, inputs: RunInputs, wrapped: bool) -> None:
@@ -373,13 +390,9 @@ class Sandbox:
 
     async def discard(self, box: _Box) -> None:
         """Kill a parked sandbox that will never run anything, and clean it up."""
-        with trio.CancelScope(shield=True):
-            if box.proc is not None:
-                with trio.move_on_after(process.KILL_GRACE_SECONDS + 6):
-                    await box.proc.kill_and_wait()
-                    await box.proc.reap_init()
-                box.proc.close()
-            await self._close_box(box)
+        if box.proc is not None:
+            box.proc.kill()
+        await self._finish(box)
 
     async def _spawn(
         self,
@@ -528,6 +541,7 @@ class Sandbox:
             await proc.pipes.stdin.aclose()
 
         exit_code = -1
+        ended = False  # pid 1's end record came before bwrap's exit
         with control.scope if control is not None else trio.CancelScope() as user_scope:
             with trio.move_on_after(timeout) as deadline:
                 async with trio.open_nursery() as nursery:
@@ -536,12 +550,27 @@ class Sandbox:
                     nursery.start_soon(pump, "stdout", proc.pipes.stdout, stdout)
                     nursery.start_soon(pump, "stderr", proc.pipes.stderr, stderr)
                     nursery.start_soon(pipe.pump)
-                    exit_code = await proc.wait()
-                    # The result pipe's writers (pid 1, bwrap) are gone with the sandbox.
-                    with trio.move_on_after(DRAIN_SECONDS):
-                        for event in (*drained.values(), pipe.done):
-                            await event.wait()
+                    ended = await _end_or_exit(proc, pipe)
+                    if not ended:
+                        exit_code = proc.returncode if proc.returncode is not None else -1
+                        # The result pipe's writers (pid 1, bwrap) are gone with the sandbox.
+                        with trio.move_on_after(DRAIN_SECONDS):
+                            for event in (*drained.values(), pipe.done):
+                                await event.wait()
                     nursery.cancel_scope.cancel()
+            if ended and pipe.exit_code is not None:
+                # Every process of the action is dead: all its output is in the pipes
+                # already. Take it without waiting for end-of-file, which only comes
+                # once the namespace is torn down (after the answer: Sandbox.run).
+                exit_code = pipe.exit_code
+                for name, stream, buf in (
+                    ("stdout", proc.pipes.stdout, stdout),
+                    ("stderr", proc.pipes.stderr, stderr),
+                ):
+                    for chunk in _available(stream):
+                        kept = buf.feed(chunk)
+                        if kept and on_output is not None:
+                            await on_output(name, kept)
         duration_ms = int((trio.current_time() - started) * 1000)
         for stream in (proc.pipes.stdin, proc.pipes.stdout, proc.pipes.stderr):
             with contextlib.suppress(Exception):
@@ -579,6 +608,44 @@ class Sandbox:
             output_exceeded=exceeded[0] if exceeded else None,
             output_format=spec.output_format or spec.profile.default_output_format,
         )
+
+
+async def _end_or_exit(proc: process.SandboxProcess, pipe: ResultPipe) -> bool:
+    """Wait for pid 1's end record (True) or bwrap's exit (False), whichever is first.
+
+    Any cancellation from outside (the deadline, a cancel request, shutdown) kills the
+    whole sandbox before it propagates, as SandboxProcess.wait does.
+    """
+    try:
+        async with trio.open_nursery() as race:
+
+            async def record() -> None:
+                await pipe.ended.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(record)
+            await proc.exited()
+            race.cancel_scope.cancel()
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await proc.kill_and_wait()
+        raise
+    return pipe.ended.is_set()
+
+
+def _available(stream: trio.lowlevel.FdStream) -> list[bytes]:
+    """What is in a pipe now, read without waiting (its writers are dead)."""
+    chunks = []
+    fd = stream.fileno()
+    while True:
+        try:
+            chunk = os.read(fd, CHUNK)
+        except OSError:  # EAGAIN: nothing more, or closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return chunks
 
 
 def parked_out_size(profile: Profile) -> int:

@@ -20,7 +20,13 @@ import pytest
 import trio
 
 from attune.params import encode_params
-from attune.runner.resultpipe import ResultPipe, parse_wrapper_report
+from attune.runner.resultpipe import (
+    END_HEADER,
+    END_MAGIC,
+    EndRecord,
+    ResultPipe,
+    parse_wrapper_report,
+)
 
 WRAPPER = Path(__file__).resolve().parents[2] / "sandbox" / "python_wrapper.py"
 
@@ -236,21 +242,39 @@ async def test_the_write_end_is_never_inherited_by_accident_and_dropped_after_th
     pipe.close()
 
 
-async def test_the_pipe_is_read_to_end_of_file_as_written_and_capped() -> None:
+def end_header(code: int, length: int) -> bytes:
+    return END_HEADER.pack(END_MAGIC, code, length)
+
+
+async def test_the_end_record_is_read_as_written_capped_and_ends_the_run() -> None:
     pipe = ResultPipe(100)
     writer = os.dup(pipe.write_fd)  # what pid 1 of the sandbox holds
     pipe.spawned()
+    body = b'{"ok": true, "value": 1}' + b" " * 200
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pipe.pump)
-        os.write(writer, b'{"ok": true, ')
-        os.write(writer, b'"value": 1}' + b" " * 200)
-        assert not pipe.done.is_set()
+        os.write(writer, end_header(3, len(body))[:5])  # the header may come in pieces
+        os.write(writer, end_header(3, len(body))[5:] + body[:10])
+        assert not pipe.ended.is_set()
+        os.write(writer, body[10:])
+        with trio.fail_after(5):
+            await pipe.ended.wait()  # the whole record: no end-of-file needed
+        assert pipe.exit_code == 3 and not pipe.done.is_set()
         os.close(writer)  # the sandbox is gone: end-of-file
         with trio.fail_after(5):
             await pipe.done.wait()
     pipe.close()
     assert pipe.buffer.dropped == 124
     assert pipe.report() == (None, "result exceeds the 100 byte limit")
+
+
+def test_an_end_record_with_no_report_and_a_garbled_one() -> None:
+    record = EndRecord(100)
+    record.feed(end_header(137, 0))
+    assert record.exit_code == 137 and record.buffer.kept == b""
+    garbled = EndRecord(100)
+    garbled.feed(b"NOTATTUNE" + bytes(20))
+    assert garbled.garbled and garbled.exit_code is None  # never taken for an end
 
 
 async def test_nothing_forwarded_is_a_missing_return_value() -> None:
