@@ -87,8 +87,8 @@ def main():
         except OSError as exc:
             os.write(2, f"cannot run {argv[0]}: {exc.strerror}\n".encode())
             os._exit(127)
-    return python_wrapper.main(header["call"])
+    python_wrapper.exit_now(python_wrapper.main(header["call"]))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

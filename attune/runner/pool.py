@@ -136,11 +136,14 @@ class WarmPool:
         current = _identity(shelf.pack.pack_dir) if shelf.pack else None
         while shelf.parked:
             box, bound = shelf.parked.pop(0)
-            self._wanted.set()
             if box.alive() and bound == current:
                 self.taken += 1
+                # Its replacement is parked once this sandbox is gone (`_give_back`),
+                # after the run's answer: a refill holds the trio thread for a
+                # millisecond or two and a core for tens, which the run would wait for.
                 return box
             self._dead.append(box)  # died, or its pack was re-loaded since
+            self._wanted.set()
         self.missed += 1
         self._wanted.set()
         return None
