@@ -9,6 +9,7 @@ messages and racing workers cannot run an execution twice or rewrite a terminal 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, Final, TypeVar
 
@@ -246,17 +247,20 @@ def claim_execution(
     try:
         execution = _to(Execution, row, "execution")
         action = None if action_row is None else _to(Action, action_row, "action")
-        secrets = None
-        if action is not None:
-            secrets = SecretRows(
-                stored=[_to(StoredSecret, r, "execution_secret_value") for r in stored],
-                keys=[_to(KeyRecord, r, "key") for r in keys],
-            )
     except ExecutionError as exc:
         action_id, action_ref = _identity(row)
         raise UnreadableExecution(
             str(exc), execution_id=execution_id, action_id=action_id, action_ref=action_ref
         ) from None
+    secrets = None
+    # A bad secret row leaves `secrets` None: the runner reads the rows again and fails
+    # the run naming the row, as it always did.
+    with contextlib.suppress(ExecutionError):
+        if action is not None:
+            secrets = SecretRows(
+                stored=[_to(StoredSecret, r, "execution_secret_value") for r in stored],
+                keys=[_to(KeyRecord, r, "key") for r in keys],
+            )
     return Claim(
         claimed=True, status=execution.status, execution=execution, action=action, secrets=secrets
     )
