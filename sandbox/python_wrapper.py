@@ -1,8 +1,10 @@
 """Runs inside the sandbox: import a Python action, call run(**params), report the value.
 
 The return value travels through /attune/out/result.json rather than stdout, so the
-action can print freely. Only the standard library of /usr/bin/python3 is available
-here; this file must stay importable by a bare interpreter started with -I.
+action can print freely: a file on the run's own small tmpfs, which the sandbox's pid 1
+(attune-init) forwards to the worker once the action has ended. Only the standard
+library of /usr/bin/python3 is available here; this file must stay importable by a
+bare interpreter started with -I.
 
 Start-up time is the cost of every Python run, so the success path imports nothing
 beyond what the interpreter already loaded: the C `_json` codec instead of `json`
@@ -199,8 +201,15 @@ def main(path):
         _write_report({"ok": True, "value": value})
     except (TypeError, ValueError) as exc:
         error = f"Return value is not JSON-serialisable: {exc}"
-    except OSError as exc:  # e.g. EFBIG: the value is larger than the file-size limit
-        error = f"Cannot write the return value: {exc.strerror or exc}"
+    except OSError as exc:
+        import errno
+
+        # /attune/out is a tmpfs a little larger than the result limit (ENOSPC beyond
+        # it) and RLIMIT_FSIZE caps any one file (EFBIG): either way, too large.
+        if exc.errno in (errno.ENOSPC, errno.EFBIG):
+            error = "The return value is larger than the result size limit"
+        else:
+            error = f"Cannot write the return value: {exc.strerror or exc}"
     else:
         return 0
     print(error, file=sys.stderr)

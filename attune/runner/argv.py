@@ -2,8 +2,9 @@
 
 Everything the sandbox is made of is decided here, so it can be golden-tested without
 spawning anything. The options go to bwrap through `--args FD`, never on its command
-line, so /proc/1/cmdline inside the sandbox shows only the command (interpreter, rlimits,
-action path), never the mounts, host paths or environment of the run.
+line, so /proc/1/cmdline inside the sandbox shows only the command (attune-init with the
+result pipe's fd number and byte limit, interpreter, action path), never the mounts, host
+paths or environment of the run.
 
 Nothing the action writes reaches the host's disk. The work dir (/work) is a tmpfs of
 `limits.work_dir_mb`, like /tmp and /dev/shm of `limits.tmpfs_mb` each. RLIMIT_FSIZE
@@ -13,14 +14,17 @@ before an after-run size check could notice. tmpfs pages are charged to the run'
 memory cgroup where there is one and vanish with the sandbox's mount namespace, so there
 is nothing to clean up either (no chmod-000 trees left for the worker to remove).
 
-The only host path the action can write is the result FIFO (resultpipe.py), bound alone
-at /attune/out/result.json: it cannot replace, rename or turn it into a symlink (its
-parent is part of the read-only root), and what it writes there stays in the pipe until
-the worker reads it, capped. It is the run's one host mount, so its host path is the
-only one /proc/self/mountinfo shows of the run. Everything else the run needs (the
+The action's return value takes no host path either: /attune/out is a tmpfs of its
+own, owned by the sandbox uid and sized by `out_dir_size` (the result limit, the
+parameter and secrets files, a little slack), where the wrapper writes result.json.
+attune-init (pid 1) forwards that file to the worker through a pipe only pid 1 holds,
+after the action has ended (resultpipe.py, `init_options`). So the run dir is never
+mounted into the sandbox and /proc/self/mountinfo shows no host path of the run: the
+host paths it shows are the profile's read-only system binds and, for a pack, the pack
+and its venv (bound at their own paths by design). Everything else the run needs (the
 synthetic /etc files, the action code, the wrappers, the parameter and secrets files,
 attune-init) is copied by bwrap from an fd (`--file`) onto the sandbox's root tmpfs,
-which is remounted read-only: no mount, no host path.
+which is remounted read-only, or onto /attune/out: no mount, no host path.
 Nothing reads the work dir after a run today; an artifact collector would need it
 host-visible (e.g. a sized tmpfs the worker mounts) and must keep the size bound.
 
@@ -49,13 +53,18 @@ SANDBOX_GID = 1000
 # Paths inside the sandbox.
 WORK_DIR = "/work"
 ATTUNE_DIR = "/attune"  # read-only: the action code and the wrapper
-OUT_DIR = "/attune/out"  # read-only; holds the two files below
-RESULT_FILE = "/attune/out/result.json"  # the result FIFO, the one writable host path
-PARAMS_FILE = "/attune/out/parameters"  # parameter_delivery = file, read-only
-SECRETS_FILE = "/attune/out/secrets.json"  # keystore secrets of the run, read-only
+OUT_DIR = "/attune/out"  # the run's own sized tmpfs, the action's: holds the files below
+RESULT_FILE = "/attune/out/result.json"  # the wrapper's report, forwarded by attune-init
+PARAMS_FILE = "/attune/out/parameters"  # parameter_delivery = file, 0400
+SECRETS_FILE = "/attune/out/secrets.json"  # keystore secrets of the run, 0400
 ACTION_DIR = "/attune/action"
 INIT_PATH = "/attune-init"  # pid 1, on the sandbox's read-only root (not a host mount)
 MiB = 1024 * 1024
+PAGE = 4096
+# What /attune/out holds beyond the result limit and the copied-in files: a report one
+# byte over the limit must still fit (so the worker can say "exceeds the N byte limit"
+# rather than the wrapper "no space"), plus the JSON envelope around the value.
+OUT_SLACK = 64 * 1024
 NET_ETC_FILES = ("hosts", "nsswitch.conf", "resolv.conf")  # per run with egress
 
 # Host-wide /proc files an action has no use for that tell about the host or leak timing
@@ -103,7 +112,6 @@ MASKED_PROC_DIRS = ("acpi", "asound", "dynamic_debug", "pressure", "scsi")
 class RunLayout:
     """Host paths of one run, prepared by the caller before the argv is built."""
 
-    result_file: str  # host FIFO bound read-write at /attune/out/result.json
     action_file: str  # file name under /attune/action
     wrapper: str | None  # file name under /attune that runs the action, if any
     seccomp_fd: int
@@ -116,6 +124,22 @@ class RunLayout:
     # cannot mount over an entry that does not exist (`present_proc_masks`).
     proc_masks: tuple[tuple[str, bool], ...] = ()
     pack: PackMount | None = None  # the action's whole pack, when it comes from one
+    # The result channel: the write end of the run's result pipe, handed to attune-init
+    # (`init_options`); None when nothing reads a result (no run() function).
+    result_fd: int | None = None
+    result_max: int = 0  # limits.max_result_bytes: what the worker keeps
+    out_size: int = 0  # /attune/out's tmpfs in bytes (`out_dir_size`); 0: OUT_SLACK alone
+
+
+def out_dir_size(max_result_bytes: int, file_sizes: Sequence[int]) -> int:
+    """/attune/out's tmpfs size: the result limit, each copied-in file (parameters,
+    secrets) rounded up to whole pages as tmpfs stores it, and OUT_SLACK.
+
+    Whatever the action writes there is bounded by this, in memory charged to the run's
+    cgroup; a report larger than it fails with ENOSPC, which the wrapper reports.
+    """
+    pages = sum(-(-size // PAGE) * PAGE for size in file_sizes)
+    return max_result_bytes + pages + OUT_SLACK
 
 
 def present_proc_masks(kind: Callable[[str], bool | None]) -> tuple[tuple[str, bool], ...]:
@@ -267,6 +291,14 @@ def interpreter_command(profile: Profile, pack: PackMount | None) -> list[str]:
     return command
 
 
+def init_options(result_fd: int | None, result_max: int) -> list[str]:
+    """attune-init's options: the result pipe's fd number and the byte limit, nothing
+    secret (the action can read /proc/1/cmdline)."""
+    if result_fd is None:
+        return []
+    return [f"--result-fd={result_fd}", f"--result-max={result_max}", "--"]
+
+
 def action_command(profile: Profile, layout: RunLayout) -> list[str]:
     """What bwrap runs as pid 1: attune-init, which forks and execs the rest."""
     wrapper = [f"{ATTUNE_DIR}/{layout.wrapper}"] if layout.wrapper else []
@@ -275,6 +307,7 @@ def action_command(profile: Profile, layout: RunLayout) -> list[str]:
     )
     return [
         INIT_PATH,
+        *init_options(layout.result_fd, layout.result_max),
         *interpreter_command(profile, layout.pack),
         *wrapper,
         target,
@@ -348,15 +381,21 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         "--dir",
         "/etc",
     ]
-    for directory in (ATTUNE_DIR, ACTION_DIR, OUT_DIR):
+    for directory in (ATTUNE_DIR, ACTION_DIR):
         args += ["--perms", "0755", "--dir", directory]
+    # The action's own sized tmpfs, mounted before the files copied into it.
+    args += [
+        "--perms",
+        "0700",
+        "--size",
+        str(layout.out_size or OUT_SLACK),
+        "--tmpfs",
+        OUT_DIR,
+    ]
     for fd, path in layout.files:
         private = path in (PARAMS_FILE, SECRETS_FILE)  # readable by the action's uid only
         args += ["--perms", "0400" if private else "0444", "--file", str(fd), path]
     args += [
-        "--bind",
-        layout.result_file,
-        RESULT_FILE,
         "--perms",
         "0555",
         "--file",

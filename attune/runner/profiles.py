@@ -37,7 +37,7 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cpus: float = 1.0
     max_stdout_bytes: int = 10 * 1024 * 1024
     max_stderr_bytes: int = 10 * 1024 * 1024
-    max_result_bytes: int = 1024 * 1024  # a run() return value, through the result FIFO
+    max_result_bytes: int = 1024 * 1024  # a run() return value, through pid 1's pipe
     work_dir_mb: int = 256
 
 

@@ -1,68 +1,54 @@
-"""The result channel: a FIFO the action writes and the worker reads, capped, as it goes.
+"""The result channel: a pipe only the sandbox's pid 1 writes, read by the worker, capped.
 
-A `run()` action's return value used to travel through a host file bound into the
-sandbox, so any action could put as much on the host's disk as its file-size limit
-allowed (64 MiB per run, times the capacity). The path the wrapper writes
-(`/attune/out/result.json`) is now a FIFO created by the worker: what the action writes
-lives only in the pipe's kernel buffer (64 KiB) until the worker has read it, and the
-worker keeps at most `limits.max_result_bytes` (1 MiB by default) and only counts the
-rest. Nothing the action writes there ever reaches a disk.
+A `run()` action's return value is written by the wrapper to /attune/out/result.json,
+a file on the run's own small tmpfs (argv.py: `out_dir_size`), never on the host. The
+worker makes one pipe per run and hands its write end down the spawn chain to
+attune-init, pid 1 of the sandbox (`--result-fd`, sandbox/attune_init.c). pid 1 marks
+it close-on-exec before it starts the command, so the action never holds it (it has
+fds 0, 1 and 2 only). Once the command's process has ended, pid 1 kills and reaps the
+rest of the sandbox, opens the report without following a symlink or blocking, and
+forwards it only if it is a regular file, at most `limits.max_result_bytes` + 1 bytes.
 
-The worker holds both ends from before the sandbox starts: the read end (so the
-action's open() never blocks) and a write end (so a read never sees end-of-file while
-the action has not opened the FIFO yet); then it makes the FIFO write-only (0200), so
-an action that reads every file it sees gets EACCES instead of a read that never ends.
-Once the sandbox is gone, `writers_gone` drops the worker's write end and the pump reads
-to end-of-file.
+The worker closes its own copy of the write end right after the spawn, so its read
+end sees end-of-file once the sandbox (pid 1 and bwrap) is gone: no FIFO, no host
+file, no host mount, and nothing of the run dir in the sandbox's mount table. The
+worker keeps at most `limits.max_result_bytes` (1 MiB by default) and counts the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import stat
-from pathlib import Path
 from typing import Any
 
 import trio
 
-from attune.errors import ExecutionError
 from attune.jsonsafe import DataInvalid, DataLimits, DataRefused, decode_json
 from attune.runner.output import BoundedBuffer
 
 CHUNK = 64 * 1024
-_OPEN = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
-
-
-def make_fifo(path: Path, uid: int | None) -> None:
-    """Create the FIFO the sandbox binds at /attune/out/result.json."""
-    os.mkfifo(path, 0o600)
-    os.chmod(path, 0o600)
-    if uid is not None:
-        os.chown(path, uid, uid)
 
 
 class ResultPipe:
-    """Both ends of one run's result FIFO and what was read from it (bounded)."""
+    """One run's result pipe: the read end (pumped, bounded) and, until the spawn, the
+    write end that pid 1 of the sandbox inherits."""
 
-    def __init__(self, path: Path, limit: int) -> None:
-        read_fd = os.open(path, os.O_RDONLY | _OPEN)
-        try:
-            if not stat.S_ISFIFO(os.fstat(read_fd).st_mode):
-                raise ExecutionError(f"{path} is not the FIFO the worker made")
-            self._keep = os.open(path, os.O_WRONLY | _OPEN)
-            # Write-only from now on: an action that reads every file it can see gets
-            # EACCES here instead of blocking forever on an empty pipe.
-            os.fchmod(read_fd, 0o200)
-        except BaseException:
-            os.close(read_fd)
-            raise
+    def __init__(self, limit: int) -> None:
+        read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)  # inherited only through pass_fds
         self._stream = trio.lowlevel.FdStream(read_fd)
         self.buffer = BoundedBuffer(limit)
         self.done = trio.Event()
 
+    def spawned(self) -> None:
+        """The sandbox holds the write end now (or never will): drop ours, so the pump
+        reaches end-of-file as soon as the sandbox is gone."""
+        if self.write_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.write_fd)
+            self.write_fd = -1
+
     async def pump(self) -> None:
-        """Read until end-of-file (after `writers_gone`), keeping up to the limit."""
+        """Read until end-of-file, keeping up to the limit."""
         try:
             while chunk := await self._stream.receive_some(CHUNK):
                 self.buffer.feed(chunk)
@@ -71,15 +57,8 @@ class ResultPipe:
         finally:
             self.done.set()
 
-    def writers_gone(self) -> None:
-        """The sandbox has ended: drop our write end so the pump reaches end-of-file."""
-        if self._keep >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._keep)
-            self._keep = -1
-
     def close(self) -> None:
-        self.writers_gone()
+        self.spawned()
         with contextlib.suppress(OSError):
             self._stream.close()
 

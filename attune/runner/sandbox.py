@@ -9,10 +9,12 @@ propagates, so nothing outlives the task that started it.
 Output is kept up to each stream's cap and the rest counted; once a stream has thrown
 away OUTPUT_KILL_FACTOR times its cap the run is killed (status failed,
 `output_limit_exceeded`), since draining a flood until the timeout would burn a worker
-core for nothing. The run directory on the host holds only the result FIFO
-(resultpipe.py): the code, the parameters and the secrets reach the sandbox as
-in-memory files that bwrap copies in, and nothing the action writes is stored on the
-host's disk.
+core for nothing. The code, the parameters and the secrets reach the sandbox as
+in-memory files that bwrap copies in; a `run()` action's return value comes back
+through a pipe that only the sandbox's pid 1 writes (resultpipe.py), from a file on
+the run's own sized tmpfs. Nothing the action writes is stored on the host's disk, and
+the run directory on the host (egress /etc files at most) is never mounted into the
+sandbox, so none of its paths shows in the sandbox's mount table.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from attune.runner.output import (
     build_result,
 )
 from attune.runner.profiles import Profile
-from attune.runner.resultpipe import ResultPipe, make_fifo
+from attune.runner.resultpipe import ResultPipe
 from attune.runner.seccomp import bpf_fd, default_bpf
 from attune.runner.teardown import Teardown
 
@@ -128,12 +130,7 @@ class _NetworkPlan:
 
 @dataclass
 class _RunDir:
-    root: Path
-    out: Path  # host-only, 0700 slot-owned: holds the result file
-
-    @property
-    def result_file(self) -> Path:
-        return self.out / "result.json"
+    root: Path  # host-only: the egress /etc files of the run, if any; never mounted
 
 
 def write_etc(etc: Path) -> Path:
@@ -182,27 +179,17 @@ class Sandbox:
     def slot_uid(self, slot: int) -> int | None:
         return self.slot_uid_base + slot if self.facts.is_root else None
 
-    def _make_run_dir(self, spec: RunSpec, uid: int | None) -> _RunDir:
+    def _make_run_dir(self, spec: RunSpec) -> _RunDir:
         if "/" in spec.code_name or spec.code_name in ("", ".", ".."):
             raise ExecutionError(f"invalid action file name {spec.code_name!r}")
         root = self.run_dir / f"{spec.label}-{os.urandom(6).hex()}"
         root.mkdir(mode=0o711)
         try:
             os.chmod(root, 0o711)  # modes are set explicitly: the worker's umask may be 027
-            return self._fill_run_dir(root, spec, uid)
         except BaseException:
             _remove_tree(root)
             raise
-
-    def _fill_run_dir(self, root: Path, spec: RunSpec, uid: int | None) -> _RunDir:
-        out = root / "out"
-        out.mkdir(mode=0o700)
-        rd = _RunDir(root, out)
-        if uid is not None:
-            os.chown(out, uid, uid)
-        # A FIFO, not a file: what the action writes there never reaches the disk.
-        make_fifo(rd.result_file, uid)
-        return rd
+        return _RunDir(root)
 
     async def run(
         self,
@@ -215,12 +202,11 @@ class Sandbox:
     ) -> RunOutcome:
         profile = spec.profile
         uid = self.slot_uid(slot)
-        rd = self._make_run_dir(spec, uid)
+        rd = self._make_run_dir(spec)
         cgroup: RunCgroup | None = None
         pipe: ResultPipe | None = None
         attachment: network.Attachment | None = None  # egress: the user-mode network
         try:
-            pipe = ResultPipe(rd.result_file, profile.limits.max_result_bytes)
             env = dict(spec.env)
             if profile.params_as_env:
                 env.update(shell_env(spec.params))
@@ -238,6 +224,8 @@ class Sandbox:
                 contents["secrets"] = json.dumps(spec.secrets, ensure_ascii=False).encode()
                 env["ATTUNE_SECRETS_FILE"] = argv_mod.SECRETS_FILE
             wrapper = profile.function_wrapper if defines_run(spec.code) else None
+            if wrapper is not None:  # only a run() action reports a value
+                pipe = ResultPipe(profile.limits.max_result_bytes)
             plan = await self._plan_network(spec.network, rd) if spec.network else None
             if plan is not None and wrapper is not None:
                 # The wrapper holds the action itself, after the interpreter's start-up,
@@ -278,7 +266,12 @@ class Sandbox:
                         env_dir=spec.pack.env_dir,
                     )
                 layout = argv_mod.RunLayout(
-                    result_file=str(rd.result_file),
+                    result_fd=pipe.write_fd if pipe is not None else None,
+                    result_max=profile.limits.max_result_bytes,
+                    out_size=argv_mod.out_dir_size(
+                        profile.limits.max_result_bytes,
+                        [len(data) for key, data in contents.items() if key != "action"],
+                    ),
                     proc_masks=self._proc_masks,
                     action_file=spec.code_name,
                     wrapper=wrapper,
@@ -297,7 +290,7 @@ class Sandbox:
                     self.bwrap,
                     args,
                     command,
-                    pass_fds=tuple(opened),
+                    pass_fds=(*opened, *([pipe.write_fd] if pipe is not None else [])),
                     uid=uid,
                     gid=uid,
                     rlimits=argv_mod.rlimit_prefix(profile),
@@ -306,6 +299,8 @@ class Sandbox:
             finally:
                 for fd in opened:
                     os.close(fd)
+                if pipe is not None:  # the sandbox's pid 1 holds the only write end now
+                    pipe.spawned()
             try:
                 if plan is not None:
                     attachment = await self._attach_network(proc, plan)
@@ -317,7 +312,6 @@ class Sandbox:
                     control,
                     on_output,
                     started,
-                    wrapper is not None,
                     pipe,
                 )
             finally:
@@ -337,10 +331,9 @@ class Sandbox:
                 pipe.close()
             if attachment is not None:
                 attachment.discard()  # killed now, reaped after it has torn down
-            # The execution's data goes now; the rest after the answer when a Teardown
-            # runs (teardown.py). Both may block briefly (rmdir of a cgroup retries while
-            # a process exits).
-            _scrub(rd)
+            # The run dir and the cgroup go after the answer when a Teardown runs
+            # (teardown.py); the run dir holds none of the execution's data. Removing a
+            # cgroup may block briefly (rmdir retries while a process exits).
             job = functools.partial(_cleanup, rd.root, cgroup)
             if self.teardown is None or not self.teardown.defer(job):
                 with trio.CancelScope(shield=True):
@@ -380,8 +373,7 @@ class Sandbox:
         control: RunControl | None,
         on_output: OutputSink | None,
         started: float,
-        wrapped: bool,
-        pipe: ResultPipe,
+        pipe: ResultPipe | None,
     ) -> RunReport:
         limits = spec.profile.limits
         stdout = BoundedBuffer(limits.max_stdout_bytes)
@@ -420,11 +412,12 @@ class Sandbox:
                     nursery.start_soon(feed_stdin)
                     nursery.start_soon(pump, "stdout", proc.pipes.stdout, stdout)
                     nursery.start_soon(pump, "stderr", proc.pipes.stderr, stderr)
-                    nursery.start_soon(pipe.pump)
+                    if pipe is not None:
+                        nursery.start_soon(pipe.pump)
                     exit_code = await proc.wait()
-                    pipe.writers_gone()  # every writer in the sandbox died with it
+                    # The result pipe's writers (pid 1, bwrap) are gone with the sandbox.
                     with trio.move_on_after(DRAIN_SECONDS):
-                        for event in (*drained.values(), pipe.done):
+                        for event in (*drained.values(), *([pipe.done] if pipe else [])):
                             await event.wait()
                     nursery.cancel_scope.cancel()
         duration_ms = int((trio.current_time() - started) * 1000)
@@ -445,7 +438,7 @@ class Sandbox:
             else None
         )
         wrapper_report, problem = (None, None)
-        if wrapped and not (timed_out or cancelled or exceeded):
+        if pipe is not None and not (timed_out or cancelled or exceeded):
             wrapper_report, problem = pipe.report()
         return RunReport(
             exit_code=exit_code if not cancelled else (proc.returncode or -1),
@@ -483,14 +476,6 @@ def _entry_kind(path: str) -> bool | None:
     return False if mode & 0o006 else None
 
 
-def _scrub(rd: _RunDir) -> None:
-    """Unlink the files holding the execution's data (result, parameters, secrets)."""
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(rd.out):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-
-
 def _cleanup(root: Path, cgroup: RunCgroup | None) -> None:
     _remove_tree(root)
     if cgroup is not None:
@@ -498,7 +483,7 @@ def _cleanup(root: Path, cgroup: RunCgroup | None) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    """Remove a run dir; only the worker (and a bound result file) ever wrote there."""
+    """Remove a run dir; only the worker ever wrote there."""
 
     def make_writable_and_retry(func: Callable[..., Any], name: str, _exc: Any) -> None:
         with contextlib.suppress(OSError):

@@ -118,7 +118,6 @@ class FloorLayout:
     """A run layout prepared once per slot and reused by every floor run."""
 
     code_dir: Path
-    result_file: Path
 
 
 @dataclass
@@ -141,34 +140,23 @@ class LocalEnv:
 
     def layout(self, slot: int) -> FloorLayout:
         if slot not in self.layouts:
-            self.layouts[slot] = _make_layout(
-                self.root / "floor" / f"slot-{slot}", self.sandbox.slot_uid(slot)
-            )
+            self.layouts[slot] = _make_layout(self.root / "floor" / f"slot-{slot}")
         return self.layouts[slot]
 
 
-def _make_layout(root: Path, uid: int | None) -> FloorLayout:
-    """The same tree Sandbox makes per run: /attune (code, wrapper, out/ mount points)."""
-    code, out = root / "code", root / "out"
+def _make_layout(root: Path) -> FloorLayout:
+    """The files a run copies into its sandbox (action, wrapper), prepared once per slot."""
+    code = root / "code"
     (code / "action").mkdir(parents=True)
-    (code / "out").mkdir()
-    for name in ("result.json", "parameters"):
-        (code / "out" / name).touch(mode=0o444)
     (code / "action" / PY_NAME).write_bytes(PY_ACTION)
     (code / "action" / SH_NAME).write_bytes(SH_ACTION)
     shutil.copyfile(SANDBOX_ASSETS / "python_wrapper.py", code / "python_wrapper.py")
     os.chmod(root.parent, 0o711)  # the slot uids traverse it, never list it
-    for path in (root, code, code / "action", code / "out"):
+    for path in (root, code, code / "action"):
         os.chmod(path, 0o755)
     for path in (code / "action" / PY_NAME, code / "action" / SH_NAME, code / "python_wrapper.py"):
         os.chmod(path, 0o644)
-    out.mkdir(mode=0o700)
-    result = out / "result.json"
-    result.touch(mode=0o600)
-    if uid is not None:
-        os.chown(out, uid, uid)
-        os.chown(result, uid, uid)
-    return FloorLayout(code, result)
+    return FloorLayout(code)
 
 
 def make_env(root: Path) -> LocalEnv:
@@ -239,7 +227,6 @@ async def run_sandboxed(
     ]
     try:
         run_layout = argv_mod.RunLayout(
-            result_file=str(layout.result_file),
             files=tuple(files),
             action_file=action_file,
             wrapper=wrapper,

@@ -35,7 +35,7 @@ DEEP_RUN = "def run():\n    v = []\n    for _ in range(899):\n        v = [v]\n 
 DEEP_FILE = (
     "import os\n"
     "def run():\n"
-    "    fd = os.open('/attune/out/result.json', os.O_WRONLY)\n"
+    "    fd = os.open('/attune/out/result.json', os.O_WRONLY | os.O_CREAT, 0o600)\n"
     "    os.write(fd, b'{\"ok\": true, \"value\": ' + b'[' * 200000 + b']' * 200000 + b'}')\n"
     "    os._exit(0)\n"
 )

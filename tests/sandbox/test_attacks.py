@@ -799,43 +799,102 @@ async def test_28_29_30_network_shell(run_code: RunCode) -> None:
     assert "/run/postgresql" in err and "No such file or directory" in err
 
 
-# --- row 33: result file planted as a symlink -------------------------------------------------
+# --- row 33: the result file replaced by something else ------------------------------------
+# attune-init forwards /attune/out/result.json only if it is a regular file, opened
+# without following a symlink or blocking, after everything else of the run is dead.
+
+NO_VALUE = "the action ended without reporting a return value"
+REPLACE = {
+    # a symlink to a file that holds a perfectly good report: never followed
+    "symlink": "open('/work/r', 'w').write(FAKE); os.symlink('/work/r', P)",
+    "symlink_to_host_path": "os.symlink('/etc/hostname', P)",
+    # a FIFO (with a writer parked on it): never opened for a blocking read
+    "fifo": "os.mkfifo(P); os.fork() or (os.setsid(), os.open(P, os.O_WRONLY), time.sleep(60))",
+    "directory": "os.mkdir(P); open(P + '/x', 'w').write(FAKE)",
+}
 
 
-async def test_33_planted_result_symlink_never_reads_the_host_file(run_code: RunCode) -> None:
-    host_file = Path("/etc/hostname")
-    secret = host_file.read_text().strip()
-    outcome = await run_code(
-        probe("""
-        def run():
-            p = "/attune/out/result.json"
-            tries = {"unlink": oserr(os.unlink, p),
-                     "symlink_over": oserr(os.symlink, "/etc/hostname", p),
-                     "rename_over": oserr(lambda: (os.symlink("/etc/hostname", "/work/l"),
-                                                   os.rename("/work/l", p)))}
-            print(json.dumps(tries), flush=True)
-            return "the real value"
-    """)
-    )
-    tries = json.loads(outcome.result["stdout"])
-    assert tries["unlink"] in ("EROFS", "EBUSY")
-    assert tries["symlink_over"] in ("EROFS", "EEXIST")
-    assert tries["rename_over"] in ("EROFS", "EBUSY", "EXDEV")
-    assert outcome.status == "completed"
-    assert outcome.result["data"] == "the real value"
+@pytest.mark.parametrize("kind", sorted(REPLACE))
+async def test_33_a_result_file_that_is_not_a_regular_file_forwards_nothing(
+    run_code: RunCode, kind: str
+) -> None:
+    secret = Path("/etc/hostname").read_text().strip() if Path("/etc/hostname").exists() else ""
+    with trio.fail_after(15):
+        outcome = await run_code(
+            probe(f"""
+            import time
+            P = "/attune/out/result.json"
+            FAKE = '{{"ok": true, "value": "planted"}}'
+            def run():
+                {REPLACE[kind]}
+                os._exit(0)
+        """),
+            timeout=12,
+        )
+    assert outcome.status == "failed", outcome.result
+    assert outcome.result["error"] == NO_VALUE
+    assert "planted" not in json.dumps(outcome.result)
     assert not secret or secret not in json.dumps(outcome.result)
 
 
-async def test_33_result_written_through_a_symlink_in_work_is_refused(run_code: RunCode) -> None:
-    """The wrapper's own O_NOFOLLOW: an action cannot redirect its report elsewhere."""
+async def test_33_the_wrapper_never_writes_through_a_planted_symlink(run_code: RunCode) -> None:
+    """The action plants the symlink and returns normally: the wrapper's O_NOFOLLOW
+    refuses to write through it, and nothing is forwarded."""
     outcome = await run_code(
         probe("""
         def run():
-            os.symlink("/attune/out/result.json", "/work/r.json")
-            return oserr(os.open, "/work/r.json", os.O_WRONLY | os.O_NOFOLLOW)
+            os.symlink("/work/elsewhere", "/attune/out/result.json")
+            return "the real value"
     """)
     )
-    assert outcome.result["data"] == "ELOOP"
+    assert outcome.status == "failed"
+    assert "Too many levels of symbolic links" in outcome.result["error"]  # ELOOP
+    assert "the real value" not in json.dumps(outcome.result)
+
+
+async def test_33_a_sparse_huge_result_file_is_read_only_up_to_the_limit(
+    run_code: RunCode,
+) -> None:
+    """60 MiB of apparent size on the out tmpfs costs no memory; pid 1 forwards one
+    byte over the limit and the worker keeps the limit at most."""
+    with trio.fail_after(15):
+        outcome = await run_code(
+            probe("""
+            def run():
+                with open("/attune/out/result.json", "wb") as f:
+                    f.write(b'{"ok": true, "value": "')
+                    f.truncate(60 * 2**20)
+                os._exit(0)
+        """)
+        )
+    assert outcome.status == "failed"
+    assert outcome.result["error"] == "result exceeds the 1048576 byte limit"
+
+
+async def test_33_a_daemon_writing_the_result_file_is_dead_before_it_is_read(
+    run_code: RunCode,
+) -> None:
+    """A setsid daemon rewriting result.json forever: pid 1 kills it with the rest of
+    the namespace before it opens the file, so the run ends at once, terminal."""
+    mark = token()
+    with trio.fail_after(15):
+        outcome = await run_code(
+            probe(f"""
+            O = "/attune/out/"
+            LOOP = f"while :; do printf x > {{O}}x; mv -f {{O}}x {{O}}result.json; done"
+            def run():
+                with open("/attune/out/result.json", "w") as f:
+                    f.write('{{"ok": true, "value": "mine"}}')
+                if os.fork() == 0:
+                    os.setsid()
+                    os.execv("/bin/sh", ["/bin/sh", "-c", LOOP, "{mark}"])
+                os._exit(0)
+        """),
+            timeout=12,
+        )
+    assert outcome.status in ("completed", "failed"), outcome.result
+    assert outcome.result.get("data") == "mine" or "not valid JSON" in outcome.result["error"]
+    assert await wait_until_gone(mark) == []
 
 
 # --- row 34: normal code -------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from attune.runner import host
+from attune.runner import argv, host
+from attune.runner.profiles import Profile
 from attune.runner.sandbox import RunControl, RunOutcome, Sandbox
 from tests.sandbox.conftest import RunCode
 from tests.sandbox.helpers import SYSCALLS, HostProcess, token, wait_until_gone, with_token
@@ -233,7 +234,8 @@ async def test_4_filesystem_is_minimal_and_read_only(run_code: RunCode, runtime:
     etc = sorted([*etc, "alternatives", "ca-certificates", "ssl"])  # read-only binds
     assert data["etc"] == etc
     assert not any(data["absent"].values()), data["absent"]
-    assert {d for d, r in data["writable"].items() if r == "OK"} == {"/work", "/tmp", "/dev/shm"}
+    writable = {d for d, r in data["writable"].items() if r == "OK"}
+    assert writable == {"/work", "/tmp", "/dev/shm", "/attune/out"}  # each a sized tmpfs
     assert data["writable"]["/"] == "EROFS" and data["writable"]["/usr"] == "EROFS"
     assert data["root_mount"] == ["ro"]
     assert data["bin"] == "usr/bin"
@@ -553,31 +555,42 @@ async def test_7_layers_are_reported(facts: host.HostFacts) -> None:
     assert caps["cgroup_version"] == facts.cgroups.version
 
 
-# --- 10. result file -------------------------------------------------------------------
+# --- 10. result file: the out dir is the action's own small tmpfs -------------------------
 
 
-async def test_10_result_file_is_a_bound_regular_file_the_action_cannot_replace(
-    run_code: RunCode,
+async def test_10_out_dir_is_the_actions_own_tmpfs_bounded_by_the_result_limit(
+    run_code: RunCode, profiles: dict[str, Profile]
 ) -> None:
+    """Whatever the action writes under /attune/out is memory of the run (charged to its
+    cgroup), at most the result limit plus slack: never the host's disk, never more."""
     outcome = await run_code(
         SYSCALLS
         + code("""
         def run():
-            p = "/attune/out/result.json"
-            return {
-                "unlink": oserr(os.unlink, p),
-                "rename": oserr(os.rename, p, "/attune/out/x"),
-                "symlink": oserr(os.symlink, "/etc/hostname", "/attune/out/other"),
-                "mkfifo": oserr(os.mkfifo, "/attune/out/fifo"),
-                "listing": sorted(os.listdir("/attune/out")),
-            }
+            p = "/attune/out"
+            listing = sorted(os.listdir(p))
+            vfs = os.statvfs(p)
+            fd = os.open(p + "/junk", os.O_WRONLY | os.O_CREAT, 0o600)
+            written, full = 0, "OK"
+            try:
+                while written < 64 * 2**20:
+                    written += os.write(fd, b"x" * 65536)
+            except OSError as exc:
+                full = errno.errorcode[exc.errno]
+            os.close(fd)
+            os.unlink(p + "/junk")  # room again for the wrapper's report
+            return {"listing": listing, "own": os.stat(p).st_uid == os.getuid(),
+                    "mode": oct(os.stat(p).st_mode & 0o777),
+                    "size": vfs.f_blocks * vfs.f_frsize, "full": full, "written": written}
     """)
     )
     assert outcome.status == "completed", outcome.result
     data = outcome.result["data"]
-    assert data["listing"] == ["result.json"]  # parameters only with file delivery
-    assert data["unlink"] in ("EROFS", "EBUSY") and data["rename"] in ("EROFS", "EBUSY")
-    assert data["symlink"] == "EROFS" and data["mkfifo"] == "EROFS"
+    size = argv.out_dir_size(profiles["python"].limits.max_result_bytes, [])
+    assert data["listing"] == []  # parameters and secrets only when delivered as files
+    assert data["own"] is True and data["mode"] == "0o700"
+    assert data["size"] == size
+    assert data["full"] == "ENOSPC" and data["written"] <= size
 
 
 # --- 8. nothing survives (every test also checks the slot uids afterwards) ----------------
@@ -590,7 +603,7 @@ async def test_8_daemons_die_with_the_run(run_code: RunCode, how: str) -> None:
         ( setsid sleep {mark} & )
         ( trap '' TERM HUP; exec -a hidden-{mark} sleep 1000 ) &
         mkdir -p /work/a/b /tmp/c; touch /work/a/b/f
-        chmod 000 /work/a/b /work/a /tmp/c /attune/out/result.json
+        chmod 000 /work/a/b /work/a /tmp/c
         echo started
         {"sleep 60" if how == "timeout" else "exit 0"}
     """)
@@ -598,7 +611,7 @@ async def test_8_daemons_die_with_the_run(run_code: RunCode, how: str) -> None:
     assert outcome.status == ("timeout" if how == "timeout" else "completed")
     assert outcome.result["stdout"] == "started\n"
     assert await wait_until_gone(mark) == []
-    # the run dir (with the chmod-000 result file) is gone: checked after every test
+    # the run dir is gone: checked after every test
 
 
 async def test_8_cancelled_runs_leave_nothing(run_code: RunCode) -> None:

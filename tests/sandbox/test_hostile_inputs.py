@@ -96,29 +96,52 @@ async def test_a_140_kb_shell_parameter_runs_and_stays_on_stdin(run_code: RunCod
 # --- the result channel --------------------------------------------------------------
 
 
-async def test_the_result_path_is_a_fifo_not_a_host_file(run_code: RunCode) -> None:
+async def test_the_result_path_is_a_file_on_the_runs_own_tmpfs(run_code: RunCode) -> None:
+    """No host path: /attune/out is a tmpfs of the sandbox, result.json the wrapper's."""
     outcome = await run_code(
-        "import os, stat\n"
+        "import os\n"
         "def run():\n"
-        "    st = os.stat('/attune/out/result.json')\n"
-        "    return {'fifo': stat.S_ISFIFO(st.st_mode), 'size': st.st_size}\n"
+        "    mounts = [l.split() for l in open('/proc/self/mounts')]\n"
+        "    return {'exists': os.path.lexists('/attune/out/result.json'),\n"
+        "            'fs': [m[2] for m in mounts if m[1] == '/attune/out']}\n"
     )
-    assert outcome.result["data"] == {"fifo": True, "size": 0}
+    assert outcome.result["data"] == {"exists": False, "fs": ["tmpfs"]}
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        # fits in the out tmpfs's slack: forwarded, one byte over the limit is enough
+        (10_000, "result exceeds the 1048576 byte limit"),
+        # larger than the out tmpfs: ENOSPC in the wrapper
+        (3 * 2**20, "The return value is larger than the result size limit"),
+    ],
+)
+async def test_a_return_value_over_the_limit_is_a_clear_error(
+    run_code: RunCode, extra: int, error: str
+) -> None:
+    outcome = await run_code(f"def run():\n    return 'x' * ({2**20} + {extra})\n")
+    assert outcome.status == "failed"
+    assert outcome.result["error"] == error
 
 
 async def test_a_script_writing_the_result_path_endlessly_stores_nothing(
     run_code: RunCode, sandbox: Any
 ) -> None:
-    """64 MiB into the channel: read, capped and dropped by the worker; no disk use."""
+    """64 MiB into the result path: the out tmpfs is full past the limit plus slack
+    (memory of the run, never the host's disk)."""
     outcome = await run_code(
-        "import os\n"
-        "fd = os.open('/attune/out/result.json', os.O_WRONLY)\n"
-        "for _ in range(64):\n"
-        "    os.write(fd, b'x' * 2**20)\n"
-        "print('wrote')\n",
+        "import errno, os\n"
+        "fd = os.open('/attune/out/result.json', os.O_WRONLY | os.O_CREAT, 0o600)\n"
+        "n = 0\n"
+        "try:\n"
+        "    for _ in range(64):\n"
+        "        n += os.write(fd, b'x' * 2**20)\n"
+        "except OSError as exc:\n"
+        "    print(errno.errorcode[exc.errno], n <= 2**20 + 65536)\n",
         output_format="text",
     )
-    assert outcome.status == "completed" and outcome.result["stdout"] == "wrote\n"
+    assert outcome.status == "completed" and outcome.result["stdout"] == "ENOSPC True\n"
 
 
 # --- attune exec: valid JSON and the right exit code, whatever the action wrote ---------

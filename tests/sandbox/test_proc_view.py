@@ -70,23 +70,28 @@ async def test_74_host_wide_proc_entries_are_masked_and_the_rest_still_works(
     assert data["cpus"] >= 1 and data["loadavg"] == 3
 
 
-async def test_75_mountinfo_shows_no_host_path_of_the_run_but_the_result_file(
+async def test_75_mountinfo_shows_no_host_path_of_the_run(
     run_code: RunCode, sandbox: Sandbox
 ) -> None:
+    """The result travels through attune-init's pipe, not a bind of a run-dir file:
+    no mount of the sandbox names the run dir, whatever field one reads."""
     outcome = await run_code(
         textwrap.dedent("""
         def run():
-            rows = [line.split() for line in open("/proc/self/mountinfo")]
-            return [[row[3], row[4]] for row in rows]  # root in its filesystem, mount point
+            return [line.rstrip("\\n") for line in open("/proc/self/mountinfo")]
         """),
         parameter_delivery="file",
         secrets={"token": "s3cr3t-value"},
     )
     assert outcome.status == "completed", outcome.result
-    mounts = outcome.result["data"]
+    lines = outcome.result["data"]
     run_dir = str(sandbox.run_dir)
-    from_run_dir = [point for root, point in mounts if run_dir in root]
-    assert from_run_dir == ["/attune/out/result.json"], mounts
-    points = {point for _, point in mounts}
+    assert [line for line in lines if run_dir in line] == []
+    rows = [line.split() for line in lines]
+    points = {row[4]: row for row in rows}  # mount point -> row
+    out = points["/attune/out"]  # the run's own tmpfs, sized (argv.out_dir_size)
+    assert out[3] == "/" and out[out.index("-") + 1] == "tmpfs"
+    assert "size=" in out[-1]
     for copied in ("/attune", "/etc/passwd", "/attune/out/parameters", "/attune/out/secrets.json"):
-        assert copied not in points  # files on the sandbox's own root, not mounts
+        assert copied not in points  # files copied onto tmpfs, not mounts
+    assert "/attune/out/result.json" not in points

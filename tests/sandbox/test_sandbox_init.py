@@ -10,6 +10,7 @@ nothing behind even after the action cleared every parent-death signal it could 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -86,9 +87,9 @@ REACH_PID1 = code("""
             os.kill(1, sig)
         with open("/proc/1/status") as f:
             state = next(l.split()[1] for l in f if l.startswith("State:"))
-        init = open("/proc/1/cmdline", "rb").read().split(b"\\0")[0].decode()
+        init = open("/proc/1/cmdline", "rb").read().decode().split("\\0")
         return {"others": others, "seen": seen, "pid1_state_after_signals": state,
-                "pid1_program": init}
+                "pid1_program": init[0], "pid1_options": init[1:4]}
 """)
 
 
@@ -109,6 +110,11 @@ async def test_70_pid1_is_unreadable_unwritable_and_unsignalable(run_code: RunCo
     }
     assert data["pid1_state_after_signals"] == "S"  # still waiting for its child
     assert data["pid1_program"] == "/attune-init"
+    # the result pipe's fd number and the byte limit, nothing secret (the fd itself is
+    # close-on-exec in pid 1: test_3_32 writes to every fd >= 3 of the action)
+    fd_option, max_option, end = data["pid1_options"]
+    assert re.fullmatch(r"--result-fd=\d+", fd_option)
+    assert (max_option, end) == ("--result-max=1048576", "--")
 
 
 async def test_70_shell_cannot_read_or_kill_pid1(run_code: RunCode) -> None:

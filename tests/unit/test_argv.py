@@ -10,6 +10,7 @@ from attune.runner import argv
 from attune.runner.profiles import Limits, Profile, load_profiles
 
 PROFILES = load_profiles()
+OUT_SIZE = 1048576 + 65536  # out_dir_size(1 MiB, no files)
 
 
 def layout(
@@ -17,7 +18,9 @@ def layout(
 ) -> argv.RunLayout:
     wanted = argv.run_files("action.py", wrapper, params=params, secrets=False)
     return argv.RunLayout(
-        result_file="/runs/r1/out/result.json",
+        result_fd=9 if wrapper is not None else None,
+        result_max=1048576,
+        out_size=OUT_SIZE,
         files=tuple((20 + i, path) for i, (_, path) in enumerate(wanted)),
         action_file="action.py",
         wrapper=wrapper,
@@ -115,8 +118,10 @@ FILESYSTEMS = [
     "--dir",
     "/attune/action",
     "--perms",
-    "0755",
-    "--dir",
+    "0700",
+    "--size",
+    str(OUT_SIZE),
+    "--tmpfs",
     "/attune/out",
     "--perms",
     "0444",
@@ -145,7 +150,6 @@ FILESYSTEMS = [
     "/attune/action/action.py",
 ]
 WRAPPER = ["--perms", "0444", "--file", "25", "/attune/python_wrapper.py"]
-RESULT_BIND = ["--bind", "/runs/r1/out/result.json", "/attune/out/result.json"]
 
 
 def helper(fd: int) -> list[str]:
@@ -202,11 +206,13 @@ def test_python_profile_golden_argv() -> None:
         *FILESYSTEMS,
         *WRAPPER,
         *helper(26),
-        *RESULT_BIND,
         *TAIL,
     ]
     assert argv.action_command(profile, lay) == [
         "/attune-init",
+        "--result-fd=9",
+        "--result-max=1048576",
+        "--",
         "/usr/bin/python3",
         "-u",
         "-B",
@@ -233,7 +239,6 @@ def test_shell_profile_golden_argv() -> None:
         *SYMLINKS,
         *FILESYSTEMS,
         *helper(25),
-        *RESULT_BIND,
         *TAIL,
     ]
     assert argv.action_command(profile, lay) == [
@@ -247,17 +252,35 @@ def test_parameter_file_is_copied_in_readable_by_the_action_only() -> None:
     args = argv.bwrap_args(PROFILES["shell"], layout(params=True))
     i = args.index("/attune/out/parameters")
     assert args[i - 4 : i] == ["--perms", "0400", "--file", "26"]
-    assert args.index("/attune/out/parameters") < args.index("/attune/out/result.json")
+    # onto the out tmpfs: mounted first (bwrap applies its options in order)
+    assert args.index("--tmpfs", args.index("--size", args.index("/work"))) < i
 
 
-def test_the_result_file_is_the_runs_only_host_mount() -> None:
-    args = argv.bwrap_args(PROFILES["python"], layout(wrapper="python_wrapper.py", params=True))
-    host_sources = [
+def test_no_host_path_of_the_run_is_mounted_and_nothing_host_is_writable() -> None:
+    """Only the profile's system paths (and /proc/sys, /dev/null masks) come from the
+    host, read-only: the result travels through attune-init's pipe, not a bind."""
+    profile = PROFILES["python"]
+    args = argv.bwrap_args(profile, layout(wrapper="python_wrapper.py", params=True))
+    binds = {
         args[i + 1]
         for i, a in enumerate(args)
-        if a in ("--bind", "--ro-bind", "--ro-bind-try") and not args[i + 1].startswith("/usr")
-    ]
-    assert [p for p in host_sources if p.startswith("/runs")] == ["/runs/r1/out/result.json"]
+        if a in ("--bind", "--bind-try", "--dev-bind", "--ro-bind", "--ro-bind-try")
+    }
+    allowed = {*profile.mounts.ro_bind, *profile.mounts.ro_bind_try, "/proc/sys", "/dev/null"}
+    assert binds <= allowed
+    assert not {"--bind", "--bind-try", "--dev-bind"} & set(args)
+
+
+def test_the_out_dir_is_sized_for_the_result_limit_its_files_and_some_slack() -> None:
+    assert argv.out_dir_size(1000, []) == 1000 + argv.OUT_SLACK
+    # tmpfs stores whole pages: a 1-byte file takes one, 4097 bytes take two
+    assert argv.out_dir_size(1000, [1, 4097, 0]) == 1000 + 3 * 4096 + argv.OUT_SLACK
+
+
+def test_attune_init_gets_the_result_pipe_only_for_a_run_function() -> None:
+    assert argv.init_options(None, 1048576) == []
+    assert argv.init_options(11, 500) == ["--result-fd=11", "--result-max=500", "--"]
+    assert "--result-fd" not in " ".join(argv.action_command(PROFILES["python"], layout()))
 
 
 def test_every_sandbox_has_its_own_network_namespace() -> None:
@@ -430,7 +453,7 @@ def _with_pack(pack: argv.PackMount) -> argv.RunLayout:
 
 def test_whole_pack_is_bound_read_only_at_its_host_path_and_is_the_working_dir() -> None:
     args = argv.bwrap_args(PROFILES["python"], _with_pack(PACK))
-    i = args.index("--ro-bind", args.index("/attune/out/result.json"))
+    i = args.index("--ro-bind", args.index("/attune-init"))
     assert args[i : i + 6] == [
         "--ro-bind",
         PACK.pack_dir,

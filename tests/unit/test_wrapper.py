@@ -6,11 +6,11 @@ from its file so its logic is checked in milliseconds. The sandbox tests run it 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import io
 import json
 import os
-import stat
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 import trio
 
-from attune.errors import ExecutionError
 from attune.params import encode_params
-from attune.runner.resultpipe import ResultPipe, make_fifo, parse_wrapper_report
+from attune.runner.resultpipe import ResultPipe, parse_wrapper_report
 
 WRAPPER = Path(__file__).resolve().parents[2] / "sandbox" / "python_wrapper.py"
 
@@ -197,7 +196,7 @@ def test_result_symlink_is_not_followed(
     assert target.read_text() == "precious"
 
 
-# --- the worker's side: the result FIFO (resultpipe.py) ----------------------------------
+# --- the worker's side: the result pipe (resultpipe.py) ----------------------------------
 
 
 def test_report_is_parsed() -> None:
@@ -226,33 +225,61 @@ def test_bad_reports(content: bytes, dropped: int, problem: str | None) -> None:
         assert (report, found) == (None, problem.replace("1000 byte", "100000 byte"))
 
 
-def test_the_worker_refuses_anything_but_its_own_fifo(tmp_path: Path) -> None:
-    target = tmp_path / "host-secret"
-    target.write_text('{"ok": true, "value": "host file content"}')
-    (tmp_path / "link").symlink_to(target)
+async def test_the_write_end_is_never_inherited_by_accident_and_dropped_after_the_spawn() -> None:
+    pipe = ResultPipe(100)
+    write_fd = pipe.write_fd
+    assert not os.get_inheritable(write_fd)  # reaches the sandbox only through pass_fds
+    pipe.spawned()
+    assert pipe.write_fd == -1
     with pytest.raises(OSError):
-        ResultPipe(tmp_path / "link", 1000)
-    with pytest.raises(ExecutionError, match="not the FIFO"):
-        ResultPipe(target, 1000)
+        os.fstat(write_fd)
+    pipe.close()
 
 
-async def test_the_fifo_is_read_as_written_and_capped(tmp_path: Path) -> None:
-    path = tmp_path / "result.json"
-    make_fifo(path, None)
-    assert stat.S_ISFIFO(os.lstat(path).st_mode)
-    pipe = ResultPipe(path, 100)
+async def test_the_pipe_is_read_to_end_of_file_as_written_and_capped() -> None:
+    pipe = ResultPipe(100)
+    writer = os.dup(pipe.write_fd)  # what pid 1 of the sandbox holds
+    pipe.spawned()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pipe.pump)
-        fd = os.open(path, os.O_WRONLY)  # never blocks: the worker holds the read end
-        os.write(fd, b'{"ok": true, ')
-        os.write(fd, b'"value": 1}' + b" " * 200)
-        os.close(fd)
-        pipe.writers_gone()
+        os.write(writer, b'{"ok": true, ')
+        os.write(writer, b'"value": 1}' + b" " * 200)
+        assert not pipe.done.is_set()
+        os.close(writer)  # the sandbox is gone: end-of-file
         with trio.fail_after(5):
             await pipe.done.wait()
     pipe.close()
     assert pipe.buffer.dropped == 124
     assert pipe.report() == (None, "result exceeds the 100 byte limit")
+
+
+async def test_nothing_forwarded_is_a_missing_return_value() -> None:
+    pipe = ResultPipe(100)
+    pipe.spawned()
+    with trio.fail_after(5):
+        await pipe.pump()
+    pipe.close()
+    assert pipe.report() == (None, "the action ended without reporting a return value")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG])
+def test_a_value_too_large_for_the_out_dir_is_a_clear_error(
+    wrapper: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, code: int
+) -> None:
+    """ENOSPC: the out tmpfs (result limit + slack) is full; EFBIG: RLIMIT_FSIZE."""
+    real_write = os.write
+
+    def bounded_write(fd: int, data: bytes) -> int:
+        if len(data) > 1000:
+            raise OSError(code, os.strerror(code))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", bounded_write)
+    rc, report = run_main(wrapper, monkeypatch, tmp_path, "def run():\n    return 'x' * 5000\n")
+    assert (rc, report) == (
+        1,
+        {"ok": False, "error": "The return value is larger than the result size limit"},
+    )
 
 
 def test_a_lone_surrogate_in_the_value_is_written_as_its_escape(
