@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -348,27 +348,36 @@ class Broker:
                 except _LOST as exc:
                     log.warning("closing consumer channel of %r: %s", queue, _reason(exc))
 
-    async def _publish_once(
-        self, exchange: str, routing_key: str, message: OutgoingMessage
-    ) -> None:
-        # asyncio-side helper: wait until the robust channel is restored, then publish.
+    async def _publish_batch(
+        self, exchange: str, messages: Sequence[tuple[str, OutgoingMessage]]
+    ) -> tuple[int, BaseException] | None:
+        """asyncio-side: send every message, then wait for all their confirms.
+
+        The publishes start in order as asyncio tasks, with nothing to wait for before
+        the channel's (FIFO) publish lock, so they go out on the one channel in order;
+        each waits for its confirm only after its frames are written. Returns the index
+        and error of the first message that was not confirmed, None when all were.
+        """
         await self._publishing.ready()
         target = self._exchanges.get(exchange)
         if target is None:
             target = await self._publishing.get_exchange(exchange, ensure=False)
             self._exchanges[exchange] = target
-        await target.publish(
-            aio_pika.Message(
-                body=message.body,
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=message.message_id,
-                correlation_id=message.correlation_id,
-                timestamp=datetime.now(UTC),
-            ),
-            routing_key,
-            mandatory=False,
-        )
+        if len(messages) == 1:  # no order to keep: no task to start
+            routing_key, message = messages[0]
+            await target.publish(_amqp_message(message), routing_key, mandatory=False)
+            return None
+        sends = [
+            asyncio.ensure_future(
+                target.publish(_amqp_message(message), routing_key, mandatory=False)
+            )
+            for routing_key, message in messages
+        ]
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, BaseException):
+                return index, outcome
+        return None
 
     async def publish(
         self,
@@ -385,28 +394,68 @@ class Broker:
         when the broker has not confirmed within `timeout`, or at once when the exchange
         does not exist (retrying cannot create it).
         """
+        await self.publish_all(exchange, [(routing_key, message)], timeout=timeout)
+
+    async def publish_all(
+        self,
+        exchange: str,
+        messages: Sequence[tuple[str, OutgoingMessage]],
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        """`publish` for messages that must arrive in order, without a wait between them.
+
+        They are sent back to back on the publishing channel (AMQP keeps one channel's
+        order) and their confirms are awaited together: one confirm's wait instead of
+        one per message. If one is not confirmed, it and every message after it are
+        sent again, in order, so whatever a consumer sees last is still in order (a
+        message may arrive twice: at least once, as for `publish`).
+        """
+        pending = list(messages)
         last = "no attempt finished"
         try:
             with trio.fail_after(timeout):
-                while True:
+                while pending:
                     try:
-                        await self._aio(self._publish_once, exchange, routing_key, message)
+                        failed = await self._aio(self._publish_batch, exchange, pending)
+                    except _LOST as lost:  # the channel was not there to publish on
+                        failed = 0, lost
+                    if failed is None:
                         return
-                    except aiormq.exceptions.ChannelNotFoundEntity:
+                    index, error = failed
+                    if isinstance(error, aiormq.exceptions.ChannelNotFoundEntity):
                         raise TransientError(
                             f"exchange {exchange!r} does not exist on {self._where}"
                         ) from None
-                    except _LOST as exc:
-                        last = _reason(exc)
-                        log.info(
-                            "publish to %s/%s failed (%s); retrying", exchange, routing_key, last
-                        )
+                    if not isinstance(error, _LOST):
+                        raise error
+                    pending = pending[index:]
+                    last = _reason(error)
+                    log.info(
+                        "publish to %s/%s failed (%s); retrying",
+                        exchange,
+                        pending[0][0],
+                        last,
+                    )
                     await trio.sleep(_RETRY_PAUSE)
         except trio.TooSlowError:
+            keys = ", ".join(dict.fromkeys(key for key, _ in pending))
             raise TransientError(
-                f"publish to {exchange!r} ({routing_key}) on {self._where} not confirmed "
+                f"publish to {exchange!r} ({keys}) on {self._where} not confirmed "
                 f"within {timeout:g}s: {last}"
             ) from None
+
+
+def _amqp_message(message: OutgoingMessage) -> aio_pika.Message:
+    """A persistent AMQP message of ours, stamped now."""
+    return aio_pika.Message(
+        body=message.body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        timestamp=datetime.now(UTC),
+    )
 
 
 async def _hand_back(receive: trio.MemoryReceiveChannel[Delivery]) -> None:

@@ -1,8 +1,10 @@
 """`Launcher`: runs one claimed execution in the sandbox and says how it ended.
 
 It resolves everything the run needs (code, profile, parameters with their secrets
-restored, timeout), runs it, masks what comes out, stores the artifacts, and returns
-the outcome word and the result to record. A reason the execution cannot run is an
+restored, timeout), runs it, masks what comes out, streams the logs, and returns the
+outcome word and the result to record. The result's artifact (`result.json`) is for
+whoever reads the artifacts later, not for the answer: it is written in `after_end`,
+once the end is recorded and announced. A reason the execution cannot run is an
 `AttuneError` turned into a `failed` result here; anything else escapes to the
 pipeline, which records it `failed` too (docs/protocol.md §5, "Execution lifecycle").
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 import trio
 
-from attune.artifacts import ArtifactStore
+from attune.artifacts import ArtifactStore, RunArtifacts
 from attune.config import Config
 from attune.db import Database
 from attune.errors import AttuneError, ExecutionError
@@ -31,7 +33,7 @@ from attune.runner.egress import EgressPolicy
 from attune.runner.profiles import Profile
 from attune.runner.sandbox import PackSource, RunControl, RunSpec, Sandbox
 from attune.runtimes import canonical_runtime
-from attune.secrets import OutputGuard, RunSecrets, load_run_secrets
+from attune.secrets import OutputGuard, RunSecrets, SecretRows, load_run_secrets
 
 log = logging.getLogger("attune.worker")
 
@@ -132,6 +134,8 @@ class Launcher:
         self.sandbox = sandbox
         self.profiles = profiles
         self.artifacts = artifacts
+        # result.json of runs whose end is being recorded (one per run in flight)
+        self._unwritten: dict[int, tuple[RunArtifacts, str, dict[str, Any]]] = {}
 
     def runtime_label(self, action: Action | None) -> str:
         """The metrics label: a runtime this worker serves, or `other`."""
@@ -139,13 +143,19 @@ class Launcher:
         return runtime if runtime in self.profiles else "other"
 
     async def run(
-        self, execution: Execution, action: Action, control: RunControl, slot: int
+        self,
+        execution: Execution,
+        action: Action,
+        control: RunControl,
+        slot: int,
+        *,
+        secret_rows: SecretRows | None = None,
     ) -> tuple[str, dict[str, Any]]:
         key = self.config.security.encryption_key
         try:
             secrets = await with_db_retry(
                 f"load secrets of execution {execution.id}",
-                lambda: load_run_secrets(self.db, execution, action, key),
+                lambda: load_run_secrets(self.db, execution, action, key, secret_rows),
             )
             spec, timeout = build_spec(self.config, self.profiles, execution, action, secrets)
         except AttuneError as exc:
@@ -170,9 +180,27 @@ class Launcher:
                     spec, timeout=timeout, slot=slot, control=control, on_output=guard.write
                 )
                 result = await guard.redact(outcome.result)
-                await trio.to_thread.run_sync(artifacts.write_result, outcome.status, result)
         except AttuneError as exc:
             return "failed", {"succeeded": False, "error": secrets.masker.text(str(exc))}
         finally:
             artifacts.close()
+        self._unwritten[execution.id] = (artifacts, outcome.status, result)
         return outcome.status, result
+
+    async def after_end(self, execution_id: int) -> None:
+        """Write the run's result.json (masked, as recorded); a failure is logged."""
+        unwritten = self._unwritten.pop(execution_id, None)
+        if unwritten is None:  # the run never started: there is no result to keep
+            return
+        artifacts, status, result = unwritten
+        try:
+            await trio.to_thread.run_sync(artifacts.write_result, status, result)
+        except Exception as exc:  # the end is recorded: say what is missing, go on
+            log_event(
+                log,
+                "artifact_write_failed",
+                logging.ERROR,
+                execution_id=execution_id,
+                path=str(artifacts.directory / "result.json"),
+                reason=f"{type(exc).__name__}: {exc}",
+            )

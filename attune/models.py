@@ -8,9 +8,12 @@ adapter ever touches a psycopg row. They carry only the columns the worker uses
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
+
+if TYPE_CHECKING:  # attune.secrets imports this module; Claim is built, never decoded
+    from attune.secrets.records import SecretRows
 
 # The enumerated columns of `action` (CHECK constraints in the schema, docs/protocol.md §5),
 # shared by pack metadata, the run spec and output parsing.
@@ -78,9 +81,11 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
     - `execution`: the row as it is now (None if it does not exist), so a caller that
       lost the race can still see who has it and in which state.
     - `action`: loaded only when claimed; None if the action row is gone.
+    - `secrets`: the secret rows of the run, read with the claim (only with an action).
     """
 
     claimed: bool
     status: str | None
     execution: Execution | None
     action: Action | None
+    secrets: SecretRows | None = None

@@ -4,11 +4,17 @@ A status message is published at once while the broker is up. While it is away t
 message waits here and a background task re-publishes the backlog in order once the
 broker is back, so an outage delays announcements but loses none (up to `limit`
 messages; past that each drop is logged and counted, never silent).
+
+`publish_all` hands over messages that must arrive in order (an end's status change,
+then its completion) in one go: the broker sends them back to back and waits for their
+confirms together. If they cannot all be confirmed, all of them are kept, in order,
+behind what is already waiting.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Protocol
 
 import trio
@@ -26,6 +32,13 @@ class Publisher(Protocol):
     async def publish(
         self, exchange: str, routing_key: str, message: OutgoingMessage, *, timeout: float = ...
     ) -> None: ...
+    async def publish_all(
+        self,
+        exchange: str,
+        messages: Sequence[tuple[str, OutgoingMessage]],
+        *,
+        timeout: float = ...,
+    ) -> None: ...
 
 
 class Outbox:
@@ -41,12 +54,22 @@ class Outbox:
         self._empty.set()
 
     async def publish(self, exchange: str, routing_key: str, message: OutgoingMessage) -> None:
+        await self.publish_all(exchange, [(routing_key, message)])
+
+    async def publish_all(
+        self, exchange: str, messages: Sequence[tuple[str, OutgoingMessage]]
+    ) -> None:
+        """Publish the messages in order now, or keep them (in order) for the broker's return."""
         if not self.pending:
             try:
-                await self.broker.publish(exchange, routing_key, message, timeout=10)
+                await self.broker.publish_all(exchange, messages, timeout=10)
                 return
             except TransientError as exc:
                 log_event(log, "publish_deferred", logging.WARNING, reason=str(exc))
+        for routing_key, message in messages:
+            self._keep(exchange, routing_key, message)
+
+    def _keep(self, exchange: str, routing_key: str, message: OutgoingMessage) -> None:
         if len(self.pending) >= self.limit:
             self.dropped += 1
             log_event(

@@ -1,7 +1,8 @@
 """One execution from dispatch to its recorded end: the only place that walks the steps.
 
-    decode -> claim (CAS scheduled -> running) -> ack -> announce running
-    -> run (Runner) -> record the end (CAS from running) -> announce it
+    decode -> claim (CAS scheduled -> running, with the action and secret rows)
+    -> ack and announce running, both while the run starts -> run (Runner)
+    -> record the end (CAS from running) -> announce it -> what nobody waits for
 
 Every status write is a `lifecycle.transition()` handed to the store, and every write
 that lands is announced through the same `record()`, so each end is written once and
@@ -18,6 +19,7 @@ in `Pipeline`, so unit tests drive every branch with small in-memory fakes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -53,6 +55,7 @@ from attune.models import Action, Claim, Execution
 from attune.retry import with_db_retry
 from attune.runner.sandbox import RunControl
 from attune.runs import Runs
+from attune.secrets.records import SecretRows
 
 log = logging.getLogger("attune.worker")
 
@@ -86,7 +89,10 @@ class ExecutionStore(Protocol):
 class Announcer(Protocol):
     """Where announcements go (attune.outbox.Outbox is one); waits out broker outages."""
 
-    async def publish(self, exchange: str, routing_key: str, message: OutgoingMessage) -> None: ...
+    async def publish_all(
+        self, exchange: str, messages: Sequence[tuple[str, OutgoingMessage]]
+    ) -> None:
+        """In this order; sent back to back, their confirms awaited together."""
 
 
 class Runner(Protocol):
@@ -94,9 +100,22 @@ class Runner(Protocol):
 
     def runtime_label(self, action: Action | None) -> str: ...
     async def run(
-        self, execution: Execution, action: Action, control: RunControl, slot: int
+        self,
+        execution: Execution,
+        action: Action,
+        control: RunControl,
+        slot: int,
+        *,
+        secret_rows: SecretRows | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        """(outcome word, result): completed, failed, timeout or cancelled."""
+        """(outcome word, result): completed, failed, timeout or cancelled.
+
+        `secret_rows` were read with the claim (None: the runner reads them).
+        """
+
+    async def after_end(self, execution_id: int) -> None:
+        """What the run leaves that nobody waits for (its result.json): called once its
+        end is recorded and announced, or given up on. Never raises."""
 
 
 @dataclass
@@ -136,19 +155,22 @@ def _encode(
 async def announce(
     p: Pipeline, messages: list[tuple[str, OutgoingMessage]], execution_id: int
 ) -> None:
-    """Hand the messages to the announcer in order; an error is logged, never raised."""
-    for routing_key, message in messages:
-        try:
-            await p.announcer.publish(EXCHANGE_EXECUTIONS, routing_key, message)
-        except Exception as exc:  # the row is written; the worker must keep going
-            log_event(
-                log,
-                "announce_failed",
-                logging.ERROR,
-                execution_id=execution_id,
-                routing_key=routing_key,
-                reason=f"{type(exc).__name__}: {exc}",
-            )
+    """Hand the messages to the announcer in order; an error is logged, never raised.
+
+    An end's status change and its completion go together: the announcer sends them
+    back to back and waits for both confirms at once (the channel keeps their order).
+    """
+    try:
+        await p.announcer.publish_all(EXCHANGE_EXECUTIONS, messages)
+    except Exception as exc:  # the row is written; the worker must keep going
+        log_event(
+            log,
+            "announce_failed",
+            logging.ERROR,
+            execution_id=execution_id,
+            routing_key=",".join(key for key, _ in messages),
+            reason=f"{type(exc).__name__}: {exc}",
+        )
 
 
 async def record(
@@ -271,8 +293,20 @@ async def handle_dispatch(p: Pipeline, delivery: Delivery) -> None:
         )
         await delivery.ack()
         return
-    await delivery.ack()
-    await run_claimed(p, claiming, claim.execution, claim.action, corr, received=received)
+    async with trio.open_nursery() as settling:
+        # The claim is committed, so the message has done its job: its ack (never
+        # raising; a lost one only brings a redelivery the claim refuses) need not
+        # hold up the run.
+        settling.start_soon(delivery.ack)
+        await run_claimed(
+            p,
+            claiming,
+            claim.execution,
+            claim.action,
+            corr,
+            received=received,
+            secret_rows=claim.secrets,
+        )
 
 
 async def run_claimed(
@@ -283,8 +317,12 @@ async def run_claimed(
     corr: str | None,
     *,
     received: float | None = None,
+    secret_rows: SecretRows | None = None,
 ) -> None:
-    """Run a claimed execution and record its end, whatever happens on the way."""
+    """Run a claimed execution and record its end, whatever happens on the way.
+
+    Only then comes what nobody waits for (`Runner.after_end`): the answer is out first.
+    """
     ref = ref_of(execution)
     log_event(
         log,
@@ -302,7 +340,7 @@ async def run_claimed(
             # wait for it, so consumers still see running -> end -> completed.
             async with trio.open_nursery() as announcing:
                 announcing.start_soon(announce, p, running, ref.id)
-                outcome, result = await _outcome(p, execution, action, control, slot)
+                outcome, result = await _outcome(p, execution, action, control, slot, secret_rows)
         except Exception as exc:  # last resort: nothing may leave a claimed run `running`
             log.exception("execution %s: unexpected error while running", ref.id)
             outcome, result = "failed", internal_failure(exc, "running it")
@@ -320,9 +358,16 @@ async def run_claimed(
         error=result.get("error") if outcome != "completed" else None,
     )
     ran = trio.current_time()
-    with trio.CancelScope(shield=True), trio.move_on_after(p.record_timeout):
-        await end_run(p, ref, outcome, result, corr)
-    # Where the time between the dispatch and the announced end went (debug level).
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(p.record_timeout):
+            await end_run(p, ref, outcome, result, corr)
+        recorded = trio.current_time()
+        try:
+            await p.runner.after_end(ref.id)
+        except Exception:  # it promises not to raise; the run is recorded either way
+            log.exception("execution %s: the work after its end failed", ref.id)
+    # Where the time between the dispatch and the announced end went (debug level);
+    # after_ms is spent once the answer is out.
     log_event(
         log,
         "execution_timing",
@@ -331,7 +376,8 @@ async def run_claimed(
         claim_ms=_ms(began - received) if received is not None else None,
         run_ms=_ms(ran - began),
         in_sandbox_ms=result.get("duration_ms"),
-        record_ms=_ms(trio.current_time() - ran),
+        record_ms=_ms(recorded - ran),
+        after_ms=_ms(trio.current_time() - recorded),
     )
 
 
@@ -340,7 +386,12 @@ def _ms(seconds: float) -> float:
 
 
 async def _outcome(
-    p: Pipeline, execution: Execution, action: Action | None, control: RunControl, slot: int
+    p: Pipeline,
+    execution: Execution,
+    action: Action | None,
+    control: RunControl,
+    slot: int,
+    secret_rows: SecretRows | None,
 ) -> tuple[str, dict[str, Any]]:
     if action is None:
         return "failed", {
@@ -349,7 +400,7 @@ async def _outcome(
         }
     if control.reason is not None:  # a cancel arrived before the dispatch
         return "cancelled", cancelled_before_start(control.reason)
-    return await p.runner.run(execution, action, control, slot)
+    return await p.runner.run(execution, action, control, slot, secret_rows=secret_rows)
 
 
 # --- cancels and recovery ------------------------------------------------------------

@@ -18,6 +18,7 @@ import psycopg
 import psycopg.errors as pg_errors
 import trio
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from attune.db import migrations, queries, secret_queries
@@ -169,13 +170,21 @@ class Database:
         await trio.to_thread.run_sync(self._pool.close)
 
     async def _run(
-        self, fn: Callable[[psycopg.Connection[Any]], _T], *, retire: bool = False
+        self,
+        fn: Callable[[psycopg.Connection[Any]], _T],
+        *,
+        retire: bool = False,
+        single: bool = False,
     ) -> _T:
         """Run `fn` in one transaction on one pooled connection, in one thread hop.
 
         `retire` closes the connection afterwards so the pool replaces it: libpq keeps
         its send buffer at the size of the largest statement, so a connection that sent
         a 10 MiB result would hold 10 MiB for the rest of its life.
+
+        `single` is for an `fn` that sends exactly one statement: it runs in autocommit,
+        the statement being its own transaction, which saves the BEGIN and COMMIT round
+        trips around it.
         """
         if self._closed:
             raise TransientError(f"database {self._where} is closed")
@@ -183,7 +192,15 @@ class Database:
 
         def work() -> _T:
             with _translated(where), pool.connection() as conn:
-                value = fn(conn)
+                if single:
+                    conn.autocommit = True
+                try:
+                    value = fn(conn)
+                finally:
+                    # A broken connection (status UNKNOWN) refuses the change; the pool
+                    # discards it when it comes back.
+                    if single and conn.info.transaction_status is TransactionStatus.IDLE:
+                        conn.autocommit = False
                 if retire:
                     conn.commit()
                     conn.close()
@@ -282,6 +299,7 @@ class Database:
         return await self._run(
             lambda c: queries.finish_execution(c, execution_id, step.new.value, result, sources),
             retire=large,
+            single=True,  # on the critical path: the end is one UPDATE
         )
 
     async def orphaned_executions(self, worker_id: int) -> list[Execution]:

@@ -9,6 +9,7 @@ messages and racing workers cannot run an execution twice or rewrite a terminal 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, Final, TypeVar
 
@@ -22,6 +23,7 @@ from attune.models import Action, Claim, Execution, Worker
 from attune.pack_format import ActionSpec
 from attune.packs import PackSpec
 from attune.runtimes import CORE_RUNTIMES
+from attune.secrets.records import ENTITY_EXECUTION_CONFIG, KeyRecord, SecretRows, StoredSecret
 
 _T = TypeVar("_T")
 Conn = psycopg.Connection[Any]
@@ -29,6 +31,11 @@ Conn = psycopg.Connection[Any]
 _EXECUTION_COLS: Final = """
     id, action, action_ref, config, env_vars, worker, status::text AS status, result,
     started_at, timeout_seconds, created
+"""
+
+_KEY_COLS: Final = """
+    k.id, k.ref, k.owner_type::text AS owner_type, k.owner, k.owner_pack_ref,
+    k.owner_action_ref, k.name, k.encrypted, k.encryption_key_hash, k.value
 """
 
 _ACTION_SELECT: Final = """
@@ -168,24 +175,65 @@ def _identity(row: dict[str, Any]) -> tuple[int | None, str]:
     return (action if isinstance(action, int) else None, ref if isinstance(ref, str) else "")
 
 
+def stored_secrets_sql(execution_id: str) -> str:
+    """The secret parameters of the execution `execution_id` (an SQL expression)."""
+    return f"""
+        SELECT json_path, encrypted_value, encryption_key_hash
+        FROM execution_secret_value
+        WHERE entity_type = '{ENTITY_EXECUTION_CONFIG}' AND entity_id = {execution_id}
+    """
+
+
+def visible_keys_sql(action_id: str) -> str:
+    """The keys the action `action_id` (an SQL expression) may see.
+
+    Every system key, the keys of the action's pack, the action's own. A key row whose
+    owner id is unset (written by hand with only the ref) matches by ref.
+    """
+    return f"""
+        SELECT {_KEY_COLS}
+        FROM key k, (SELECT a.id, a.ref, a.pack, a.pack_ref FROM action a
+                     WHERE a.id = {action_id}) a
+        WHERE k.owner_type = 'system'
+           OR (k.owner_type = 'pack' AND (k.owner_pack = a.pack
+               OR (k.owner_pack IS NULL AND k.owner_pack_ref = a.pack_ref)))
+           OR (k.owner_type = 'action' AND (k.owner_action = a.id
+               OR (k.owner_action IS NULL AND k.owner_action_ref = a.ref)))
+    """
+
+
+# One statement claims the row and reads everything the run needs besides it: the
+# action (with its pack ref and runtime) and the secret rows (sealed parameters, the
+# keys the action sees), as JSON in the same row. They used to be three more round
+# trips (one of them a thread hop and a transaction of its own) between the dispatch
+# and the sandbox start; the rows are the same ones, in the same order.
+_CLAIM: Final = f"""
+WITH claimed AS (
+    UPDATE execution
+       SET status = %s::execution_status_enum, started_at = now(), updated = now(),
+           worker = %s
+     WHERE id = %s AND status = ANY(%s::execution_status_enum[])
+    RETURNING {_EXECUTION_COLS}
+)
+SELECT c.*,
+       (SELECT to_jsonb(x) FROM ({_ACTION_SELECT} WHERE a.id = c.action) x) AS action_row,
+       (SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.json_path), '[]'::jsonb)
+          FROM ({stored_secrets_sql("c.id")}) s) AS stored_rows,
+       (SELECT coalesce(jsonb_agg(to_jsonb(kr) ORDER BY kr.id), '[]'::jsonb)
+          FROM ({visible_keys_sql("c.action")}) kr) AS key_rows
+FROM claimed c
+"""
+
+
 def claim_execution(
     conn: Conn, execution_id: int, worker_id: int, new_status: str, from_statuses: Sequence[str]
 ) -> Claim:
     """The claim's compare-and-set; `new_status`/`from_statuses` come from attune.lifecycle.
 
-    A row that cannot be read raises UnreadableExecution, which rolls the claim back.
+    A claimed row comes with its action and its secret rows (`Claim.secrets`). A row
+    that cannot be read raises UnreadableExecution, which rolls the claim back.
     """
-    row = _row(
-        conn,
-        f"""
-        UPDATE execution
-           SET status = %s::execution_status_enum, started_at = now(), updated = now(),
-               worker = %s
-         WHERE id = %s AND status = ANY(%s::execution_status_enum[])
-        RETURNING {_EXECUTION_COLS}
-        """,
-        (new_status, worker_id, execution_id, list(from_statuses)),
-    )
+    row = _row(conn, _CLAIM, (new_status, worker_id, execution_id, list(from_statuses)))
     if row is None:
         current = _row(
             conn, f"SELECT {_EXECUTION_COLS} FROM execution WHERE id = %s", (execution_id,)
@@ -194,18 +242,28 @@ def claim_execution(
             return Claim(claimed=False, status=None, execution=None, action=None)
         execution = _to(Execution, current, "execution")
         return Claim(claimed=False, status=execution.status, execution=execution, action=None)
+    action_row = row.pop("action_row")
+    stored, keys = row.pop("stored_rows"), row.pop("key_rows")
     try:
         execution = _to(Execution, row, "execution")
-        action = None
-        if execution.action is not None:
-            arow = _row(conn, _ACTION_SELECT + " WHERE a.id = %s", (execution.action,))
-            action = None if arow is None else _to(Action, arow, "action")
+        action = None if action_row is None else _to(Action, action_row, "action")
     except ExecutionError as exc:
         action_id, action_ref = _identity(row)
         raise UnreadableExecution(
             str(exc), execution_id=execution_id, action_id=action_id, action_ref=action_ref
         ) from None
-    return Claim(claimed=True, status=execution.status, execution=execution, action=action)
+    secrets = None
+    # A bad secret row leaves `secrets` None: the runner reads the rows again and fails
+    # the run naming the row, as it always did.
+    with contextlib.suppress(ExecutionError):
+        if action is not None:
+            secrets = SecretRows(
+                stored=[_to(StoredSecret, r, "execution_secret_value") for r in stored],
+                keys=[_to(KeyRecord, r, "key") for r in keys],
+            )
+    return Claim(
+        claimed=True, status=execution.status, execution=execution, action=action, secrets=secrets
+    )
 
 
 def finish_execution(

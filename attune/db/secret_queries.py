@@ -8,18 +8,21 @@ stored (encrypted tokens or plain JSON); decrypting is `attune.secrets`' job.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from attune.db.queries import Conn, _row, _rows, _to
+from attune.db.queries import (
+    _KEY_COLS,
+    Conn,
+    _row,
+    _rows,
+    _to,
+    stored_secrets_sql,
+    visible_keys_sql,
+)
 from attune.errors import InputError
 from attune.secrets.records import ENTITY_EXECUTION_CONFIG, KeyRecord, StoredSecret
-
-_KEY_COLS: Final = """
-    k.id, k.ref, k.owner_type::text AS owner_type, k.owner, k.owner_pack_ref,
-    k.owner_action_ref, k.name, k.encrypted, k.encryption_key_hash, k.value
-"""
 
 
 def run_secret_rows(
@@ -27,33 +30,11 @@ def run_secret_rows(
 ) -> tuple[list[StoredSecret], list[KeyRecord]]:
     """The execution's stored secret parameters and the keys its action may see.
 
-    Keys: every system key, the keys of the action's pack, the action's own. A key
-    row whose owner id is unset (written by hand with only the ref) matches by ref.
+    The same rows a claim reads with its row (`queries.claim_execution`); this read is
+    for callers that hold no claim.
     """
-    stored = _rows(
-        conn,
-        """
-        SELECT json_path, encrypted_value, encryption_key_hash
-        FROM execution_secret_value
-        WHERE entity_type = %s AND entity_id = %s
-        ORDER BY json_path
-        """,
-        (ENTITY_EXECUTION_CONFIG, execution_id),
-    )
-    keys = _rows(
-        conn,
-        f"""
-        SELECT {_KEY_COLS}
-        FROM key k, (SELECT a.id, a.ref, a.pack, a.pack_ref FROM action a WHERE a.id = %s) a
-        WHERE k.owner_type = 'system'
-           OR (k.owner_type = 'pack' AND (k.owner_pack = a.pack
-               OR (k.owner_pack IS NULL AND k.owner_pack_ref = a.pack_ref)))
-           OR (k.owner_type = 'action' AND (k.owner_action = a.id
-               OR (k.owner_action IS NULL AND k.owner_action_ref = a.ref)))
-        ORDER BY k.id
-        """,
-        (action_id,),
-    )
+    stored = _rows(conn, stored_secrets_sql("%s") + " ORDER BY json_path", (execution_id,))
+    keys = _rows(conn, visible_keys_sql("%s") + " ORDER BY k.id", (action_id,))
     return (
         [_to(StoredSecret, r, "execution_secret_value") for r in stored],
         [_to(KeyRecord, r, "key") for r in keys],

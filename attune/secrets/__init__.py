@@ -27,7 +27,7 @@ from attune.secrets.masking import (
     redact_result,
 )
 from attune.secrets.pointer import is_marker, marker_paths, redaction_marker, schema_secret_paths
-from attune.secrets.records import ENTITY_EXECUTION_CONFIG, KeyRecord, StoredSecret
+from attune.secrets.records import ENTITY_EXECUTION_CONFIG, KeyRecord, SecretRows, StoredSecret
 from attune.secrets.resolve import (
     RunSecrets,
     load_run_secrets,
@@ -47,6 +47,7 @@ __all__ = [
     "OutputGuard",
     "RunSecrets",
     "SecretDecryptError",
+    "SecretRows",
     "StoredSecret",
     "StreamMasker",
     "check_key",

@@ -36,6 +36,7 @@ from urllib.parse import quote, quote_plus
 
 import trio
 
+from attune.jsonsafe import heavier_than
 from attune.log import add_redactor
 from attune.runner.output import parse_output, truncation_notice
 from attune.secrets.pointer import replace_paths, schema_secret_paths, values_at
@@ -375,9 +376,13 @@ class OutputGuard:
         """The result as it may be stored and published; call after the run ended."""
         await self.flush(frozenset(n for n in ("stdout", "stderr") if result.get(f"{n}_truncated")))
         # Masking a result of tens of MB is regex work over all of it: off the trio thread.
-        masked, masker = await trio.to_thread.run_sync(
-            redact_result, result, self.masker, self._out_schema
-        )
+        # A small one costs less than the thread hop would.
+        if heavier_than(result, values=2000, chars=64 * 1024):
+            masked, masker = await trio.to_thread.run_sync(
+                redact_result, result, self.masker, self._out_schema
+            )
+        else:
+            masked, masker = redact_result(result, self.masker, self._out_schema)
         if masker is not self.masker:
             self.masker = masker
             if self._token is not None:

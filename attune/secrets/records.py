@@ -31,3 +31,10 @@ class StoredSecret(msgspec.Struct, frozen=True, kw_only=True):
     json_path: str
     encrypted_value: Any
     encryption_key_hash: str | None = None
+
+
+class SecretRows(msgspec.Struct, frozen=True, kw_only=True):
+    """What one run's secrets are made of, as stored: its sealed parameters, its keys."""
+
+    stored: list[StoredSecret]
+    keys: list[KeyRecord]

@@ -4,7 +4,8 @@
 execution, the keystore entries visible to its action) and the configured key, and
 either returns everything the run needs or raises an error that names the parameter
 path or key ref at fault, never a value. `load_run_secrets` is the thin I/O step the
-pipeline calls: one DB read, then the pure part.
+pipeline calls: the rows the claim read along with the execution (or one DB read
+when there are none), then the pure part.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from attune.secrets.pointer import (
     split,
     values_at,
 )
-from attune.secrets.records import OWNER_TYPES, KeyRecord, StoredSecret
+from attune.secrets.records import OWNER_TYPES, KeyRecord, SecretRows, StoredSecret
 
 if TYPE_CHECKING:
     from attune.db import Database
@@ -156,10 +157,17 @@ def resolve_run_secrets(
 
 
 async def load_run_secrets(
-    db: Database, execution: Execution, action: Action, encryption_key: str | None
+    db: Database,
+    execution: Execution,
+    action: Action,
+    encryption_key: str | None,
+    rows: SecretRows | None = None,
 ) -> RunSecrets:
-    """The I/O step: one DB read of the rows, then `resolve_run_secrets`."""
-    stored, keys = await db.run_secret_rows(execution.id, action.id)
+    """The I/O step: the rows (read with the claim, else one DB read), then the pure part."""
+    if rows is None:
+        stored, keys = await db.run_secret_rows(execution.id, action.id)
+    else:
+        stored, keys = rows.stored, rows.keys
     return resolve_run_secrets(
         execution.config,
         stored,

@@ -207,10 +207,11 @@ def chart_data(
 
 
 SPAN_LABELS = {
-    "claim": "claim (delivery taken -> row claimed)",
-    "run_outside": "run minus in-sandbox (secrets, code, run dir, masking, artifacts)",
+    "claim": "claim (delivery taken -> row, action and secret rows read)",
+    "run_outside": "run minus in-sandbox (secrets, code, run dir, masking, logs)",
     "in_sandbox": "in the sandbox (the result's duration_ms)",
     "record": "record (terminal write + announcements)",
+    "after": "after the answer, off the path (result.json)",
 }
 
 
@@ -232,6 +233,7 @@ def timing_spans(log_text: str) -> dict[str, list[float]]:
             "run_outside": run - inside if run is not None and inside is not None else None,
             "in_sandbox": inside,
             "record": event.get("record_ms"),
+            "after": event.get("after_ms"),
         }
         for name, value in values.items():
             if isinstance(value, int | float):

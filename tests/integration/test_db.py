@@ -15,6 +15,7 @@ from attune.errors import ConfigError, InputError, TransientError, UnreadableExe
 from attune.lifecycle import Event, IllegalTransition, Transition, transition
 from attune.models import Action
 from attune.packs import load_pack
+from attune.secrets.records import StoredSecret
 
 pytestmark = pytest.mark.services
 
@@ -286,6 +287,61 @@ async def test_claim_moves_scheduled_to_running_and_loads_the_action(
     assert pg.execute("SELECT status::text FROM execution WHERE id=%s", (eid,)).fetchone() == (
         "running",
     )
+
+
+async def test_the_claim_reads_the_same_secret_rows_as_the_separate_read(
+    db: Database, pg: PgConn
+) -> None:
+    """The claim's one statement returns what `run_secret_rows` returns, row for row."""
+    wid = await _worker(db)
+    action = await _demo_action(db)
+    other = await _demo_action(db, "demo.hello")
+    eid = await db.create_execution(action, config={"x": 1, "y": 2}, worker_id=wid)
+    await db.put_execution_secrets(
+        eid,
+        [
+            StoredSecret(json_path="/y", encrypted_value="tok-y", encryption_key_hash="h"),
+            StoredSecret(json_path="/x", encrypted_value={"t": [1, 2.5]}, encryption_key_hash="h"),
+        ],
+    )
+    keys = [
+        ("sys.k", "system", None, {"nested": {"b": 1, "a": [True, None]}}),
+        ("pack.k", "pack", "demo", "pack-value"),
+        ("own.k", "action", action.ref, 7),
+        ("theirs.k", "action", other.ref, "not visible"),
+    ]
+    for ref, owner_type, owner_ref, value in keys:
+        await db.set_key(
+            ref,
+            name=ref.split(".")[0],
+            owner_type=owner_type,
+            owner_ref=owner_ref,
+            value=value,
+            encrypted=False,
+            encryption_key_hash=None,
+        )
+    # a key written by hand with only its owner's ref (no owner id) matches by ref
+    pg.execute(
+        "INSERT INTO key (ref, owner_type, owner_pack_ref, name, encrypted, value) "
+        "VALUES ('byref.k', 'pack', 'demo', 'byref', false, '\"by ref\"')"
+    )
+    separate = await db.run_secret_rows(eid, action.id)
+    claim = await db.claim_execution(eid, wid, CLAIM)
+    assert claim.claimed and claim.secrets is not None
+    assert (claim.secrets.stored, claim.secrets.keys) == separate
+    assert [s.json_path for s in claim.secrets.stored] == ["/x", "/y"]
+    assert {k.ref for k in claim.secrets.keys} == {"sys.k", "pack.k", "own.k", "byref.k"}
+
+
+async def test_a_claim_without_secrets_reads_empty_rows_and_a_lost_claim_none(
+    db: Database,
+) -> None:
+    wid = await _worker(db)
+    eid = await _scheduled(db, wid)
+    claim = await db.claim_execution(eid, wid, CLAIM)
+    assert claim.secrets is not None
+    assert (claim.secrets.stored, claim.secrets.keys) == ([], [])
+    assert (await db.claim_execution(eid, wid, CLAIM)).secrets is None
 
 
 async def test_second_claim_of_the_same_execution_is_refused(db: Database) -> None:

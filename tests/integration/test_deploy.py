@@ -23,7 +23,7 @@ from attune.messages import (
 )
 from attune.runner import host
 from tests.integration.amqp_fixtures import Collector
-from tests.integration.worker_kit import ATTUNE, Stack
+from tests.integration.worker_kit import ATTUNE, Stack, wait_for_file
 from tests.unavailable import unavailable
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
@@ -146,5 +146,7 @@ async def test_a_worker_without_root_runs_actions_in_the_sandbox(
     assert (await stack.wait(python)).result["data"] == 42
     row = await stack.wait(shell)
     assert row.status == "completed" and row.result["data"]["params"]["name"] == "nr"
-    artifacts = home / "artifacts" / worker.name / f"execution_{python}" / "result.json"
+    artifacts = await wait_for_file(
+        home / "artifacts" / worker.name / f"execution_{python}" / "result.json"
+    )
     assert artifacts.stat().st_uid == uid

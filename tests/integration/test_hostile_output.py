@@ -149,6 +149,6 @@ async def test_hostile_output_ends_terminal_announced_and_storable(
     assert "INJECTED" not in json.dumps(ps4.result)
     assert "+ echo greeting=hi" in ps4.result["stderr"]  # set -x ran, with the default PS4
     # the worker kept serving and its artifacts are bounded like the result
-    result_file = stack.artifacts_dir / worker.name / f"execution_{ids['ctrl']}" / "result.json"
+    result_file = await stack.result_file(worker, ids["ctrl"])
     assert result_file.stat().st_size < 25 * 2**20
     strict(json.loads(result_file.read_text()))

@@ -286,6 +286,7 @@ async def test_workers_and_executions_commands_show_load_filters_rows_and_logs(
     ticker = await stack.submit("ops.ticker")
     for execution_id in (ok, bad, ticker):
         await stack.wait(execution_id)
+        await stack.result_file(worker, execution_id)  # written after the answer
 
     workers = await _cli_json(stack, "workers")
     (mine,) = [w for w in workers if w["name"] == worker.name]

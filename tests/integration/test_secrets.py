@@ -369,6 +369,8 @@ async def test_leak_hunt_finds_no_secret_in_db_artifacts_logs_or_messages(
     assert log.read_text().startswith("out: ***\n")
     assert "cannot log in with ***" in worker.log()  # logged by the worker, masked
 
+    for execution_id in ids.values():  # result.json comes after the answer: hunt it too
+        await stack.result_file(worker, execution_id)
     haystacks: dict[str, bytes] = {}
     haystacks |= db_dump(stack.db_url)
     haystacks |= files_under(stack.artifacts_dir, "artifact")
@@ -721,6 +723,8 @@ async def test_leak_hunt_failed_runs_cuts_at_the_cap_and_keys_stored_in_clear(
     assert rows["cut"].result["stdout"].split("\n")[0].endswith("x***")
     assert rows["cut"].result["stderr"] == "plain: ***\n"
 
+    for execution_id in ids.values():  # result.json comes after the answer: hunt it too
+        await stack.result_file(worker, execution_id)
     haystacks: dict[str, bytes] = {}
     haystacks |= db_dump(stack.db_url)
     haystacks |= files_under(stack.artifacts_dir, "artifact")

@@ -192,6 +192,11 @@ class Stack:
     async def wait(self, execution_id: int, timeout: float = 30.0) -> Execution:
         return await wait_terminal(self.db, execution_id, timeout=timeout)
 
+    async def result_file(self, worker: WorkerProcess, execution_id: int) -> Path:
+        """The run's result.json, once written (after its end is recorded and announced)."""
+        run = self.artifacts_dir / worker.name / f"execution_{execution_id}"
+        return await wait_for_file(run / "result.json")
+
     async def wait_all(self, ids: list[int], timeout: float) -> dict[int, str]:
         """Every execution's terminal status; fails the test if one is not terminal in
         time. Database errors while polling are waited out (a fault may be underway)."""
@@ -249,6 +254,16 @@ class Stack:
                     return
                 await trio.sleep(0.05)
         pytest.fail(f"execution {execution_id} never reached {status}")
+
+
+async def wait_for_file(path: Path, timeout: float = 10.0) -> Path:
+    """A file the worker writes after a run's answer (result.json): it follows the
+    recorded end by a moment, so a test that saw the end waits for it too."""
+    with trio.move_on_after(timeout):
+        while not path.exists():
+            await trio.sleep(0.02)
+        return path
+    pytest.fail(f"{path} did not appear within {timeout}s")
 
 
 @pytest.fixture

@@ -123,7 +123,7 @@ def test_timing_spans_come_from_the_workers_json_log_lines() -> None:
         [
             '{"event": "execution_started", "execution_id": 1}',
             '{"event": "execution_timing", "claim_ms": 2.5, "run_ms": 40.0,'
-            ' "in_sandbox_ms": 31, "record_ms": 4.0}',
+            ' "in_sandbox_ms": 31, "record_ms": 4.0, "after_ms": 0.5}',
             "not json execution_timing",
             '{"event": "execution_timing", "claim_ms": null, "run_ms": 5.0,'
             ' "in_sandbox_ms": null, "record_ms": 3.0}',
@@ -135,4 +135,5 @@ def test_timing_spans_come_from_the_workers_json_log_lines() -> None:
         "run_outside": [9.0],
         "in_sandbox": [31.0],
         "record": [4.0, 3.0],
+        "after": [0.5],
     }

@@ -7,7 +7,7 @@ messages, the runner honours its `RunControl`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +33,7 @@ from attune.outbox import Outbox
 from attune.pipeline import Pipeline, handle_cancel, handle_dispatch, recover_orphans
 from attune.runner.sandbox import RunControl
 from attune.runs import SHUTDOWN_REASON, Runs
+from attune.secrets.records import KeyRecord, SecretRows, StoredSecret
 
 WORKER_ID = 4
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)
@@ -102,6 +103,7 @@ class FakeStore:
     rows: dict[int, Execution] = field(default_factory=dict)
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     action: Action | None = ACTION
+    secrets: SecretRows | None = None  # read with the claim, as the SQL does
     claim_outages: int = 0
     unreadable: set[int] = field(default_factory=set)
     finish_outages: int = 0
@@ -140,7 +142,13 @@ class FakeStore:
         if not self._set(execution_id, step):
             return Claim(claimed=False, status=row.status, execution=row, action=None)
         claimed = self.rows[execution_id]
-        return Claim(claimed=True, status=claimed.status, execution=claimed, action=self.action)
+        return Claim(
+            claimed=True,
+            status=claimed.status,
+            execution=claimed,
+            action=self.action,
+            secrets=self.secrets,
+        )
 
     async def finish_execution(
         self, execution_id: int, step: Transition, result: dict[str, Any]
@@ -163,9 +171,13 @@ class FakeStore:
 @dataclass
 class FakeAnnouncer:
     published: list[tuple[str, str, OutgoingMessage]] = field(default_factory=list)
+    batches: list[list[str]] = field(default_factory=list)  # routing keys per hand-over
 
-    async def publish(self, exchange: str, routing_key: str, message: OutgoingMessage) -> None:
-        self.published.append((exchange, routing_key, message))
+    async def publish_all(
+        self, exchange: str, messages: Sequence[tuple[str, OutgoingMessage]]
+    ) -> None:
+        self.published += [(exchange, routing_key, message) for routing_key, message in messages]
+        self.batches.append([routing_key for routing_key, _ in messages])
 
     def story(self, execution_id: int) -> list[str]:
         """What consumers saw for one execution: `a->b` changes and `Completed:X`."""
@@ -192,18 +204,34 @@ class FakeRunner:
     behaviour: RunFn | None = None
     started: trio.Event = field(default_factory=trio.Event)
     slots: list[int] = field(default_factory=list)
+    secret_rows: list[SecretRows | None] = field(default_factory=list)
+    after: list[int] = field(default_factory=list)
+    announcer: FakeAnnouncer | None = None  # what had been announced when after_end came
+    announced_before_after: list[list[str]] = field(default_factory=list)
 
     def runtime_label(self, action: Action | None) -> str:
         return "python" if action is not None else "other"
 
     async def run(
-        self, execution: Execution, action: Action, control: RunControl, slot: int
+        self,
+        execution: Execution,
+        action: Action,
+        control: RunControl,
+        slot: int,
+        *,
+        secret_rows: SecretRows | None = None,
     ) -> tuple[str, dict[str, Any]]:
         self.slots.append(slot)
+        self.secret_rows.append(secret_rows)
         self.started.set()
         if self.behaviour is None:
             return "completed", {"succeeded": True, "exit_code": 0, "duration_ms": 5}
         return await self.behaviour(execution, action, control, slot)
+
+    async def after_end(self, execution_id: int) -> None:
+        self.after.append(execution_id)
+        if self.announcer is not None:
+            self.announced_before_after.append(self.announcer.story(execution_id))
 
 
 async def until_cancelled(
@@ -450,9 +478,18 @@ class FlakyBroker:
     async def publish(
         self, exchange: str, routing_key: str, message: OutgoingMessage, *, timeout: float = 10
     ) -> None:
+        await self.publish_all(exchange, [(routing_key, message)], timeout=timeout)
+
+    async def publish_all(
+        self,
+        exchange: str,
+        messages: Sequence[tuple[str, OutgoingMessage]],
+        *,
+        timeout: float = 10,
+    ) -> None:
         if not self.up.is_set():
             raise TransientError("broker away")
-        self.accepted.append(routing_key)
+        self.accepted += [routing_key for routing_key, _ in messages]
 
 
 async def test_a_broker_outage_delays_the_announcements_but_loses_none() -> None:
@@ -504,3 +541,104 @@ async def test_an_end_someone_else_wrote_first_is_neither_overwritten_nor_announ
     await handle_dispatch(p, dispatch(5))
     assert store.status(5) == "cancelled"
     assert announcer.story(5) == ["scheduled->running"]
+
+
+async def test_the_secret_rows_read_with_the_claim_reach_the_runner() -> None:
+    rows = SecretRows(
+        stored=[StoredSecret(json_path="/t", encrypted_value="sealed", encryption_key_hash="h")],
+        keys=[KeyRecord(id=1, ref="k", owner_type="system", name="k", encrypted=False, value=1)],
+    )
+    p, store, _announcer, runner = make(FakeStore(secrets=rows))
+    store.add(5)
+    await handle_dispatch(p, dispatch(5))
+    assert runner.secret_rows == [rows]
+
+
+async def test_the_end_is_handed_over_as_one_ordered_batch_after_the_row_is_terminal() -> None:
+    announcer = FakeAnnouncer()
+    seen_at_publish: list[str] = []
+
+    class Watching(FakeAnnouncer):
+        async def publish_all(
+            self, exchange: str, messages: Sequence[tuple[str, OutgoingMessage]]
+        ) -> None:
+            seen_at_publish.append(store.status(5))
+            await announcer.publish_all(exchange, messages)
+
+    p, store, _, _ = make(announcer=Watching())
+    store.add(5)
+    await handle_dispatch(p, dispatch(5))
+    assert announcer.batches == [
+        ["execution.status.changed"],
+        ["execution.status.changed", "execution.completed"],
+    ]
+    assert seen_at_publish == ["running", "completed"]  # the end goes out once written
+
+
+async def test_what_nobody_waits_for_comes_after_the_announced_end() -> None:
+    announcer = FakeAnnouncer()
+    runner = FakeRunner(announcer=announcer)
+    p, store, _, _ = make(runner=runner, announcer=announcer)
+    store.add(5)
+    await handle_dispatch(p, dispatch(5))
+    assert runner.after == [5]
+    assert runner.announced_before_after == [
+        ["scheduled->running", "running->completed", "Completed:Completed"]
+    ]
+
+
+async def test_what_nobody_waits_for_follows_every_kind_of_end() -> None:
+    async def raises(*_: Any) -> tuple[str, dict[str, Any]]:
+        raise ValueError("boom")
+
+    runner = FakeRunner(raises)
+    p, store, _, _ = make(runner=runner)
+    store.add(5)
+    await handle_dispatch(p, dispatch(5))
+    assert store.status(5) == "failed" and runner.after == [5]
+
+
+async def test_an_after_end_that_raises_is_logged_and_the_dispatch_still_completes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(FakeRunner):
+        async def after_end(self, execution_id: int) -> None:
+            raise OSError(28, "No space left on device")
+
+    p, store, announcer, _ = make(runner=Broken())
+    store.add(5)
+    delivery = dispatch(5)
+    await handle_dispatch(p, delivery)
+    assert delivery.settled == ["ack"] and store.status(5) == "completed"
+    assert announcer.story(5)[-1] == "Completed:Completed"
+    assert "the work after its end failed" in caplog.text
+
+
+async def test_the_run_does_not_wait_for_the_dispatch_ack() -> None:
+    class SlowAck(FakeDelivery):
+        async def ack(self) -> bool:
+            await runner.started.wait()  # settles only once the run has begun
+            return await super().ack()
+
+    p, store, _, runner = make()
+    store.add(5)
+    request = ExecutionRequested(execution_id=5, action_ref="demo.add", worker_id=WORKER_ID)
+    delivery = SlowAck(encode_message("ExecutionRequested", request).body)
+    with trio.fail_after(5):
+        await handle_dispatch(p, delivery)
+    assert delivery.settled == ["ack"] and store.status(5) == "completed"
+
+
+async def test_a_batch_the_broker_cannot_confirm_is_kept_whole_and_in_order() -> None:
+    broker = FlakyBroker()
+    outbox = Outbox(broker)
+    first = encode_message("ExecutionCancelRequested", ExecutionCancelRequested(execution_id=1))
+    await outbox.publish(EXCHANGE_EXECUTIONS, "a", first)
+    await outbox.publish_all(EXCHANGE_EXECUTIONS, [("b", first), ("c", first)])
+    assert [key for _, key, _ in outbox.pending] == ["a", "b", "c"]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(outbox.run)
+        broker.up.set()
+        await outbox.wait_empty()
+        nursery.cancel_scope.cancel()
+    assert broker.accepted == ["a", "b", "c"]
