@@ -156,7 +156,7 @@ class SandboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             le=64,
             description="parked single-use sandboxes kept ready per runtime (0: off)",
         ),
-    ] = 0
+    ] = 1
 
     def effective_profiles_dir(self) -> Path:
         """Resolved lazily so an installed worker finds the profiles shipped beside it."""

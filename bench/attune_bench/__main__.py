@@ -68,6 +68,7 @@ class Plan:
     compare: bool = False  # Celery cases, plain bwrap floor, chart (requirements-bench.lock)
     timing: bool = False  # the capacity-1 worker logs execution_timing (debug level)
     warm_pool: int = 1  # the workers' sandbox.warm_pool; >0 also runs cold comparisons
+    latency_gap: float = 0.1  # idle seconds before each latency run (pool on and off)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Results:
     errors: dict[str, str] = field(default_factory=dict)
     throughput: dict[int, dict[str, Any]] = field(default_factory=dict)
     throughput_cold: dict[int, dict[str, Any]] = field(default_factory=dict)  # pool off
+    pool_idle: dict[str, Any] = field(default_factory=dict)  # an idle worker's parked sandboxes
     floor_rates: dict[int, dict[str, Any]] = field(default_factory=dict)
     memory: dict[int, dict[str, float | None]] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
@@ -221,6 +223,8 @@ async def run_e2e(
             await trio.sleep(1.0)
             memory: dict[str, float | None] = {"idle": worker.rss()}
             results.memory[capacity] = memory
+            if capacity == CAPACITIES[0] and plan.warm_pool:
+                results.pool_idle = await idle_pool_cost(worker, plan.warm_pool)
             if capacity == CAPACITIES[0]:
                 await latency(stack, plan, results)
                 if timing:
@@ -252,6 +256,24 @@ async def run_e2e(
 
 
 COLD_COMPARED = (1, 2)  # capacities also measured with the warm pool off
+IDLE_SECONDS = 5.0
+
+
+async def idle_pool_cost(worker: e2e.WorkerProc, depth: int) -> dict[str, Any]:
+    """The parked sandboxes of an idle worker: memory, and CPU over IDLE_SECONDS."""
+
+    def own_cpu(pids: list[int]) -> float:
+        return sum(cpu[0] for pid in pids if (cpu := e2e.cpu_seconds(pid)) is not None)
+
+    pids = e2e.children_of(worker.proc.pid)
+    worker_before, parked_before = e2e.cpu_seconds(worker.proc.pid), own_cpu(pids)
+    await trio.sleep(IDLE_SECONDS)
+    worker_after, parked_after = e2e.cpu_seconds(worker.proc.pid), own_cpu(pids)
+    cost: dict[str, Any] = {"depth": depth, **e2e.pool_cost(worker.proc.pid)}
+    cost["parked_cpu_ms_per_s"] = (parked_after - parked_before) * 1000 / IDLE_SECONDS
+    if worker_before and worker_after:
+        cost["worker_cpu_ms_per_s"] = (worker_after[0] - worker_before[0]) * 1000 / IDLE_SECONDS
+    return cost
 
 
 def throughput_row(run: e2e.Throughput) -> dict[str, Any]:
@@ -296,6 +318,9 @@ async def latency(
         )
     order = round_robin(list(names), plan.latency_runs, warmup=2, seed=plan.seed)
     for index, name in order:
+        # A request to a worker that is not saturated (the throughput runs measure a
+        # saturated one): the same pause before every run, warm pool on or off.
+        await trio.sleep(plan.latency_gap)
         seconds, done = await e2e.latency_one(stack, names[name])
         if index >= 0:
             results.add(name, seconds)
@@ -405,22 +430,26 @@ def case_lines(results: Results) -> list[CaseLine]:
                 None,
             )
         )
-    run2 = results.throughput.get(2, {})
-    for name, label in (
-        ("e2e_python", "worker bench.noop_py"),
-        ("e2e_shell", "worker bench.noop_sh"),
+    for suffix, runs, note in (
+        ("", results.throughput, ""),
+        ("_cold", results.throughput_cold, ", warm pool off"),
     ):
-        if name in summaries or (run2 and name == "e2e_python"):
-            python = name == "e2e_python"
-            lines.append(
-                CaseLine(
-                    label,
-                    summaries.get(name),
-                    run2.get("per_second") if python else None,
-                    share(run2.get("cpu_ms")) if python else None,
-                    run2.get("load1") if python else None,
+        run2 = runs.get(2, {})
+        for name, label in (
+            (f"e2e_python{suffix}", f"worker bench.noop_py{note}"),
+            (f"e2e_shell{suffix}", f"worker bench.noop_sh{note}"),
+        ):
+            python = name.startswith("e2e_python")
+            if name in summaries or (run2 and python):
+                lines.append(
+                    CaseLine(
+                        label,
+                        summaries.get(name),
+                        run2.get("per_second") if python else None,
+                        share(run2.get("cpu_ms")) if python else None,
+                        run2.get("load1") if python else None,
+                    )
                 )
-            )
     for name, case in results.compare.get("celery", {}).items():
         latency = Summary.of(case["latency_ms"]) if case.get("latency_ms") else None
         lines.append(
@@ -518,6 +547,16 @@ def report(results: Results, targets: Sequence[Any]) -> str:
                 frozenset(range(1, 6)),
             )
         )
+    if results.pool_idle:
+        pool = results.pool_idle
+        parked = pool["processes"] / 3 if pool["processes"] else 0  # bwrap, init, launcher
+        parts.append(
+            f"warm pool, idle worker (depth {pool['depth']}): {pool['processes']} processes "
+            f"(about {parked:.0f} parked sandboxes), PSS {pool['pss_mib']:.1f} MiB, "
+            f"RSS {pool['rss_mib']:.1f} MiB in all; CPU while idle: parked "
+            f"{pool['parked_cpu_ms_per_s']:.2f} ms/s, worker "
+            f"{pool.get('worker_cpu_ms_per_s', float('nan')):.2f} ms/s"
+        )
     if results.egress:
         parts.append(egress.format_report(results.egress))
     lines = case_lines(results)
@@ -560,6 +599,7 @@ def to_json(
         },
         "throughput": {str(c): r for c, r in results.throughput.items()},
         "throughput_pool_off": {str(c): r for c, r in results.throughput_cold.items()},
+        "pool_idle": results.pool_idle,
         "floor_rates": {str(c): r for c, r in results.floor_rates.items()},
         "memory_mib": {str(c): m for c, m in results.memory.items()},
         "workers": results.workers,
@@ -609,6 +649,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "capacity 1 and 2 runs are repeated with the pool off, for the before/after",
     )
     parser.add_argument(
+        "--latency-gap",
+        type=float,
+        default=0.1,
+        metavar="SECONDS",
+        help="idle time before each end-to-end latency run (default 0.1; 0: back to back)",
+    )
+    parser.add_argument(
         "--timing",
         action="store_true",
         help="the capacity-1 worker logs at debug level; its execution_timing spans "
@@ -641,6 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         compare=args.compare,
         timing=args.timing,
         warm_pool=args.warm_pool,
+        latency_gap=args.latency_gap,
     )
     started = datetime.now(UTC)
     info = machine()

@@ -172,10 +172,11 @@ def chart_data(
 ) -> tuple[dict[str, list[float]], dict[str, dict[int, float]]]:
     """From a bench JSON: latency samples per case label, and rates per series per capacity.
 
-    The latency cases are the floor (`python3 -c pass`), the worker's end-to-end cases and
-    the Celery cases; the rates are the worker per capacity, the floors and Celery at 2.
+    The latency cases are the floor (`python3 -c pass`), the worker's end-to-end cases
+    (warm pool on, and off where measured) and the Celery cases; the rates are the worker
+    per capacity (pool on and off), the floors and Celery at 2.
     """
-    wanted = ("plain_python", "e2e_python", "e2e_shell")
+    wanted = ("plain_python", "e2e_python", "e2e_shell", "e2e_python_cold", "e2e_shell_cold")
     latencies: dict[str, list[float]] = {}
     cases = doc.get("cases", {})
     for name in wanted:
@@ -191,6 +192,8 @@ def chart_data(
     rates: dict[str, dict[int, float]] = {}
     for capacity, run in doc.get("throughput", {}).items():
         rates.setdefault("worker", {})[int(capacity)] = run["per_second"]
+    for capacity, run in doc.get("throughput_pool_off", {}).items():
+        rates.setdefault("worker, warm pool off", {})[int(capacity)] = run["per_second"]
     for capacity, run in doc.get("floor_rates", {}).items():
         rates.setdefault("floor: bwrap+seccomp python3 -c pass", {})[int(capacity)] = run[
             "per_second"

@@ -119,6 +119,46 @@ def rss_mib(pid: int) -> float | None:
     return kib / 1024 if kib is not None else None
 
 
+def children_of(pid: int) -> list[int]:
+    """Every descendant of `pid` (through /proc's parent links)."""
+    parents: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        ppid = int(data[data.rfind(b")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def pool_cost(worker_pid: int) -> dict[str, float]:
+    """What an idle worker's sandboxes cost (with a warm pool: the parked ones): PSS
+    (shared pages split between their users) and RSS summed over every process below
+    the worker, and their count."""
+    pss = rss = 0
+    pids = children_of(worker_pid)
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+                    elif line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+        except OSError:
+            continue
+    return {"processes": len(pids), "pss_mib": pss / 1024, "rss_mib": rss / 1024}
+
+
 def cpu_seconds(pid: int) -> tuple[float, float] | None:
     """(own, reaped children) CPU seconds of a process."""
     try:

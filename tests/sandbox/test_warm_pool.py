@@ -1,0 +1,150 @@
+"""The warm pool's own guarantees (catalog rows 76-77), real bwrap, pool always on here.
+
+A parked sandbox holds nothing of any execution until its handoff, serves exactly one
+run, and what a run leaves behind is gone for the next; a run that would not get the
+same sandbox cold never takes a parked one; and the pool's uids are its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+import trio
+
+from attune.runner.pool import WarmPool
+from attune.runner.profiles import Profile
+from attune.runner.sandbox import RunSpec, Sandbox
+from tests.sandbox.conftest import suite_pool_uids
+
+pytestmark = pytest.mark.sandbox
+
+LEAVE_TRACES = b"""
+import os, subprocess
+def run():
+    open('/tmp/left-by-first', 'w').write('x')
+    open('/work/left-by-first', 'w').write('x')
+    subprocess.Popen(['sleep', '300'], start_new_session=True)
+    os.environ['LEFT_BY_FIRST'] = '1'
+    return os.getpid()
+"""
+
+LOOK_FOR_TRACES = b"""
+import os
+def run():
+    procs = [p for p in os.listdir('/proc') if p.isdigit()]
+    cmds = [open(f'/proc/{p}/cmdline', 'rb').read() for p in procs]
+    return {
+        'tmp': sorted(os.listdir('/tmp')),
+        'work': sorted(os.listdir('/work')),
+        'action': sorted(os.listdir('/attune/action')),
+        'sleepers': sum(c.startswith(b'sleep') for c in cmds),
+        'env': 'LEFT_BY_FIRST' in os.environ,
+        'exec_id': os.environ.get('ATTUNE_EXEC_ID'),
+    }
+"""
+
+
+@pytest.fixture
+async def pooled(
+    sandbox: Sandbox, profiles: dict[str, Profile], nursery: trio.Nursery
+) -> AsyncIterator[WarmPool]:
+    """The suite's pool when it runs with one, else a depth-1 pool for this test."""
+    if sandbox.pool is not None:
+        assert isinstance(sandbox.pool, WarmPool)
+        yield sandbox.pool
+        return
+    pool = WarmPool(sandbox, list(profiles.values()), 1, suite_pool_uids(sandbox, profiles))
+    await nursery.start(pool.run)
+    sandbox.pool = pool
+    try:
+        yield pool
+    finally:
+        sandbox.pool = None
+
+
+def spec(profile: Profile, code: bytes, exec_id: str) -> RunSpec:
+    return RunSpec(
+        profile=profile, code=code, code_name=f"{exec_id}.py", env={"ATTUNE_EXEC_ID": exec_id}
+    )
+
+
+async def parked_now(pool: WarmPool, profile: str) -> None:
+    with trio.fail_after(30):
+        while not pool._shelves[(profile, None, None)].parked:
+            await trio.sleep(0.01)
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        items = handle.read().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in items if b"=" in item)
+
+
+async def test_76_a_parked_sandbox_holds_nothing_of_any_run_and_serves_exactly_one(
+    sandbox: Sandbox, profiles: dict[str, Profile], pooled: WarmPool
+) -> None:
+    python = profiles["python"]
+    await parked_now(pooled, "python")
+    box, _ = pooled._shelves[("python", None, None)].parked[0]
+    assert box.proc is not None
+    launcher = [
+        int(p)
+        for p in os.listdir("/proc")
+        if p.isdigit() and _parent(int(p)) == box.proc.learn_init()
+    ]
+    # While parked: the profile's environment only, no execution's variables.
+    assert launcher, "the parked launcher is not running"
+    env = environ_of(launcher[0])
+    assert set(env) <= {*python.env, "PWD"} and "ATTUNE_EXEC_ID" not in env
+
+    taken_before = pooled.taken
+    first = await sandbox.run(spec(python, LEAVE_TRACES, "first"), timeout=30)
+    assert first.status == "completed", first.result
+    await parked_now(pooled, "python")
+    second = await sandbox.run(spec(python, LOOK_FOR_TRACES, "second"), timeout=30)
+    assert second.status == "completed", second.result
+    assert pooled.taken == taken_before + 2  # both ran in parked sandboxes
+    assert second.result["data"] == {
+        "tmp": [],
+        "work": [],
+        "action": ["second.py"],
+        "sleepers": 0,
+        "env": False,
+        "exec_id": "second",
+    }
+    assert box.proc.returncode is not None  # the first run's sandbox is gone
+
+
+async def test_77_runs_that_would_get_another_sandbox_cold_never_take_a_parked_one(
+    sandbox: Sandbox, profiles: dict[str, Profile], pooled: WarmPool
+) -> None:
+    python = profiles["python"]
+    await parked_now(pooled, "python")
+    taken = pooled.taken
+    tighter = msgspec.structs.replace(
+        python, limits=msgspec.structs.replace(python.limits, memory_mb=64)
+    )
+    out = await sandbox.run(spec(tighter, b"def run():\n    return 1\n", "tight"), timeout=30)
+    assert out.status == "completed" and pooled.taken == taken  # its own limits: cold
+    big = RunSpec(
+        profile=python,
+        code=b"def run(**p):\n    return len(p['blob'])\n",
+        code_name="big.py",
+        params={"blob": "x" * (2 * 2**20)},  # more than a parked /attune/out has room for
+        parameter_delivery="file",
+    )
+    out = await sandbox.run(big, timeout=30)
+    assert out.status == "completed" and out.result["data"] == 2 * 2**20
+    assert pooled.taken == taken
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return -1
+    return int(data[data.rfind(b")") + 2 :].split()[1])
