@@ -153,12 +153,25 @@ def test_a_missing_sandbox_layer_is_an_unsafe_fail_with_a_fix_that_stops_the_wor
 
 def test_slot_uids_that_belong_to_an_account_are_an_unsafe_fail() -> None:
     config = Config(
-        sandbox=SandboxConfig(slot_uid_base=65530), worker=WorkerConfig(max_concurrent_tasks=8)
+        sandbox=SandboxConfig(slot_uid_base=65530, warm_pool=0),
+        worker=WorkerConfig(max_concurrent_tasks=8),
     )
     check = _by_name(build_checks(_snapshot(accounts={65534: "nobody"}), config))["per_slot_uids"]
     assert check.status == "FAIL" and check.unsafe
     assert "65534 (nobody)" in check.detail and "65530-65538" in check.detail
     assert "slot_uid_base" in check.fix
+
+
+def test_the_checked_uid_range_covers_the_warm_pools_uids() -> None:
+    """Parked sandboxes run as uids past the slots' and exec's: an account there is
+    as unsafe as one among the slots."""
+    config = Config(
+        sandbox=SandboxConfig(slot_uid_base=65500, warm_pool=1),
+        worker=WorkerConfig(max_concurrent_tasks=8),
+    )
+    assert 65534 > 65500 + 8  # past the slots and exec's uid: a pool uid
+    check = _by_name(build_checks(_snapshot(accounts={65534: "nobody"}), config))["per_slot_uids"]
+    assert check.status == "FAIL" and "65534 (nobody)" in check.detail
 
 
 def test_slot_uids_inside_a_subuid_range_only_warn() -> None:
