@@ -166,10 +166,10 @@ def test_the_checked_uid_range_covers_the_warm_pools_uids() -> None:
     """Parked sandboxes run as uids past the slots' and exec's: an account there is
     as unsafe as one among the slots."""
     config = Config(
-        sandbox=SandboxConfig(slot_uid_base=65500, warm_pool=1),
+        sandbox=SandboxConfig(slot_uid_base=65520, warm_pool=1),
         worker=WorkerConfig(max_concurrent_tasks=8),
     )
-    assert 65534 > 65500 + 8  # past the slots and exec's uid: a pool uid
+    assert 65534 > 65520 + 8  # past the slots and exec's uid: a pool uid
     check = _by_name(build_checks(_snapshot(accounts={65534: "nobody"}), config))["per_slot_uids"]
     assert check.status == "FAIL" and "65534 (nobody)" in check.detail
 
