@@ -3,7 +3,9 @@
 The sandbox is started with its gate (egress.gate_command) and stops before the action:
 the worker (root) opens the sandbox's network namespace, loads the nftables ruleset into
 it (netns.py, from a thread inside that namespace) while slirp4netns attaches the tap
-interface, sets the IPv6 address, and only then tells the gate to go.
+interface, sets the IPv6 address, and only then tells the gate to go. A parked sandbox
+of the warm pool needs no gate: `attach` is called with the launcher's ready byte as
+its `ready`, before any action exists (Sandbox.park).
 
 Nothing outlives the run: slirp4netns holds the read end of an exit pipe whose write end
 only the worker has (close-on-exec), so it exits when the kernel closes that pipe
@@ -134,6 +136,9 @@ class Attachment:
         self._exit_w = exit_w
         self._log = log
         self.ready_r = ready_r
+
+    def running(self) -> bool:
+        return self._exit_w >= 0 and self.slirp.poll() is None
 
     def release(self) -> None:
         """End slirp4netns now: close the exit pipe and SIGKILL it (the sandbox is gone,

@@ -153,7 +153,12 @@ class _Box:
         return self.rd.uid
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.running()
+        """The sandbox runs, and so does its network's slirp4netns if it has one."""
+        return (
+            self.proc is not None
+            and self.proc.running()
+            and (self.attachment is None or self.attachment.running())
+        )
 
 
 class PoolLike(Protocol):
@@ -262,7 +267,7 @@ class Sandbox:
                 stdin_data = inputs.stdin
                 await self._start_cold(box, spec, inputs, wrapped)
             assert box.proc is not None and box.pipe is not None
-            if box.plan is not None:
+            if parked is None and box.plan is not None:
                 box.attachment = await self._attach_network(box.proc, box.plan)
             report = await self._supervise(
                 box.proc,
@@ -329,11 +334,7 @@ class Sandbox:
             secrets="secrets" in inputs.contents,
             net=box.plan is not None,
         )
-        sources: dict[str, Path] = (
-            {}
-            if box.plan is None
-            else {f"net/{name}": box.plan.etc_dir / name for name in argv_mod.NET_ETC_FILES}
-        )
+        sources = _net_sources(box.plan)
         gated = box.plan is not None and wrapper is None  # held until the network is there
         await self._spawn(
             box,
@@ -353,40 +354,75 @@ class Sandbox:
         )
 
     async def park(
-        self, profile: Profile, pack: argv_mod.PackMount | None, uid: int | None
+        self,
+        profile: Profile,
+        pack: argv_mod.PackMount | None,
+        uid: int | None,
+        policy: egress.EgressPolicy | None = None,
     ) -> _Box:
-        """Start a sandbox of `profile` (in `pack`) that waits for its action.
+        """Start a sandbox of `profile` (in `pack`, with `policy`'s network) that waits
+        for its action.
 
         It is made exactly like a cold one (uid, cgroup, limits, seccomp, mounts, the
-        pack bound at its path), with the launcher (sandbox/parked.py) as its command
-        and no file of any execution. Returns once the launcher has said it is ready;
-        a failure leaves nothing behind.
+        pack bound at its path; with a policy, the network prepared and its /etc files
+        copied in as for a cold egress run), with the launcher (sandbox/parked.py) as
+        its command and no file of any execution. With a policy, slirp4netns is
+        attached and the rules loaded while it is parked: no gate is needed, since
+        nothing of any action is in it before its handoff, which only a box this
+        returns can get. Returns once the launcher has said it is ready (and the
+        network is up); a failure leaves nothing behind.
         """
         box = _Box(self._make_run_dir("parked", uid))
         try:
             box.pipe = ResultPipe(profile.limits.max_result_bytes)
+            box.plan = await self._plan_network(policy, box.rd) if policy else None
             box.cgroup = self._make_cgroup(box.rd.root.name, profile)
-            wanted = argv_mod.run_files("", None, params=False, secrets=False, parked=True)
+            wanted = argv_mod.run_files(
+                "", None, params=False, secrets=False, net=policy is not None, parked=True
+            )
+            sources = _net_sources(box.plan)
             out_size = parked_out_size(profile)
             await self._spawn(
-                box, profile, wanted, {}, {}, {}, "", None, pack, out_size=out_size, parked=True
+                box,
+                profile,
+                wanted,
+                {},
+                sources,
+                {},
+                "",
+                None,
+                pack,
+                out_size=out_size,
+                parked=True,
             )
             assert box.proc is not None
-            await box.proc.read_info()
-            ready = await box.proc.pipes.stdout.receive_some(1)
-            if ready != b"r":
-                detail = b""
-                with trio.move_on_after(1):
-                    detail = await box.proc.pipes.stderr.receive_some(4096)
-                raise SandboxUnavailable(
-                    "a parked sandbox did not start: "
-                    + (detail.decode(errors="replace").strip() or "no ready signal")
-                )
+            if box.plan is None:
+                await box.proc.read_info()
+                await _launcher_ready(box.proc)
+            else:
+                # The launcher's byte also says bwrap is done with the sandbox's
+                # loopback: the tap is configured only after it (network.attach).
+                box.attachment = await self._attach_parked(box.proc, box.plan)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.discard(box)
             raise
         return box
+
+    async def _attach_parked(
+        self, proc: process.SandboxProcess, plan: _NetworkPlan
+    ) -> network.Attachment:
+        with trio.fail_after(network.ATTACH_TIMEOUT):
+            await proc.read_info()  # bwrap names the sandbox's init as soon as it exists
+        init_pid = proc.learn_init()
+        if init_pid is None:
+            raise SandboxUnavailable("a parked sandbox ended before its network was attached")
+        return await network.attach(
+            init_pid,
+            plan.rules,
+            dns=plan.policy.dns,
+            ready=functools.partial(_launcher_ready, proc),
+        )
 
     async def discard(self, box: _Box) -> None:
         """Kill a parked sandbox that will never run anything, and clean it up."""
@@ -646,6 +682,26 @@ def _available(stream: trio.lowlevel.FdStream) -> list[bytes]:
             break
         chunks.append(chunk)
     return chunks
+
+
+async def _launcher_ready(proc: process.SandboxProcess) -> None:
+    """A parked sandbox's launcher writes "r" once it waits for its handoff."""
+    ready = await proc.pipes.stdout.receive_some(1)
+    if ready != b"r":
+        detail = b""
+        with trio.move_on_after(1):
+            detail = await proc.pipes.stderr.receive_some(4096)
+        raise SandboxUnavailable(
+            "a parked sandbox did not start: "
+            + (detail.decode(errors="replace").strip() or "no ready signal")
+        )
+
+
+def _net_sources(plan: _NetworkPlan | None) -> dict[str, Path]:
+    """An egress sandbox's own /etc files, under their `net/NAME` keys (run_files)."""
+    if plan is None:
+        return {}
+    return {f"net/{name}": plan.etc_dir / name for name in argv_mod.NET_ETC_FILES}
 
 
 def parked_out_size(profile: Profile) -> int:

@@ -31,6 +31,8 @@ WEB4, DNS4, WEB6 = "203.0.113.10", "203.0.113.53", "2001:db8::10"
 LAN4, LAN6, METADATA = "10.77.0.5", "fd12::5", "169.254.169.254"
 HOST4, HOST6, HOST_PRIVATE = "198.51.100.2", "2001:db8:5::2", "10.99.0.1"
 GW4, GW6 = "198.51.100.1", "2001:db8:5::1"
+# ATTUNE_TEST_WARM_POOL set: every egress run of these tests takes a parked sandbox.
+POOLED = bool(int(os.environ.get("ATTUNE_TEST_WARM_POOL") or 0))
 
 COUNTER = f"""
 table inet world {{
@@ -160,12 +162,17 @@ class World:
 
     # --- running actions --------------------------------------------------------------
 
-    def exec_argv(self, action: Path, *args: str, unruled: bool = False) -> list[str]:
-        runner = (
-            [PYTHON, str(Path(__file__).with_name("egress_unruled.py"))]
-            if unruled
-            else [ATTUNE, "exec"]
-        )
+    def exec_argv(
+        self, action: Path, *args: str, unruled: bool = False, pooled: bool = POOLED
+    ) -> list[str]:
+        """`attune exec` in the fake host; `pooled`: its egress run in a parked sandbox
+        of a warm pool (egress_pooled.py), else cold; `unruled`: the negative control."""
+        if unruled:
+            runner = [PYTHON, str(Path(__file__).with_name("egress_unruled.py"))]
+        elif pooled:
+            runner = [PYTHON, str(Path(__file__).with_name("egress_pooled.py"))]
+        else:
+            runner = [ATTUNE, "exec"]
         return ["ip", "netns", "exec", self.host, *runner, str(action), "--with-status", *args]
 
     def env(self) -> dict[str, str]:
@@ -174,9 +181,11 @@ class World:
             "ATTUNE__SANDBOX__RUN_DIR": str(self.root / "runs"),
         }
 
-    def run(self, action: Path, *args: str, unruled: bool = False) -> dict[str, Any]:
+    def run(
+        self, action: Path, *args: str, unruled: bool = False, pooled: bool = POOLED
+    ) -> dict[str, Any]:
         done = subprocess.run(
-            self.exec_argv(action, *args, unruled=unruled),
+            self.exec_argv(action, *args, unruled=unruled, pooled=pooled),
             capture_output=True,
             text=True,
             env=self.env(),
@@ -184,8 +193,11 @@ class World:
             check=False,
         )
         try:
-            return dict(json.loads(done.stdout))
+            out = dict(json.loads(done.stdout))
         except ValueError:
             raise AssertionError(
                 f"exit {done.returncode}: {done.stdout!r} {done.stderr!r}"
             ) from None
+        if pooled and not unruled and "egress" in args:
+            assert out.get("pool_taken") == 1, f"the run did not take a parked sandbox: {out}"
+        return out

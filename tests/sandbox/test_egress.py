@@ -186,6 +186,42 @@ def test_39_g4_allowlist_refuses_everything_else(world: World) -> None:
     refused(results)
 
 
+def test_77_g4_an_egress_run_takes_a_parked_sandbox_and_reaches_only_what_is_allowed(
+    world: World,
+) -> None:
+    """Parked with its network attached and its rules loaded, then handed the run."""
+    stray, pg_before = world.stray(), len(hits(world, "postgres"))
+    targets = [
+        (WEB4, 80, "tcp"),
+        (WEB6, 80, "tcp"),
+        (WEB4, 8080, "tcp"),
+        (LAN4, 80, "tcp"),
+        (METADATA, 80, "tcp"),
+        (HOST4, 5432, "tcp"),
+        ("10.0.2.2", 5432, "tcp"),
+        (HOST6, 5432, "tcp"),
+    ]
+    out = world.run(
+        PROBE,
+        *EGRESS,
+        "--allow",
+        f"{WEB4}/32 tcp/80",
+        "--allow",
+        f"{WEB6}/128 tcp/80",
+        "--params-json",
+        json.dumps({"targets": targets}),
+        pooled=True,
+    )
+    assert out["status"] == "completed", out
+    assert out["pool_taken"] == 1  # the run took the parked sandbox
+    results = dict(out["result"]["data"])
+    assert results.pop(f"{WEB4} 80/tcp") == f"OK web {WEB4} 80"
+    assert results.pop(f"{WEB6} 80/tcp") == f"OK web {WEB6} 80"
+    refused(results)
+    assert len(hits(world, "postgres")) == pg_before
+    assert world.stray() == stray
+
+
 def test_g4_without_an_allowlist_the_public_internet_is_reachable(world: World) -> None:
     results = probe(world, [(WEB4, 8080, "tcp"), (WEB6, 80, "tcp"), (WEB4, 7, "udp")])
     assert results == {

@@ -73,7 +73,7 @@ def spec(profile: Profile, code: bytes, exec_id: str) -> RunSpec:
 
 async def parked_now(pool: WarmPool, profile: str) -> None:
     with trio.fail_after(30):
-        while not pool._shelves[(profile, None, None)].parked:
+        while not pool._shelves[(profile, None, None, None)].parked:
             await trio.sleep(0.01)
 
 
@@ -88,7 +88,7 @@ async def test_76_a_parked_sandbox_holds_nothing_of_any_run_and_serves_exactly_o
 ) -> None:
     python = profiles["python"]
     await parked_now(pooled, "python")
-    box, _ = pooled._shelves[("python", None, None)].parked[0]
+    box = pooled._shelves[("python", None, None, None)].parked[0].box
     assert box.proc is not None
     launcher = [
         int(p)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import msgspec
+import trio
 
-from attune.runner import argv
+from attune.runner import argv, network
 from attune.runner.egress import EgressPolicy
 from attune.runner.handoff import encode_handoff, run_inputs
-from attune.runner.pool import PACK_SHAPES, WarmPool, fits, parkable, pool_uids
+from attune.runner.pool import EGRESS_MAX_AGE, EXTRA_SHAPES, WarmPool, _Parked, parkable, pool_uids
 from attune.runner.profiles import load_profiles
 from attune.runner.sandbox import PackSource, RunSpec, _Box, _RunDir
 
@@ -81,7 +84,7 @@ def test_a_script_is_execd_with_the_profile_command_and_file_params_are_private(
 def test_pool_uids_follow_the_slots_and_execs_uid_and_cover_parked_plus_running() -> None:
     uids = pool_uids(100000, capacity=4, depth=2, profiles=2)
     assert uids.start == 100005  # 100000-100003 slots, 100004 attune exec
-    assert len(uids) == 2 * (2 + PACK_SHAPES) + 4
+    assert len(uids) == 2 * (2 + EXTRA_SHAPES) + 4
     assert len(pool_uids(100000, 4, 0, 2)) == 0
 
 
@@ -89,10 +92,7 @@ def spec(runtime: str = "python", **kw: object) -> RunSpec:
     return RunSpec(profile=PROFILES[runtime], code=b"def run(): return 1\n", code_name="a.py", **kw)  # type: ignore[arg-type]
 
 
-def test_every_run_but_an_egress_one_fits_a_parked_sandbox() -> None:
-    assert fits(spec())
-    assert not fits(spec(network=EgressPolicy()))
-    assert fits(spec(pack=PackSource(pack_dir="/p", action_path="/p/actions/a.py")))
+def test_every_profile_can_park() -> None:
     assert all(parkable(p) for p in PROFILES.values())
 
 
@@ -108,7 +108,11 @@ class FakeBox(_Box):
 async def test_take_skips_dead_parked_sandboxes_and_other_profiles() -> None:
     pool = WarmPool(None, list(PROFILES.values()), 2, [])  # type: ignore[arg-type]
     dead, live = FakeBox(False), FakeBox(True)
-    pool._shelves[("python", None, None)].parked += [(dead, None), (live, None)]
+    now = trio.current_time()
+    pool._shelves[("python", None, None, None)].parked += [
+        _Parked(dead, None, now),
+        _Parked(live, None, now),
+    ]
     assert pool.take(spec("shell")) is None  # the shell shelf is empty: cold
     other = msgspec.structs.replace(PROFILES["python"], command=["/usr/bin/python3"])
     assert pool.take(RunSpec(profile=other, code=b"", code_name="a.py")) is None
@@ -123,13 +127,63 @@ async def test_a_pack_shelf_is_made_on_first_miss_and_the_least_recently_used_gi
     def in_pack(n: int) -> RunSpec:
         return spec(pack=PackSource(pack_dir=f"/packs/p{n}", action_path=f"/packs/p{n}/a.py"))
 
-    for n in range(PACK_SHAPES):
+    for n in range(EXTRA_SHAPES):
         assert pool.take(in_pack(n)) is None  # cold, but its pack now has a shelf
     stale = FakeBox(True)
-    pool._shelves[("python", "/packs/p0", None)].parked.append((stale, (1, 2)))
+    pool._shelves[("python", "/packs/p0", None, None)].parked.append(
+        _Parked(stale, (1, 2), trio.current_time())
+    )
     assert pool.take(in_pack(0)) is None  # /packs/p0 is not the directory it bound
     assert stale in pool._dead
-    pool.take(in_pack(PACK_SHAPES))  # one pack too many: p1 is the least recently used
+    pool.take(in_pack(EXTRA_SHAPES))  # one pack too many: p1 is the least recently used
     packs = {key[1] for key in pool._shelves if key[1] is not None}
-    assert "/packs/p1" not in packs and f"/packs/p{PACK_SHAPES}" in packs
-    assert len(packs) == PACK_SHAPES
+    assert "/packs/p1" not in packs and f"/packs/p{EXTRA_SHAPES}" in packs
+    assert len(packs) == EXTRA_SHAPES
+
+
+async def test_an_egress_shape_gets_a_shelf_on_first_miss_and_old_rules_are_never_used() -> None:
+    pool = WarmPool(None, list(PROFILES.values()), 1, [])  # type: ignore[arg-type]
+    policy = EgressPolicy(dns="hosts")
+    assert pool.take(spec(network=policy)) is None  # cold, but the shape has a shelf now
+    shelf = pool._shelves[("python", None, None, policy)]
+    assert shelf.network == policy and shelf.pack is None
+    # Another policy (a pack build's narrowed list, say) is another shape.
+    assert pool.take(spec(network=EgressPolicy(dns="off"))) is None
+    assert ("python", None, None, EgressPolicy(dns="off")) in pool._shelves
+    old, fresh = FakeBox(True), FakeBox(True)
+    now = trio.current_time()
+    shelf.parked += [_Parked(old, None, now - EGRESS_MAX_AGE - 1), _Parked(fresh, None, now)]
+    assert pool.take(spec()) is None  # no egress: never an egress sandbox
+    assert pool.take(spec(network=policy)) is fresh
+    assert pool._dead == [old]  # its rules are older than EGRESS_MAX_AGE: discarded
+    assert shelf.expires(_Parked(fresh, None, now)) == now + EGRESS_MAX_AGE
+
+
+async def test_egress_and_pack_shelves_share_one_lru_bound() -> None:
+    pool = WarmPool(None, list(PROFILES.values()), 1, [])  # type: ignore[arg-type]
+    policy = EgressPolicy()
+    pool.take(spec(network=policy))
+    for n in range(EXTRA_SHAPES):
+        pool.take(spec(pack=PackSource(pack_dir=f"/packs/p{n}", action_path=f"/packs/p{n}/a.py")))
+    extra = [key for key in pool._shelves if key[1] is not None or key[3] is not None]
+    assert len(extra) == EXTRA_SHAPES
+    assert ("python", None, None, policy) not in pool._shelves  # the least recently used
+
+
+class RunningProc:
+    def running(self) -> bool:
+        return True
+
+
+async def test_a_parked_egress_sandbox_whose_slirp4netns_died_is_never_handed_a_run() -> None:
+    exit_r, exit_w = os.pipe()
+    os.close(exit_r)
+    slirp = subprocess.Popen(["/bin/sleep", "30"])
+    attachment = network.Attachment(slirp, exit_w, os.memfd_create("log"), -1)
+    box = _Box(_RunDir(root=None, uid=None), proc=RunningProc())  # type: ignore[arg-type]
+    box.attachment = attachment
+    assert box.alive()
+    slirp.kill()
+    slirp.wait()
+    assert not box.alive()  # the pool discards it: its run would have no network
+    attachment.discard()
