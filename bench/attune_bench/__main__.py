@@ -670,7 +670,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--egress-only",
         action="store_true",
-        help="only the egress cost (no network vs egress through Sandbox.run)",
+        help="only the egress cost (no network vs egress through Sandbox.run, cold and parked)",
     )
     return parser.parse_args(argv)
 
