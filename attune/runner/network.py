@@ -205,6 +205,10 @@ async def reap_all_dying(timeout: float = EXIT_WAIT) -> int:
 
 
 async def _wait(proc: subprocess.Popen[bytes]) -> None:
+    """Wait until `proc` has exited and is reaped; at once if it already was (a pidfd
+    cannot be opened on a reaped pid: a slirp4netns that failed is waited for twice)."""
+    if proc.poll() is not None:
+        return
     pidfd = os.pidfd_open(proc.pid)
     try:
         while proc.poll() is None:

@@ -14,10 +14,13 @@ import msgspec
 import pytest
 import trio
 
-from attune.runner.pool import WarmPool
+from attune.errors import ExecutionError
+from attune.runner import egress, host
+from attune.runner.pool import WarmPool, shape_key
 from attune.runner.profiles import Profile
 from attune.runner.sandbox import RunSpec, Sandbox
 from tests.sandbox.conftest import suite_pool_uids
+from tests.unavailable import unavailable
 
 pytestmark = pytest.mark.sandbox
 
@@ -148,3 +151,33 @@ def _parent(pid: int) -> int:
     except OSError:
         return -1
     return int(data[data.rfind(b")") + 2 :].split()[1])
+
+
+async def test_77_an_egress_shape_that_cannot_park_is_retried_and_its_runs_go_cold(
+    sandbox: Sandbox,
+    profiles: dict[str, Profile],
+    pooled: WarmPool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """slirp4netns missing: the park fails before any network exists (no packet can
+    leave), the shelf backs off, and the run goes cold and reports the error."""
+    ok, detail = host.egress_detail()
+    if os.geteuid() != 0 or not ok:
+        unavailable(f"needs root and the egress tools: {detail}")
+    monkeypatch.setattr(egress, "SLIRP4NETNS", "/nonexistent/slirp4netns")
+    run = RunSpec(
+        profile=profiles["python"],
+        code=b"def run():\n    return 1\n",
+        code_name="net.py",
+        network=egress.EgressPolicy(dns="off"),
+    )
+    assert pooled.take(run) is None  # the first of its shape: its shelf is made
+    shelf = pooled._shelves[shape_key(run)]
+    with trio.fail_after(30):
+        while not shelf.failures:
+            await trio.sleep(0.01)
+    assert not shelf.parked and shelf.retry_at > trio.current_time()  # backing off
+    taken = pooled.taken
+    with pytest.raises(ExecutionError, match="slirp4netns"):
+        await sandbox.run(run, timeout=30)
+    assert pooled.taken == taken
