@@ -8,11 +8,20 @@ import subprocess
 
 import msgspec
 import trio
+import trio.testing
 
 from attune.runner import argv, network
 from attune.runner.egress import EgressPolicy
 from attune.runner.handoff import encode_handoff, run_inputs
-from attune.runner.pool import EGRESS_MAX_AGE, EXTRA_SHAPES, WarmPool, _Parked, parkable, pool_uids
+from attune.runner.pool import (
+    EGRESS_IDLE,
+    EGRESS_MAX_AGE,
+    EXTRA_SHAPES,
+    WarmPool,
+    _Parked,
+    parkable,
+    pool_uids,
+)
 from attune.runner.profiles import load_profiles
 from attune.runner.sandbox import PackSource, RunSpec, _Box, _RunDir
 
@@ -187,3 +196,44 @@ async def test_a_parked_egress_sandbox_whose_slirp4netns_died_is_never_handed_a_
     slirp.wait()
     assert not box.alive()  # the pool discards it: its run would have no network
     attachment.discard()
+
+
+class FakeSandbox:
+    """Parks FakeBoxes at once and records what the pool discards."""
+
+    def __init__(self) -> None:
+        self.parked: list[tuple[FakeBox, EgressPolicy | None]] = []
+        self.discarded: list[_Box] = []
+
+    async def park(self, profile: object, pack: object, uid: object, policy: object) -> _Box:
+        box = FakeBox(True)
+        self.parked.append((box, policy))  # type: ignore[arg-type]
+        return box
+
+    async def discard(self, box: _Box) -> None:
+        self.discarded.append(box)
+        if box.on_closed is not None:
+            box.on_closed()
+
+
+async def test_egress_sandboxes_are_re_parked_at_their_age_until_the_shape_is_idle(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    sandbox = FakeSandbox()
+    pool = WarmPool(sandbox, [], 1, [1, 2, 3])  # type: ignore[arg-type]
+    await nursery.start(pool.run)
+    policy = EgressPolicy(dns="off")
+    assert pool.take(spec(network=policy)) is None
+    shelf = pool._shelves[("python", None, None, policy)]
+    while not shelf.parked:
+        await trio.sleep(0.01)
+    first = shelf.parked[0].box
+    assert sandbox.parked == [(first, policy)]  # parked with the run's policy
+    await trio.sleep(EGRESS_MAX_AGE + 1)
+    assert sandbox.discarded == [first]  # replaced when its rules reached their age
+    assert len(shelf.parked) == 1 and shelf.parked[0].box is not first
+    await trio.sleep(EGRESS_IDLE + EGRESS_MAX_AGE)
+    assert not shelf.parked  # no run for EGRESS_IDLE: no longer refreshed
+    assert pool.take(spec(network=policy)) is None  # the next run goes cold, and refills
+    while not shelf.parked:
+        await trio.sleep(0.01)
