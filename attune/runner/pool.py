@@ -22,12 +22,13 @@ rename, and its stale sandboxes are discarded.
 
 An egress sandbox is parked with its network attached and its rules loaded
 (Sandbox.park), and those rules hold the addresses its allowlisted names resolved to
-when it was parked. So it serves a run only within `EGRESS_MAX_AGE` of being parked;
-older ones are replaced by the refill (and discarded at take, should the refill be
-late), so no run gets rules older than that. Re-loading the rules at handoff instead
-would still leave the /etc/hosts of `dns: hosts` as it was at spawn, and would put the
-name resolution back on the run's clock. An egress shelf without a run for
-`EGRESS_IDLE` is no longer refreshed (its next run goes cold and re-fills it).
+when it was parked. So it serves a run only within `EGRESS_MAX_AGE` of the start of its
+parking (before the names were resolved); older ones are replaced by the refill (and
+discarded at take, should the refill be late), so no run gets rules older than that.
+Re-loading the rules at handoff instead would still leave the /etc/hosts of
+`dns: hosts` as it was at spawn, and would put the name resolution back on the run's
+clock. An egress shelf without a run for `EGRESS_IDLE` is no longer refreshed (its
+next run goes cold and fills it again).
 
 uids: a parked sandbox needs its host uid from the start, and a slot can have one
 sandbox running and the next parked, so the pool has uids of its own (`pool_uids`),
@@ -120,7 +121,7 @@ class _Shelf:
 class _Parked:
     box: _Box
     bound: tuple[int, int] | None  # the pack directory it bound (None: no pack)
-    at: float  # when it was ready (trio clock)
+    at: float  # when its parking began, before its names were resolved (trio clock)
 
 
 class WarmPool:
@@ -256,6 +257,7 @@ class WarmPool:
             shelf = min(short, key=lambda s: len(s.parked))
             uid = self._free.pop()
             bound = _identity(shelf.pack.pack_dir) if shelf.pack else None
+            began = trio.current_time()  # its age counts from its name resolution
             try:
                 with trio.fail_after(PARK_TIMEOUT):
                     box = await self.sandbox.park(shelf.profile, shelf.pack, uid, shelf.network)
@@ -278,7 +280,7 @@ class WarmPool:
             shelf.failures = 0
             box.on_closed = functools.partial(self._give_back, uid)
             if shelf in self._shelves.values():
-                shelf.parked.append(_Parked(box, bound, trio.current_time()))
+                shelf.parked.append(_Parked(box, bound, began))
             else:  # evicted while this one started
                 self._dead.append(box)
                 await self._bury()
