@@ -64,7 +64,11 @@ def main():
     size = int.from_bytes(_read_exact(4), "big")
     header = python_wrapper._loads(_read_exact(size).decode("utf-8"))
     for path, mode, length in header["files"]:
-        _write_file(path, mode, _read_exact(length))
+        try:
+            _write_file(path, mode, _read_exact(length))
+        except OSError as exc:  # past the tmpfs or file-size limit: as bwrap reports it
+            os.write(2, f"cannot write {path}: {exc.strerror}\n".encode())
+            os._exit(1)
     env = header["env"]
     if "PWD" in os.environ:  # bwrap's --chdir sets it after the environment: keep it last
         env["PWD"] = os.environ["PWD"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import msgspec
+import pytest
 
 from attune.runner import argv
 from attune.runner.egress import EgressPolicy
@@ -133,3 +134,18 @@ async def test_a_pack_shelf_is_made_on_first_miss_and_the_least_recently_used_gi
     packs = {key[1] for key in pool._shelves if key[1] is not None}
     assert "/packs/p1" not in packs and f"/packs/p{PACK_SHAPES}" in packs
     assert len(packs) == PACK_SHAPES
+
+
+def test_an_environment_with_nul_is_refused_as_bwrap_refuses_it() -> None:
+    profile = PROFILES["python"]
+    inputs = run_inputs(
+        profile,
+        code=b"",
+        params={},
+        env={"X": "a\0b"},
+        delivery="stdin",
+        fmt="json",
+        secrets={},
+    )
+    with pytest.raises(ValueError, match="cannot contain NUL"):
+        encode_handoff(profile, inputs, "a.py", target="/attune/action/a.py", command=None)
