@@ -42,16 +42,6 @@ def _read_exact(count):
     return b"".join(chunks)
 
 
-def _write_file(path, mode, data):
-    fd = os.open(path, CREATE, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
 def _warm_up():
     """Pay the first-use costs now, not on the action's clock."""
     python_wrapper._loads(python_wrapper._dumps({"ok": True, "value": [1, "x", None]}))
@@ -65,7 +55,7 @@ def main():
     header = python_wrapper._loads(_read_exact(size).decode("utf-8"))
     for path, mode, length in header["files"]:
         try:
-            _write_file(path, mode, _read_exact(length))
+            python_wrapper.write_file(path, CREATE, mode, _read_exact(length))
         except OSError as exc:  # past the tmpfs or file-size limit: as bwrap reports it
             os.write(2, f"cannot write {path}: {exc.strerror}\n".encode())
             os._exit(1)

@@ -15,9 +15,10 @@ import pytest
 import trio
 
 from attune.runner.pool import WarmPool
+from attune.runner.process import _parent_pid
 from attune.runner.profiles import Profile
 from attune.runner.sandbox import RunSpec, Sandbox
-from tests.sandbox.conftest import suite_pool_uids
+from tests.sandbox.conftest import running_pool
 
 pytestmark = pytest.mark.sandbox
 
@@ -56,13 +57,8 @@ async def pooled(
         assert isinstance(sandbox.pool, WarmPool)
         yield sandbox.pool
         return
-    pool = WarmPool(sandbox, list(profiles.values()), 1, suite_pool_uids(sandbox, profiles))
-    await nursery.start(pool.run)
-    sandbox.pool = pool
-    try:
+    async with running_pool(sandbox, profiles, nursery, 1) as pool:
         yield pool
-    finally:
-        sandbox.pool = None
 
 
 def spec(profile: Profile, code: bytes, exec_id: str) -> RunSpec:
@@ -93,7 +89,7 @@ async def test_76_a_parked_sandbox_holds_nothing_of_any_run_and_serves_exactly_o
     launcher = [
         int(p)
         for p in os.listdir("/proc")
-        if p.isdigit() and _parent(int(p)) == box.proc.learn_init()
+        if p.isdigit() and _parent_pid(int(p)) == box.proc.learn_init()
     ]
     # While parked: the profile's environment only, no execution's variables.
     assert launcher, "the parked launcher is not running"
@@ -139,12 +135,3 @@ async def test_77_runs_that_would_get_another_sandbox_cold_never_take_a_parked_o
     out = await sandbox.run(big, timeout=30)
     assert out.status == "completed" and out.result["data"] == 2 * 2**20
     assert pooled.taken == taken
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return -1
-    return int(data[data.rfind(b")") + 2 :].split()[1])
