@@ -42,16 +42,6 @@ def _read_exact(count):
     return b"".join(chunks)
 
 
-def _write_file(path, mode, data):
-    fd = os.open(path, CREATE, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
 def _warm_up():
     """Pay the first-use costs now, not on the action's clock."""
     python_wrapper._loads(python_wrapper._dumps({"ok": True, "value": [1, "x", None]}))
@@ -64,7 +54,11 @@ def main():
     size = int.from_bytes(_read_exact(4), "big")
     header = python_wrapper._loads(_read_exact(size).decode("utf-8"))
     for path, mode, length in header["files"]:
-        _write_file(path, mode, _read_exact(length))
+        try:
+            python_wrapper.write_file(path, CREATE, mode, _read_exact(length))
+        except OSError as exc:  # past the tmpfs or file-size limit: as bwrap reports it
+            os.write(2, f"cannot write {path}: {exc.strerror}\n".encode())
+            os._exit(1)
     env = header["env"]
     if "PWD" in os.environ:  # bwrap's --chdir sets it after the environment: keep it last
         env["PWD"] = os.environ["PWD"]

@@ -79,7 +79,12 @@ def _write_report(report):
         # escape, the worker reads it back and stores U+FFFD (attune/jsonsafe.py).
         data = text.encode("utf-8", "backslashreplace")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(RESULT_PATH, flags, 0o600)
+    write_file(RESULT_PATH, flags, 0o600, data)
+
+
+def write_file(path, flags, mode, data):
+    """All of `data` into a file opened with `flags` (also the parked launcher's)."""
+    fd = os.open(path, flags, mode)
     try:
         view = memoryview(data)
         while view:

@@ -92,10 +92,11 @@ def encode_handoff(
         where, mode = _placement(key, action_file)
         files.append([where, mode, len(data)])
         blobs.append(data)
-    header: dict[str, Any] = {
-        "env": argv_mod.sandbox_env(profile, inputs.env),
-        "files": files,
-    }
+    env = argv_mod.sandbox_env(profile, inputs.env)
+    for key, value in env.items():
+        if "\0" in key or "\0" in value:  # as argv.encode_args refuses it for bwrap
+            raise ValueError("a sandbox argument cannot contain NUL")
+    header: dict[str, Any] = {"env": env, "files": files}
     if command is None:
         header["call"] = target
     else:

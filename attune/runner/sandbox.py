@@ -246,19 +246,22 @@ class Sandbox:
             fmt=spec.parameter_format,
             secrets=spec.secrets,
         )
-        parked = (
-            self.pool.take(spec) if self.pool is not None and fits_parked(profile, inputs) else None
-        )
-        if parked is not None:
-            box = parked
+        parked: _Box | None = None
+        if self.pool is not None and fits_parked(profile, inputs):
+            # Encoded before a sandbox is taken: what cannot be encoded (NUL, a lone
+            # surrogate) fails the run as it would cold, and the parked one stays.
             pack = _pack_mount(spec.pack)
-            stdin_data = encode_handoff(
+            handoff = encode_handoff(
                 profile,
                 inputs,
                 spec.code_name,
                 target=argv_mod.action_target(layout_action=spec.code_name, pack=pack),
                 command=None if wrapped else argv_mod.interpreter_command(profile, pack),
             )
+            parked = self.pool.take(spec)
+        if parked is not None:
+            box = parked
+            stdin_data = handoff
             box.started = trio.current_time()
         else:
             box = _Box(self._make_run_dir(spec.label, self.slot_uid(slot)))
@@ -306,6 +309,8 @@ class Sandbox:
             if box.attachment is not None:
                 box.attachment.release()  # slirp4netns ends while we clean up
             if proc is not None:
+                if box.pipe is None or not box.pipe.ended.is_set():
+                    proc.kill()  # never ended by itself (an error, or never handed a run)
                 with trio.move_on_after(process.KILL_GRACE_SECONDS):
                     await proc.exited()
                 if proc.running():
@@ -426,9 +431,7 @@ class Sandbox:
 
     async def discard(self, box: _Box) -> None:
         """Kill a parked sandbox that will never run anything, and clean it up."""
-        if box.proc is not None:
-            box.proc.kill()
-        await self._finish(box)
+        await self._finish(box)  # no end record: killed first
 
     async def _spawn(
         self,

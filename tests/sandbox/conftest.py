@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,15 +103,26 @@ async def warm_pool(
     if not WARM_POOL:
         yield None
         return
-    pool = WarmPool(sandbox, list(profiles.values()), WARM_POOL, suite_pool_uids(sandbox, profiles))
+    async with running_pool(sandbox, profiles, nursery, WARM_POOL) as pool:
+        try:
+            yield pool
+        finally:
+            POOL_RUNS["taken"] += pool.taken
+            POOL_RUNS["cold"] += pool.missed
+
+
+@asynccontextmanager
+async def running_pool(
+    sandbox: Sandbox, profiles: dict[str, Profile], nursery: Any, depth: int
+) -> AsyncIterator[WarmPool]:
+    """A warm pool of `depth` for `sandbox`, refilled in `nursery`, for a block."""
+    pool = WarmPool(sandbox, list(profiles.values()), depth, suite_pool_uids(sandbox, profiles))
     await nursery.start(pool.run)
     sandbox.pool = pool
     try:
         yield pool
     finally:
         sandbox.pool = None
-        POOL_RUNS["taken"] += pool.taken
-        POOL_RUNS["cold"] += pool.missed
 
 
 POOL_RUNS = {"taken": 0, "cold": 0}

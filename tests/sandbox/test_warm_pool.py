@@ -17,9 +17,10 @@ import trio
 from attune.errors import ExecutionError
 from attune.runner import egress, host
 from attune.runner.pool import WarmPool, shape_key
+from attune.runner.process import _parent_pid
 from attune.runner.profiles import Profile
 from attune.runner.sandbox import RunSpec, Sandbox
-from tests.sandbox.conftest import suite_pool_uids
+from tests.sandbox.conftest import running_pool
 from tests.unavailable import unavailable
 
 pytestmark = pytest.mark.sandbox
@@ -59,13 +60,8 @@ async def pooled(
         assert isinstance(sandbox.pool, WarmPool)
         yield sandbox.pool
         return
-    pool = WarmPool(sandbox, list(profiles.values()), 1, suite_pool_uids(sandbox, profiles))
-    await nursery.start(pool.run)
-    sandbox.pool = pool
-    try:
+    async with running_pool(sandbox, profiles, nursery, 1) as pool:
         yield pool
-    finally:
-        sandbox.pool = None
 
 
 def spec(profile: Profile, code: bytes, exec_id: str) -> RunSpec:
@@ -96,7 +92,7 @@ async def test_76_a_parked_sandbox_holds_nothing_of_any_run_and_serves_exactly_o
     launcher = [
         int(p)
         for p in os.listdir("/proc")
-        if p.isdigit() and _parent(int(p)) == box.proc.learn_init()
+        if p.isdigit() and _parent_pid(int(p)) == box.proc.learn_init()
     ]
     # While parked: the profile's environment only, no execution's variables.
     assert launcher, "the parked launcher is not running"
@@ -142,15 +138,6 @@ async def test_77_runs_that_would_get_another_sandbox_cold_never_take_a_parked_o
     out = await sandbox.run(big, timeout=30)
     assert out.status == "completed" and out.result["data"] == 2 * 2**20
     assert pooled.taken == taken
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return -1
-    return int(data[data.rfind(b")") + 2 :].split()[1])
 
 
 async def test_77_an_egress_shape_that_cannot_park_is_retried_and_its_runs_go_cold(

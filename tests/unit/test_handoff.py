@@ -7,6 +7,7 @@ import os
 import subprocess
 
 import msgspec
+import pytest
 import trio
 import trio.testing
 
@@ -237,3 +238,18 @@ async def test_egress_sandboxes_are_re_parked_at_their_age_until_the_shape_is_id
     assert pool.take(spec(network=policy)) is None  # the next run goes cold, and refills
     while not shelf.parked:
         await trio.sleep(0.01)
+
+
+def test_an_environment_with_nul_is_refused_as_bwrap_refuses_it() -> None:
+    profile = PROFILES["python"]
+    inputs = run_inputs(
+        profile,
+        code=b"",
+        params={},
+        env={"X": "a\0b"},
+        delivery="stdin",
+        fmt="json",
+        secrets={},
+    )
+    with pytest.raises(ValueError, match="cannot contain NUL"):
+        encode_handoff(profile, inputs, "a.py", target="/attune/action/a.py", command=None)
