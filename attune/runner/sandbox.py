@@ -281,8 +281,12 @@ class Sandbox:
             if box.cgroup is not None and box.cgroup.oom_killed():
                 report = _replace(report, oom_killed=True)
             # Parsing and normalising up to 10 MiB of output takes a while: off the trio
-            # thread, so other runs and the heartbeat never wait for it.
-            status, result = await trio.to_thread.run_sync(build_result, report)
+            # thread, so other runs and the heartbeat never wait for it. A few KiB are
+            # cheaper inline than a thread hop (about 0.5 ms on the answer's path).
+            if _output_size(report, box.pipe) <= INLINE_RESULT_BYTES:
+                status, result = build_result(report)
+            else:
+                status, result = await trio.to_thread.run_sync(build_result, report)
             return RunOutcome(status, result)
         finally:
             # A sandbox that sent its end record is still tearing its namespace down:
@@ -649,6 +653,14 @@ def _available(stream: trio.lowlevel.FdStream) -> list[bytes]:
             break
         chunks.append(chunk)
     return chunks
+
+
+INLINE_RESULT_BYTES = 64 * 1024
+
+
+def _output_size(report: RunReport, pipe: ResultPipe | None) -> int:
+    kept = len(report.stdout.kept) + len(report.stderr.kept)
+    return kept + (len(pipe.buffer.kept) if pipe is not None else 0)
 
 
 def parked_out_size(profile: Profile) -> int:
