@@ -234,7 +234,8 @@ def exit_now(code):
     import atexit  # built in: costs no import
 
     threading = sys.modules.get("threading")
-    if atexit._ncallbacks() or (threading is not None and threading.active_count() > 1):
+    callbacks = getattr(atexit, "_ncallbacks", None)  # CPython's; unknown elsewhere
+    if callbacks is None or callbacks() or (threading is not None and threading.active_count() > 1):
         sys.exit(code)
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105  (contextlib would be one more import on every run)

@@ -286,8 +286,12 @@ class Sandbox:
             if box.cgroup is not None and box.cgroup.oom_killed():
                 report = _replace(report, oom_killed=True)
             # Parsing and normalising up to 10 MiB of output takes a while: off the trio
-            # thread, so other runs and the heartbeat never wait for it.
-            status, result = await trio.to_thread.run_sync(build_result, report)
+            # thread, so other runs and the heartbeat never wait for it. A few KiB are
+            # cheaper inline than a thread hop (about 0.5 ms on the answer's path).
+            if _output_size(report, box.pipe) <= INLINE_RESULT_BYTES:
+                status, result = build_result(report)
+            else:
+                status, result = await trio.to_thread.run_sync(build_result, report)
             return RunOutcome(status, result)
         finally:
             # A sandbox that sent its end record is still tearing its namespace down:
@@ -705,6 +709,14 @@ def _net_sources(plan: _NetworkPlan | None) -> dict[str, Path]:
     if plan is None:
         return {}
     return {f"net/{name}": plan.etc_dir / name for name in argv_mod.NET_ETC_FILES}
+
+
+INLINE_RESULT_BYTES = 64 * 1024
+
+
+def _output_size(report: RunReport, pipe: ResultPipe | None) -> int:
+    kept = len(report.stdout.kept) + len(report.stderr.kept)
+    return kept + (len(pipe.buffer.kept) if pipe is not None else 0)
 
 
 def parked_out_size(profile: Profile) -> int:
