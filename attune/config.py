@@ -154,7 +154,7 @@ class SandboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         msgspec.Meta(
             ge=0,
             le=64,
-            description="parked single-use sandboxes kept ready per runtime (0: off)",
+            description="parked single-use sandboxes kept ready per shape (0: off)",
         ),
     ] = 1
 

@@ -31,7 +31,8 @@ from attune.params import context_env
 from attune.retry import with_db_retry
 from attune.runner.egress import EgressPolicy
 from attune.runner.profiles import Profile
-from attune.runner.sandbox import PackSource, RunControl, RunSpec, Sandbox
+from attune.runner.sandbox import PackSource, RunSpec, Sandbox
+from attune.runner.supervise import RunControl
 from attune.runtimes import canonical_runtime
 from attune.secrets import OutputGuard, RunSecrets, SecretRows, load_run_secrets
 

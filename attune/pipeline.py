@@ -53,7 +53,7 @@ from attune.messages import (
 from attune.metrics import Metrics
 from attune.models import Action, Claim, Execution
 from attune.retry import with_db_retry
-from attune.runner.sandbox import RunControl
+from attune.runner.supervise import RunControl
 from attune.runs import Runs
 from attune.secrets.records import SecretRows
 

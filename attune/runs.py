@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import trio
 
 from attune.log import log_event
-from attune.runner.sandbox import RunControl
+from attune.runner.supervise import RunControl
 
 log = logging.getLogger("attune.worker")
 

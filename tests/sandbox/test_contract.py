@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from attune.runner.sandbox import RunControl, Sandbox
+from attune.runner.sandbox import Sandbox
+from attune.runner.supervise import RunControl
 from tests.sandbox.conftest import RunCode
 from tests.sandbox.helpers import outer_bwrap_of, token, wait_until_gone, with_token
 

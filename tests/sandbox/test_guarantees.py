@@ -18,7 +18,8 @@ import trio
 from attune.runner import argv, host
 from attune.runner.pool import WarmPool
 from attune.runner.profiles import Profile
-from attune.runner.sandbox import RunControl, RunOutcome, Sandbox
+from attune.runner.sandbox import RunOutcome, Sandbox
+from attune.runner.supervise import RunControl
 from tests.sandbox.conftest import RunCode
 from tests.sandbox.helpers import (
     SYSCALLS,

@@ -31,7 +31,7 @@ from attune.messages import (
 from attune.models import Action, Claim, Execution
 from attune.outbox import Outbox
 from attune.pipeline import Pipeline, handle_cancel, handle_dispatch, recover_orphans
-from attune.runner.sandbox import RunControl
+from attune.runner.supervise import RunControl
 from attune.runs import SHUTDOWN_REASON, Runs
 from attune.secrets.records import KeyRecord, SecretRows, StoredSecret
 
