@@ -254,9 +254,13 @@ async def run_worker(config: Config) -> None:
             config.sandbox.slot_uid_base, capacity, config.sandbox.warm_pool, len(profiles)
         )
         if facts.is_root:
-            leftovers = process.kill_uid_range(
-                config.sandbox.slot_uid_base, parked_uids.stop - config.sandbox.slot_uid_base
-            )
+            # The slots' and the pool's uids, not the one between them: `attune exec`'s.
+            slots = range(config.sandbox.slot_uid_base, config.sandbox.slot_uid_base + capacity)
+            leftovers = [
+                pid
+                for uids in (slots, parked_uids)
+                for pid in process.kill_uid_range(uids.start, len(uids))
+            ]
             if leftovers:
                 log_event(
                     log,

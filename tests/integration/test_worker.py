@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +23,13 @@ from attune.messages import (
     executions_queue,
 )
 from tests.integration.amqp_fixtures import Collector, collect
-from tests.integration.worker_kit import Stack, rabbit_queue_depth
+from tests.integration.worker_kit import (
+    ATTUNE,
+    Stack,
+    host_processes_of_uids,
+    rabbit_queue_depth,
+    slot_uid_block,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.sandbox]
 
@@ -335,3 +343,38 @@ async def test_second_signal_cancels_in_flight_runs_at_once(stack: Stack) -> Non
     row = await stack.db.get_execution(execution_id)
     assert row is not None and row.status == "cancelled"
     assert "shut down" in row.result["error"]
+
+
+async def test_a_starting_worker_spares_attune_exec_running_beside_it(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """`attune exec` runs as the uid one past the slots (slot_uid_base + capacity), and
+    the warm pool's uids come after it: the start-up kill of leftover sandboxes covers
+    the slots and the pool, never a local run of the same configuration."""
+    base = slot_uid_block(4)
+    env = stack.env(
+        ATTUNE__SANDBOX__SLOT_UID_BASE=str(base), ATTUNE__WORKER__MAX_CONCURRENT_TASKS="4"
+    )
+    action = tmp_path / "wait.sh"
+    action.write_text("sleep 2; echo survived\n")
+    action.chmod(0o644)
+    tmp_path.chmod(0o755)
+    async with trio.open_nursery() as nursery:
+        done: list[subprocess.CompletedProcess[bytes]] = []
+
+        async def run_exec() -> None:
+            done.append(
+                await trio.run_process(
+                    [ATTUNE, "exec", str(action)], env=env, capture_stdout=True, check=False
+                )
+            )
+
+        nursery.start_soon(run_exec)
+        with trio.fail_after(20):  # exec's sandbox is up, as its own uid
+            while not host_processes_of_uids(base + 4, base + 5):
+                await trio.sleep(0.05)
+        await stack.start_worker(
+            capacity=4, ATTUNE__SANDBOX__SLOT_UID_BASE=str(base)
+        )  # kills leftovers of its slots and pool at start-up
+    result = json.loads(done[0].stdout)
+    assert done[0].returncode == 0 and result["stdout"] == "survived\n", result
