@@ -206,15 +206,28 @@ def run_files(
         for asset in (PARKED_LAUNCHER, "python_wrapper.py", "attune_secrets.py"):
             files.append((asset, f"{ATTUNE_DIR}/{asset}"))
         return files
-    files.append(("action", f"{ACTION_DIR}/{action_file}"))
+    files.append(("action", run_file_path("action", action_file)))
     if wrapper is not None:
         files.append((wrapper, f"{ATTUNE_DIR}/{wrapper}"))
     files.append(("attune_secrets.py", f"{ATTUNE_DIR}/attune_secrets.py"))
-    if params:
-        files.append(("parameters", PARAMS_FILE))
-    if secrets:
-        files.append(("secrets", SECRETS_FILE))
+    for key, wanted in (("parameters", params), ("secrets", secrets)):
+        if wanted:
+            files.append((key, run_file_path(key, action_file)))
     return files
+
+
+def run_file_path(key: str, action_file: str) -> str:
+    """Where a run's own file (`action`, `parameters`, `secrets`) is inside the sandbox,
+    whether bwrap copies it in or a parked sandbox's launcher writes it."""
+    if key == "action":
+        return f"{ACTION_DIR}/{action_file}"
+    return {"parameters": PARAMS_FILE, "secrets": SECRETS_FILE}[key]
+
+
+def file_mode(path: str) -> int:
+    """A file put into the sandbox is read-only; the parameter and secrets files are
+    readable by the action's uid only."""
+    return 0o400 if path in (PARAMS_FILE, SECRETS_FILE) else 0o444
 
 
 @dataclass(frozen=True)
@@ -434,8 +447,7 @@ def bwrap_args(profile: Profile, layout: RunLayout) -> list[str]:
         OUT_DIR,
     ]
     for fd, path in layout.files:
-        private = path in (PARAMS_FILE, SECRETS_FILE)  # readable by the action's uid only
-        args += ["--perms", "0400" if private else "0444", "--file", str(fd), path]
+        args += ["--perms", f"{file_mode(path):04o}", "--file", str(fd), path]
     args += [
         "--perms",
         "0555",

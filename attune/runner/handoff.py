@@ -30,6 +30,11 @@ class RunInputs:
     contents: dict[str, bytes]  # "action", "parameters", "secrets" -> bytes
     stdin: bytes
 
+    def out_dir_size(self, max_result_bytes: int) -> int:
+        """/attune/out's size for these files (argv.out_dir_size): all but the action."""
+        sizes = [len(data) for key, data in self.contents.items() if key != "action"]
+        return argv_mod.out_dir_size(max_result_bytes, sizes)
+
 
 def run_inputs(
     profile: Profile,
@@ -59,18 +64,6 @@ def run_inputs(
     return RunInputs(run_env, contents, stdin)
 
 
-# Where each file lands and with which mode: the same as bwrap's `--perms` in
-# argv.bwrap_args (the parameter and secrets files readable by the action's uid only).
-def _placement(key: str, action_file: str) -> tuple[str, int]:
-    if key == "action":
-        return f"{argv_mod.ACTION_DIR}/{action_file}", 0o444
-    if key == "parameters":
-        return argv_mod.PARAMS_FILE, 0o400
-    if key == "secrets":
-        return argv_mod.SECRETS_FILE, 0o400
-    raise ValueError(f"no place for run file {key!r}")
-
-
 def encode_handoff(
     profile: Profile,
     inputs: RunInputs,
@@ -89,8 +82,8 @@ def encode_handoff(
     files = []
     blobs = []
     for key, data in inputs.contents.items():
-        where, mode = _placement(key, action_file)
-        files.append([where, mode, len(data)])
+        where = argv_mod.run_file_path(key, action_file)
+        files.append([where, argv_mod.file_mode(where), len(data)])
         blobs.append(data)
     env = argv_mod.sandbox_env(profile, inputs.env)
     for key, value in env.items():

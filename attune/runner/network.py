@@ -322,6 +322,22 @@ async def prepare(policy: egress.EgressPolicy, base_hosts: str, etc: Path) -> st
     return rules
 
 
+async def attach_started(
+    proc: process.SandboxProcess,
+    rules: str,
+    dns: egress.DnsMode,
+    ready: Callable[[], Awaitable[None]],
+) -> Attachment:
+    """Attach the network to a sandbox bwrap has started, once `ready` returns: its
+    init is named on --info-fd first (a cold run behind its gate, a parked one)."""
+    with trio.fail_after(ATTACH_TIMEOUT):
+        await proc.read_info()  # bwrap names the sandbox's init as soon as it exists
+    init_pid = proc.learn_init()
+    if init_pid is None:
+        raise SandboxUnavailable("egress: the sandbox ended before its network was attached")
+    return await attach(init_pid, rules, dns=dns, ready=ready)
+
+
 async def attach_sandbox(
     proc: process.SandboxProcess, rules: str, dns: egress.DnsMode
 ) -> Attachment:
@@ -337,12 +353,7 @@ async def attach_sandbox(
             raise ExecutionError("egress: the sandbox ended before its network was attached")
 
     try:
-        with trio.fail_after(ATTACH_TIMEOUT):
-            await proc.read_info()  # bwrap names the sandbox's init as soon as it exists
-        init_pid = proc.learn_init()
-        if init_pid is None:
-            raise ExecutionError("egress: the sandbox ended before its network was attached")
-        attachment = await attach(init_pid, rules, dns=dns, ready=gate_ready)
+        attachment = await attach_started(proc, rules, dns, gate_ready)
     except BaseException as exc:
         with trio.CancelScope(shield=True):
             await proc.kill_and_wait()

@@ -112,6 +112,10 @@ class _Shelf:
     retry_at: float = 0.0  # after a failed park: not before this (trio clock)
     used: float = 0.0  # last take or miss (trio clock): the LRU order of extra shelves
 
+    def bound(self) -> tuple[int, int] | None:
+        """The identity of the pack directory at its path now (None: no pack, or gone)."""
+        return _identity(self.pack.pack_dir) if self.pack else None
+
     def expires(self, parked: _Parked) -> float:
         """When a parked sandbox stops being handed runs (trio clock)."""
         return parked.at + EGRESS_MAX_AGE if self.network is not None else float("inf")
@@ -161,7 +165,7 @@ class WarmPool:
             shelf = self._add_shelf(key, spec)
         now = trio.current_time()
         shelf.used = now
-        current = _identity(shelf.pack.pack_dir) if shelf.pack else None
+        current = shelf.bound()
         while shelf.parked:
             parked = shelf.parked.pop(0)
             box = parked.box
@@ -256,7 +260,7 @@ class WarmPool:
                 return
             shelf = min(short, key=lambda s: len(s.parked))
             uid = self._free.pop()
-            bound = _identity(shelf.pack.pack_dir) if shelf.pack else None
+            bound = shelf.bound()
             began = trio.current_time()  # its age counts from its name resolution
             try:
                 with trio.fail_after(PARK_TIMEOUT):

@@ -201,8 +201,7 @@ class SandboxProcess:
     async def wait(self) -> int:
         """Wait for exit; a cancel kills the whole sandbox before it propagates."""
         try:
-            while self._popen.poll() is None:
-                await trio.lowlevel.wait_readable(self._pidfd)
+            await self.exited()
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.kill_and_wait()
@@ -219,13 +218,11 @@ class SandboxProcess:
         self.kill()
         grace = KILL_GRACE_SECONDS if self._init_pidfd is not None else 0.5
         with trio.move_on_after(grace):
-            while self._popen.poll() is None:
-                await trio.lowlevel.wait_readable(self._pidfd)
+            await self.exited()
         if self._popen.returncode is None:
             self._kill_bwrap()
             with trio.move_on_after(5):
-                while self._popen.poll() is None:
-                    await trio.lowlevel.wait_readable(self._pidfd)
+                await self.exited()
 
     def kill(self) -> None:
         """SIGKILL the sandbox's init (the whole pid namespace dies); bwrap if unknown."""

@@ -115,7 +115,6 @@ class _Box:
     plan: _NetworkPlan | None = None
     attachment: network.Attachment | None = None
     started: float = 0.0  # when the action's clock starts: spawn (cold) or handoff
-    profile_name: str = ""
     on_closed: Callable[[], None] | None = None  # the pool takes its uid back
 
     @property
@@ -326,10 +325,7 @@ class Sandbox:
             spec.code_name,
             wrapper,
             pack_mount,
-            out_size=argv_mod.out_dir_size(
-                profile.limits.max_result_bytes,
-                [len(data) for key, data in inputs.contents.items() if key != "action"],
-            ),
+            out_size=inputs.out_dir_size(profile.limits.max_result_bytes),
             gated=gated,
         )
 
@@ -382,27 +378,17 @@ class Sandbox:
             else:
                 # The launcher's byte also says bwrap is done with the sandbox's
                 # loopback: the tap is configured only after it (network.attach).
-                box.attachment = await self._attach_parked(box.proc, box.plan)
+                box.attachment = await network.attach_started(
+                    box.proc,
+                    box.plan.rules,
+                    box.plan.policy.dns,
+                    functools.partial(_launcher_ready, box.proc),
+                )
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.discard(box)
             raise
         return box
-
-    async def _attach_parked(
-        self, proc: process.SandboxProcess, plan: _NetworkPlan
-    ) -> network.Attachment:
-        with trio.fail_after(network.ATTACH_TIMEOUT):
-            await proc.read_info()  # bwrap names the sandbox's init as soon as it exists
-        init_pid = proc.learn_init()
-        if init_pid is None:
-            raise SandboxUnavailable("a parked sandbox ended before its network was attached")
-        return await network.attach(
-            init_pid,
-            plan.rules,
-            dns=plan.policy.dns,
-            ready=functools.partial(_launcher_ready, proc),
-        )
 
     async def discard(self, box: _Box) -> None:
         """Kill a parked sandbox that will never run anything, and clean it up."""
@@ -549,8 +535,7 @@ def parked_out_size(profile: Profile) -> int:
 
 def fits_parked(profile: Profile, inputs: RunInputs) -> bool:
     """Do the run's parameter and secrets files fit a parked sandbox's /attune/out?"""
-    sizes = [len(data) for key, data in inputs.contents.items() if key != "action"]
-    return argv_mod.out_dir_size(profile.limits.max_result_bytes, sizes) <= parked_out_size(profile)
+    return inputs.out_dir_size(profile.limits.max_result_bytes) <= parked_out_size(profile)
 
 
 def _pack_mount(pack: PackSource | None) -> argv_mod.PackMount | None:

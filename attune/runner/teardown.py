@@ -33,13 +33,12 @@ Tail = Callable[[], Awaitable[None]]
 class Teardown:
     def __init__(self, limit: int = QUEUE_LIMIT) -> None:
         self._send, self._receive = trio.open_memory_channel[Job](limit)
-        self._running = False
-        self._nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None  # set while `run` runs
         self._tails = 0
 
     def defer_tail(self, tail: Tail) -> bool:
         """Run the async `tail` of a run after its answer; False: the caller runs it."""
-        if self._nursery is None or not self._running or self._tails >= TAILS_LIMIT:
+        if self._nursery is None or self._tails >= TAILS_LIMIT:
             return False
         self._tails += 1
         self._nursery.start_soon(self._run_tail, tail)
@@ -54,7 +53,7 @@ class Teardown:
 
     def defer(self, job: Job) -> bool:
         """Queue `job`; False when the caller must run it itself (not running, full, closed)."""
-        if not self._running:
+        if self._nursery is None:
             return False
         try:
             self._send.send_nowait(job)
@@ -66,14 +65,12 @@ class Teardown:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._running = True
                 task_status.started()
                 async for job in self._receive:
                     with trio.CancelScope(shield=True):
                         await trio.to_thread.run_sync(job)
         finally:
             self._nursery = None
-            self._running = False
             self._send.close()
             while True:  # shutdown: finish what was queued, bounded by the queue's size
                 try:

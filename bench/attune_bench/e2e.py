@@ -38,6 +38,7 @@ from attune.messages import (
 )
 from attune.models import Action
 from attune.packs import install_pack, load_pack
+from attune.runner.process import _parent_pid
 
 from . import cpu
 from .cleanup import Cleanup
@@ -123,15 +124,8 @@ def children_of(pid: int) -> list[int]:
     """Every descendant of `pid` (through /proc's parent links)."""
     parents: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                data = handle.read()
-        except OSError:
-            continue
-        ppid = int(data[data.rfind(b")") + 2 :].split()[1])
-        parents.setdefault(ppid, []).append(int(name))
+        if name.isdigit() and (ppid := _parent_pid(int(name))) >= 0:
+            parents.setdefault(ppid, []).append(int(name))
     found, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
